@@ -1,0 +1,36 @@
+# robot_llm_planner: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+ACTIVATE := source $(VENV)/bin/activate
+export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
+# Nothing may reach a model hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: env build test demo clean
+
+env: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+build: env  ## colcon build into install/ and check colcon sees an ament_python package
+	$(ACTIVATE) && colcon list | tee /dev/stderr | grep -q 'robot_llm_planner.*(ros.ament_python)'
+	$(ACTIVATE) && colcon build --event-handlers console_direct- summary+
+
+test: build  ## build, source the install and run the whole test suite with the linters
+	$(ACTIVATE) && source install/setup.bash && \
+	  pytest -p no:cacheprovider test
+
+demo: build  ## train the tiny demo model on CPU (cached), serve it over ROS 2, plan samples
+	$(ACTIVATE) && source install/setup.bash && python -m robot_llm_planner.demo
+
+clean:
+	rm -rf build install log .cache

@@ -1,0 +1,50 @@
+"""
+Start planner_node with its YAML parameters: ros2 launch robot_llm_planner planner.launch.py.
+
+Launch arguments:
+  params_file   YAML parameters (default: the installed config/planner.yaml)
+  model_path    overrides model.path when not empty
+  adapter_path  overrides model.adapter_path when not empty
+  namespace     ROS namespace of the node (default: none)
+  log_level     debug | info | warn | error (default: info)
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+ARGUMENTS = (
+    ('params_file', os.path.join(get_package_share_directory('robot_llm_planner'),
+                                 'config', 'planner.yaml'), 'YAML parameters for planner_node'),
+    ('model_path', '', 'base or merged model directory (overrides model.path)'),
+    ('adapter_path', '', 'LoRA adapter directory (overrides model.adapter_path)'),
+    ('namespace', '', 'ROS namespace of the node'),
+    ('log_level', 'info', 'logging level: debug, info, warn, error'),
+)
+OVERRIDES = (('model_path', 'model.path'), ('adapter_path', 'model.adapter_path'))
+
+
+def _planner_node(context):
+    # Only arguments that were given override the YAML file: an empty one would blank it.
+    overrides = {}
+    for argument, parameter in OVERRIDES:
+        value = LaunchConfiguration(argument).perform(context)
+        if value:
+            overrides[parameter] = value
+    return [Node(
+        package='robot_llm_planner', executable='planner_node', name='planner_node',
+        namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+        parameters=[LaunchConfiguration('params_file'), overrides],
+        arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')])]
+
+
+def generate_launch_description():
+    """Declare the launch arguments and start planner_node."""
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=text)
+         for name, default, text in ARGUMENTS]
+        + [OpaqueFunction(function=_planner_node)])

@@ -1,0 +1,53 @@
+"""
+The /action_plan JSON message: what behavior trees receive for every command.
+
+Schema (also shipped as config/action_plan.schema.json)::
+
+    {schema_version, id, command, status, steps: [{index, description, action, target,
+     location}], errors: [{code, message, step}], raw_output, timing, model, stamp}
+
+``status`` is one of:
+
+- ``ok``: the plan parsed and every step is a skill of this robot with the right arguments;
+- ``invalid``: the model answered but the plan failed parsing or skill validation (see errors);
+- ``error``: the engine failed (model not loaded, generation failed, server unreachable);
+- ``rejected``: the command was not run (empty, too long, queue full, node shutting down).
+"""
+
+import json
+import time
+from typing import List, Optional
+
+from robot_llm_planner.plan import Plan, PlanError
+
+SCHEMA_VERSION = 1
+STATUSES = ('ok', 'invalid', 'error', 'rejected')
+
+
+def plan_message(request_id: str, command: str, status: str, plan: Optional[Plan] = None,
+                 errors: Optional[List[PlanError]] = None, timing: Optional[dict] = None,
+                 model: Optional[dict] = None, stamp: Optional[float] = None) -> dict:
+    """Build the /action_plan dict; ``errors`` are added to the plan's own errors."""
+    if status not in STATUSES:
+        raise ValueError('status must be one of %s, got %r' % (STATUSES, status))
+    steps = plan.steps if plan is not None else []
+    all_errors = list(plan.errors if plan is not None else []) + list(errors or [])
+    return {
+        'schema_version': SCHEMA_VERSION,
+        'id': request_id,
+        'command': command,
+        'status': status,
+        'steps': [{'index': index, 'description': step.description, 'action': step.action,
+                   'target': step.target, 'location': step.location}
+                  for index, step in enumerate(steps)],
+        'errors': [error.to_dict() for error in all_errors],
+        'raw_output': plan.raw_output if plan is not None else '',
+        'timing': dict(timing or {}),
+        'model': dict(model or {}),
+        'stamp': time.time() if stamp is None else stamp,
+    }
+
+
+def to_json(message: dict) -> str:
+    """Serialize a message as compact UTF-8 JSON (Chinese stays readable)."""
+    return json.dumps(message, ensure_ascii=False, separators=(',', ':'))

@@ -1,0 +1,175 @@
+"""
+The plan data model and the model-output convention, both ways.
+
+The fine-tuned model answers with one string::
+
+    <output1>。<output2>
+    output1 = <step 1 description>；<step 2 description>；...
+    output2 = <action>，<target>[，<location>]；<action>，<target>[，<location>]；...
+
+Task1 models emit output1 only. :func:`parse_plan` accepts what real models write (ASCII ``;``
+and ``,``, spaces around separators, trailing ``。``/``；``, empty segments) and never raises:
+anything malformed becomes a :class:`Plan` with precise :class:`PlanError` entries.
+:func:`format_plan` is the inverse and is what the dataset generator labels with.
+
+This module uses only the standard library.
+"""
+
+from dataclasses import dataclass, field
+import re
+from typing import List, Optional
+
+SECTION_SEP = '。'
+STEP_SEP = '；'
+PART_SEP = '，'
+
+# Separators a model may write for each level, canonical one first.
+STEP_SEPS = (STEP_SEP, ';')
+PART_SEPS = (PART_SEP, ',')
+SEPARATORS = (SECTION_SEP,) + STEP_SEPS + PART_SEPS
+
+_STEP_SPLIT = re.compile('|'.join(re.escape(s) for s in STEP_SEPS))
+_PART_SPLIT = re.compile('|'.join(re.escape(s) for s in PART_SEPS))
+
+# Parts of an output2 entry after the action, in order.
+ARGUMENTS = ('target', 'location')
+
+
+@dataclass
+class Step:
+    """One step of a plan: its output1 description and its output2 action with arguments."""
+
+    description: str = ''
+    action: str = ''
+    target: str = ''
+    location: str = ''
+
+    def arguments(self) -> List[str]:
+        """Return the given arguments in output2 order, without trailing empty ones."""
+        args = [self.target, self.location]
+        while args and not args[-1]:
+            args.pop()
+        return args
+
+
+@dataclass
+class PlanError:
+    """A reason why a plan is not executable, tied to a step (0-based) where there is one."""
+
+    code: str
+    message: str
+    step: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        """Return the JSON form used in /action_plan."""
+        return {'code': self.code, 'message': self.message, 'step': self.step}
+
+
+@dataclass
+class Plan:
+    """A parsed plan: the command it answers, the model's raw text, its steps and errors."""
+
+    command: str = ''
+    raw_output: str = ''
+    steps: List[Step] = field(default_factory=list)
+    errors: List[PlanError] = field(default_factory=list)
+    has_output2: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Return True when the plan has steps and no errors."""
+        return bool(self.steps) and not self.errors
+
+
+def _split(pattern: 're.Pattern', text: str) -> List[str]:
+    return [part.strip() for part in pattern.split(text)]
+
+
+def _has_content(segment: str) -> bool:
+    return bool(clean_text(segment))
+
+
+def _entry_to_step(entry: str, index: int, errors: List[PlanError]) -> Step:
+    parts = _split(_PART_SPLIT, entry)
+    while parts and not parts[-1]:
+        parts.pop()  # a trailing separator, e.g. '拿起物体，水瓶，'
+    step = Step(action=parts[0] if parts else '')
+    args = parts[1:]
+    if len(args) > len(ARGUMENTS):
+        errors.append(PlanError(
+            'too_many_parts',
+            'output2 entry %d has %d parts after the action, at most %d are allowed '
+            '(target, location): %r' % (index + 1, len(args), len(ARGUMENTS), entry),
+            index))
+        args = args[:len(ARGUMENTS)]
+    for name, value in zip(ARGUMENTS, args):
+        setattr(step, name, value)
+    if not step.action:
+        errors.append(PlanError(
+            'empty_action', 'output2 entry %d has no action: %r' % (index + 1, entry), index))
+    for name, value in zip(ARGUMENTS, args):
+        if not value:
+            errors.append(PlanError(
+                'empty_argument',
+                'output2 entry %d has an empty %s: %r' % (index + 1, name, entry), index))
+    return step
+
+
+def parse_plan(text: str, command: str = '') -> Plan:
+    """Parse a model's output text into a :class:`Plan`; never raises."""
+    if not isinstance(text, str):
+        text = '' if text is None else str(text)
+    plan = Plan(command=command, raw_output=text)
+    sections = [s.strip() for s in text.split(SECTION_SEP)]
+    sections = [s for s in sections if s] or ['']
+    if len(sections) > 2:
+        plan.errors.append(PlanError(
+            'too_many_sections',
+            'expected <output1>%s<output2>, found %d sections separated by %s; '
+            'the extra ones are ignored' % (SECTION_SEP, len(sections), SECTION_SEP)))
+    descriptions = [s for s in _split(_STEP_SPLIT, sections[0]) if _has_content(s)]
+    entries = []
+    if len(sections) > 1:
+        plan.has_output2 = True
+        entries = [s for s in _split(_STEP_SPLIT, sections[1]) if _has_content(s)]
+    if plan.has_output2 and len(descriptions) != len(entries):
+        plan.errors.append(PlanError(
+            'step_count_mismatch',
+            'output1 has %d steps but output2 has %d' % (len(descriptions), len(entries))))
+    for index in range(max(len(descriptions), len(entries))):
+        if index < len(entries):
+            step = _entry_to_step(entries[index], index, plan.errors)
+        else:
+            step = Step()
+        if index < len(descriptions):
+            step.description = descriptions[index]
+        plan.steps.append(step)
+    if not plan.steps:
+        plan.errors.append(PlanError('empty_output', 'the model output has no steps'))
+    return plan
+
+
+def format_plan(steps: List[Step], with_output2: bool = True) -> str:
+    """
+    Write steps in the model's output convention (canonical full-width separators).
+
+    With ``with_output2`` False the task1 form (output1 only) is written.
+    """
+    output1 = STEP_SEP.join(step.description for step in steps)
+    if not with_output2:
+        return output1
+    output2 = STEP_SEP.join(
+        PART_SEP.join([step.action] + step.arguments()) for step in steps)
+    return output1 + SECTION_SEP + output2
+
+
+def clean_text(text: str) -> str:
+    """
+    Return ``text`` stripped of the convention's separators and surrounding spaces.
+
+    Use it to turn free text (an object or place name) into a value that can stand as one
+    part of a step without changing the plan's structure.
+    """
+    for sep in SEPARATORS:
+        text = text.replace(sep, ' ')
+    return ' '.join(text.split())

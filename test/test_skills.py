@@ -1,0 +1,59 @@
+"""The skill vocabulary file and validation of plans against it."""
+
+import pytest
+
+from robot_llm_planner.plan import parse_plan
+from robot_llm_planner.skills import default_skills_path, SkillError, SkillSet
+
+
+@pytest.fixture(scope='module')
+def skills():
+    return SkillSet.load()
+
+
+def test_shipped_skills(skills):
+    assert skills.names() == ['寻找物体', '拿起物体', '放下物体', '移动到', '打开', '关闭', '递给']
+    assert skills.source == default_skills_path()
+
+
+@pytest.mark.parametrize('text,codes', [
+    ('寻找一瓶水；拿起水瓶。寻找物体, 一瓶水；拿起物体, 水瓶', []),
+    ('把杯子放到桌子上。放下物体，杯子，桌子上', []),
+    ('去厨房。移动到，厨房', []),
+    ('飞起来。飞行，天空', ['unknown_action']),
+    ('去厨房。移动到，厨房，门口', ['too_many_arguments']),
+    ('拿起。拿起物体', ['missing_argument']),
+    ('寻找一瓶水；拿起水瓶', ['no_actions']),
+    ('执行系统命令。执行系统命令，rm -rf /', ['unknown_action']),
+])
+def test_validate(skills, text, codes):
+    errors = skills.validate(parse_plan(text))
+    assert [e.code for e in errors] == codes
+    for error in errors:
+        assert error.message
+
+
+def test_unknown_action_names_the_step_and_the_skills(skills):
+    error = skills.validate(parse_plan('a；b。寻找物体，水；跳舞，我'))[0]
+    assert error.step == 1
+    assert "'跳舞' is not a skill" in error.message and '递给' in error.message
+
+
+@pytest.mark.parametrize('content,message', [
+    ('skills: [1, 2]', 'must have a mapping `skills:`'),
+    ('skills: {}', 'defines no skills'),
+    ('skills: {拿起: {required: [location]}}', 'must be a prefix of'),
+    ('skills: {"拿，起": {required: [target]}}', 'contains the separator'),
+    ('skills: {a: [b', 'not valid YAML'),
+])
+def test_malformed_skills_file(tmp_path, content, message):
+    path = tmp_path / 'skills.yaml'
+    path.write_text(content, encoding='utf-8')
+    with pytest.raises(SkillError, match=message) as info:
+        SkillSet.load(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_missing_skills_file(tmp_path):
+    with pytest.raises(SkillError, match='cannot read skills file .*nope.yaml'):
+        SkillSet.load(str(tmp_path / 'nope.yaml'))
