@@ -2,12 +2,57 @@
 Offline command line: ``python3 -m robot_llm_planner.cli <subcommand> ...``.
 
 Subcommands:
+  plan         plan commands with a model and print one /action_plan JSON per line
   postprocess  split LLaMA-Factory predictions into the seed's output_1 / output_2 format
+  make-dataset generate the fine-tuning data set into training/data
+  prompt       print a prompt variant's instruction (planner_node's prompt.instruction)
+  evaluate     plan metrics of prediction runs side by side (markdown, CSV, PNG)
 """
 
 import argparse
+import os
 import sys
 from typing import List, Optional
+
+
+def _make_dataset(args: argparse.Namespace) -> int:
+    from robot_llm_planner.dataset import make_dataset
+    try:
+        written = make_dataset(args.out, args.seed, args.size, args.skills, args.prompts)
+    except (OSError, ValueError) as exc:
+        print('make-dataset: %s' % exc, file=sys.stderr)
+        return 2
+    print('wrote %d files to %s' % (len(written), os.path.dirname(next(iter(written.values())))))
+    return 0
+
+
+def _prompt(args: argparse.Namespace) -> int:
+    from robot_llm_planner.dataset import load_prompts
+    from robot_llm_planner.skills import SkillSet
+    try:
+        prompts = load_prompts(args.prompts, SkillSet.load(args.skills))
+    except ValueError as exc:
+        print('prompt: %s' % exc, file=sys.stderr)
+        return 2
+    if args.name not in prompts:
+        print('prompt: no variant %r (have: %s)' % (args.name, ', '.join(prompts)),
+              file=sys.stderr)
+        return 2
+    print(prompts[args.name][args.task])
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from robot_llm_planner.evaluate import evaluate_files
+    from robot_llm_planner.skills import SkillSet
+    try:
+        _, table = evaluate_files(args.runs, args.out, args.names, SkillSet.load(args.skills))
+    except (OSError, ValueError) as exc:
+        print('evaluate: %s' % exc, file=sys.stderr)
+        return 2
+    print(table, end='')
+    print('wrote results.md, results.csv and results.png to %s' % args.out)
+    return 0
 
 
 def _postprocess(args: argparse.Namespace) -> int:
@@ -25,11 +70,82 @@ def _postprocess(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that choose and configure the model (shared by subcommands)."""
+    from robot_llm_planner.settings import BACKENDS, PlannerSettings
+    defaults = PlannerSettings()
+    group = parser.add_argument_group('model')
+    group.add_argument('--backend', choices=BACKENDS, default=defaults.backend)
+    group.add_argument('--model', default='', help='base or merged model directory')
+    group.add_argument('--adapter', default='', help='LoRA adapter directory (comma-separated '
+                       'for several, merged in order)')
+    group.add_argument('--device', default=defaults.device, help='auto | cpu | cuda | cuda:N')
+    group.add_argument('--dtype', default=defaults.dtype,
+                       help='auto | bfloat16 | float16 | float32')
+    group.add_argument('--system', default=defaults.system, help='system prompt (default: '
+                       'LLaMA-Factory >= 0.9.3 qwen default)')
+    group.add_argument('--instruction', default='', help='alpaca instruction the model was '
+                       'trained with (training/prompts.yaml)')
+    group.add_argument('--max-new-tokens', type=int, default=defaults.max_new_tokens)
+    group.add_argument('--constrained', action=argparse.BooleanOptionalAction,
+                       default=defaults.constrained,
+                       help='grammar-constrained decoding from the skills file')
+    group.add_argument('--fast-path', choices=('auto', 'on', 'off'), default=defaults.fast_path)
+    group.add_argument('--draft-tokens', type=int, default=defaults.draft_tokens,
+                       help='prompt-lookup draft tokens per step (0 = off)')
+    group.add_argument('--skills', default='', help='skills YAML (default: config/skills.yaml)')
+    group.add_argument('--base-url', default=defaults.remote_base_url,
+                       help='openai backend: server URL, e.g. http://gpu:8000/v1')
+    group.add_argument('--remote-model', default='', help='openai backend: model name')
+    group.add_argument('--api-key-env', default='', help='openai backend: environment '
+                       'variable holding the API key')
+    group.add_argument('--timeout', type=float, default=defaults.remote_timeout_s,
+                       help='openai backend: request timeout in seconds')
+
+
+def settings_from_args(args: argparse.Namespace):
+    """Return the PlannerSettings that the model options describe."""
+    from robot_llm_planner.settings import PlannerSettings
+    return PlannerSettings(
+        backend=args.backend, model_path=args.model, adapter_path=args.adapter,
+        device=args.device, dtype=args.dtype, system=args.system, instruction=args.instruction,
+        max_new_tokens=args.max_new_tokens, constrained=args.constrained,
+        fast_path=args.fast_path, draft_tokens=args.draft_tokens, skills_file=args.skills,
+        remote_base_url=args.base_url, remote_model=args.remote_model,
+        remote_api_key_env=args.api_key_env, remote_timeout_s=args.timeout)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from robot_llm_planner.backend import EngineError
+    from robot_llm_planner.message import to_json
+    from robot_llm_planner.settings import build_planner
+    from robot_llm_planner.skills import SkillError
+    commands = args.commands or [line.rstrip('\n') for line in sys.stdin]
+    try:
+        planner = build_planner(settings_from_args(args))
+        planner.load()
+    except (EngineError, SkillError, ValueError) as exc:
+        print('plan: %s' % exc, file=sys.stderr)
+        return 2
+    model = planner.backend.describe()
+    failed = 0
+    for number, result in enumerate(planner.plan_batch(commands), start=1):
+        print(to_json(result.message('cli-%d' % number, model)), flush=True)
+        failed += result.status != 'ok'
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog='python3 -m robot_llm_planner.cli',
                                      description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='subcommand', required=True)
+
+    plan = sub.add_parser('plan', help='plan commands; one /action_plan JSON per line')
+    plan.add_argument('commands', nargs='*', metavar='COMMAND',
+                      help='commands to plan (default: one per line on stdin)')
+    add_model_arguments(plan)
+    plan.set_defaults(run=_plan)
 
     post = sub.add_parser('postprocess', help='seed-format post-processing of predictions')
     post.add_argument('predictions', help='generated_predictions.jsonl from LLaMA-Factory')
@@ -40,6 +156,31 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument('--instruction', default='', help='the alpaca instruction the prompts '
                       'start with, stripped from the recovered command')
     post.set_defaults(run=_postprocess)
+
+    data = sub.add_parser('make-dataset', help='generate the fine-tuning data set')
+    data.add_argument('--out', help='output folder (default: training/data)')
+    data.add_argument('--seed', type=int, help='random seed (default: the shipped data set seed)')
+    data.add_argument('--size', type=int, help='training examples; validation gets size/10, '
+                      'test size/6 (default: 3000)')
+    data.add_argument('--skills', help='skills YAML (default: the shipped config/skills.yaml)')
+    data.add_argument('--prompts', help='prompt variants YAML (default: training/prompts.yaml)')
+    data.set_defaults(run=_make_dataset)
+
+    prompt = sub.add_parser('prompt', help="print a prompt variant's instruction text")
+    prompt.add_argument('name', help='variant name, e.g. prompt3')
+    prompt.add_argument('--task', choices=('task1', 'task2'), default='task2')
+    prompt.add_argument('--skills', help='skills YAML (default: the shipped config/skills.yaml)')
+    prompt.add_argument('--prompts', help='prompt variants YAML (default: training/prompts.yaml)')
+    prompt.set_defaults(run=_prompt)
+
+    evaluate = sub.add_parser('evaluate', help='plan metrics of prediction runs side by side')
+    evaluate.add_argument('runs', nargs='+', metavar='RUN', help='generated_predictions.jsonl '
+                          'or JSONL rows {"command", "predict", "label"[, "latency_ms"]}')
+    evaluate.add_argument('--names', nargs='+', help='one display name per run')
+    evaluate.add_argument('--out', default=os.path.join('.cache', 'evaluation'),
+                          help='folder for results.md/csv/png (default: %(default)s)')
+    evaluate.add_argument('--skills', help='skills YAML (default: config/skills.yaml)')
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 

@@ -1,0 +1,76 @@
+"""
+What every inference backend provides, and the errors they raise.
+
+A backend turns commands into the model's raw text. Two exist:
+
+- :class:`robot_llm_planner.transformers_backend.TransformersBackend`: the model on this
+  machine's GPU or CPU (transformers + PEFT), LoRA adapters merged at load;
+- :class:`robot_llm_planner.openai_backend.OpenAIBackend`: an OpenAI-compatible server
+  (vLLM with ``--enable-lora``, or ``llamafactory-cli api``).
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from robot_llm_planner.prompt import PromptBuilder
+
+
+class EngineError(RuntimeError):
+    """Inference failed; the message names the path or setting at fault."""
+
+
+class ModelLoadError(EngineError):
+    """The model, tokenizer or adapter could not be loaded."""
+
+
+class RemoteError(EngineError):
+    """The remote server could not be reached or gave an unusable answer."""
+
+
+@dataclass
+class GenerationConfig:
+    """How to decode: greedy unless ``do_sample``; at most ``max_new_tokens`` tokens."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+
+
+@dataclass
+class Generation:
+    """The model's answer to one command."""
+
+    text: str
+    tokens: int = 0
+    prompt_tokens: int = 0
+    finished: bool = True  # False when max_new_tokens cut the answer short
+    stats: Dict[str, float] = field(default_factory=dict)
+
+
+class Backend:
+    """The interface the planner uses; subclasses implement load and generate."""
+
+    name = 'backend'
+
+    def load(self) -> None:
+        """Load the model (and warm it up); raise ModelLoadError naming what is wrong."""
+        raise NotImplementedError
+
+    def warm_up(self, prompt: PromptBuilder) -> None:
+        """Run a first generation with the served prompt (a no-op where nothing warms up)."""
+
+    def generate(self, commands: List[str], prompt: PromptBuilder,
+                 config: GenerationConfig) -> List[Generation]:
+        """Return one Generation per command, in order; raise EngineError on failure."""
+        raise NotImplementedError
+
+    def describe(self) -> Dict[str, str]:
+        """Return what is served: backend name, base model and adapter(s)."""
+        raise NotImplementedError
+
+    def prompt_tokens(self, command: str, prompt: PromptBuilder) -> Optional[int]:
+        """Return the prompt's length in tokens, or None where the server tokenizes."""
+        return None
+
+    max_prompt_tokens: Optional[int] = None

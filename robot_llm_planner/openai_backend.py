@@ -1,0 +1,142 @@
+"""
+The remote backend: an OpenAI-compatible chat-completions server.
+
+For when the GPU is elsewhere or a fleet shares one server: vLLM (``--enable-lora``, the
+adapter served under its own model name) or ``llamafactory-cli api``. The server applies the
+chat template, so it must use the same one as training (LLaMA-Factory's api does; for vLLM
+pass ``--chat-template`` if the model's own template differs). Uses only the standard library.
+
+The API key is read from the environment variable named by ``api_key_env`` at each request and
+never logged, published or put in an error message.
+"""
+
+import json
+import os
+import socket
+import time
+from typing import Dict, List, Optional
+import urllib.error
+import urllib.request
+
+from robot_llm_planner.backend import Backend, Generation, GenerationConfig, RemoteError
+from robot_llm_planner.prompt import PromptBuilder
+
+RETRYABLE_HTTP = (429, 500, 502, 503, 504)
+
+
+class OpenAIBackend(Backend):
+    """Plan through ``POST {base_url}/chat/completions``."""
+
+    name = 'openai'
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = '',
+                 timeout_s: float = 30.0, retries: int = 2, retry_backoff_s: float = 0.5,
+                 grammar=None) -> None:
+        """
+        Talk to ``base_url`` (e.g. http://gpu-server:8000/v1) asking for ``model``.
+
+        ``grammar`` (optional :class:`robot_llm_planner.grammar.PlanGrammar`) is sent as a
+        guided-decoding grammar to servers that support it (vLLM).
+        """
+        self.base_url = (base_url or '').rstrip('/')
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout_s = timeout_s
+        self.retries = max(0, int(retries))
+        self.retry_backoff_s = retry_backoff_s
+        self.grammar = grammar
+
+    def describe(self) -> Dict[str, str]:
+        """Return the backend, server and model name (never the key)."""
+        return {'backend': self.name, 'base': self.base_url, 'adapter': self.model}
+
+    def load(self) -> None:
+        """Check the settings and that the server answers ``GET /models``."""
+        if not self.base_url.startswith(('http://', 'https://')):
+            raise RemoteError('remote.base_url must start with http:// or https://, got %r'
+                              % self.base_url)
+        if not self.model:
+            raise RemoteError('remote.model is empty: set the model (or LoRA) name the server '
+                              'serves')
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            raise RemoteError('remote.api_key_env names %s but that environment variable is '
+                              'not set' % self.api_key_env)
+        self._request('GET', '/models')
+
+    def generate(self, commands: List[str], prompt: PromptBuilder,
+                 config: GenerationConfig) -> List[Generation]:
+        """Send one chat request per command (servers batch concurrent requests)."""
+        return [self._complete(command, prompt, config) for command in commands]
+
+    def _complete(self, command: str, prompt: PromptBuilder,
+                  config: GenerationConfig) -> Generation:
+        body = {'model': self.model, 'messages': prompt.messages(command),
+                'max_tokens': config.max_new_tokens, 'stream': False}
+        if config.do_sample:
+            body.update(temperature=config.temperature, top_p=config.top_p)
+        else:
+            body['temperature'] = 0.0  # greedy on vLLM and on LLaMA-Factory's api
+        if self.grammar is not None:
+            body.update(self.grammar.guided_request())
+        started = time.perf_counter()
+        answer = self._request('POST', '/chat/completions', body)
+        try:
+            choice = answer['choices'][0]
+            text = choice['message']['content']
+            if not isinstance(text, str):
+                raise TypeError('content is %s' % type(text).__name__)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise RemoteError('remote server %s answered without choices[0].message.content '
+                              '(%s): %s' % (self.base_url, exc, _excerpt(answer))) from exc
+        usage = answer.get('usage') or {}
+        return Generation(text, tokens=int(usage.get('completion_tokens') or 0),
+                          prompt_tokens=int(usage.get('prompt_tokens') or 0),
+                          finished=choice.get('finish_reason') != 'length',
+                          stats={'request_ms': (time.perf_counter() - started) * 1000.0})
+
+    def _request(self, method: str, path: str, body: Optional[dict] = None) -> dict:
+        url = self.base_url + path
+        data = json.dumps(body, ensure_ascii=False).encode('utf-8') if body is not None else None
+        headers = {'Content-Type': 'application/json', 'Accept': 'application/json'}
+        key = os.environ.get(self.api_key_env, '') if self.api_key_env else ''
+        if key:
+            headers['Authorization'] = 'Bearer ' + key
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.retry_backoff_s * (2 ** (attempt - 1)))
+            request = urllib.request.Request(url, data=data, headers=headers, method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    raw = response.read()
+            except urllib.error.HTTPError as exc:
+                detail = _excerpt(exc.read().decode('utf-8', 'replace'))
+                last = RemoteError('remote server %s answered HTTP %d to %s %s: %s'
+                                   % (self.base_url, exc.code, method, path, detail))
+                if exc.code in RETRYABLE_HTTP:
+                    continue
+                raise last from None
+            except (socket.timeout, TimeoutError):
+                last = RemoteError('remote server %s did not answer %s %s within remote.timeout_s'
+                                   ' = %g s' % (self.base_url, method, path, self.timeout_s))
+                continue
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, 'reason', exc)
+                last = RemoteError('remote server %s is unreachable (%s %s): %s'
+                                   % (self.base_url, method, path, reason))
+                continue
+            try:
+                answer = json.loads(raw.decode('utf-8'))
+                if not isinstance(answer, dict):
+                    raise ValueError('not a JSON object')
+            except ValueError as exc:
+                raise RemoteError('remote server %s answered %s %s with something that is not a '
+                                  'JSON object (%s): %s' % (self.base_url, method, path, exc,
+                                                            _excerpt(raw)))
+            return answer
+        raise RemoteError('%s (after %d attempts)' % (last, self.retries + 1))
+
+
+def _excerpt(value, limit: int = 200) -> str:
+    text = value.decode('utf-8', 'replace') if isinstance(value, bytes) else str(value)
+    return text if len(text) <= limit else text[:limit] + '...'

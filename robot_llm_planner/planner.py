@@ -1,0 +1,142 @@
+"""
+The planner: command → plan (prompt, generate, parse, validate against the skills).
+
+ROS-free. :class:`Planner` never raises for a command: every command gets a
+:class:`PlanResult` with status ok, invalid (the model answered but the plan failed parsing or
+validation), error (the engine failed) or rejected (not run: empty or too long).
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+import time
+from typing import List, Optional, Sequence
+
+from robot_llm_planner.backend import Backend, EngineError, GenerationConfig
+from robot_llm_planner.message import plan_message
+from robot_llm_planner.plan import parse_plan, Plan, PlanError
+from robot_llm_planner.prompt import PromptBuilder
+from robot_llm_planner.skills import SkillSet
+
+DEFAULT_MAX_COMMAND_CHARS = 256
+
+
+@dataclass
+class PlanResult:
+    """The planner's answer to one command."""
+
+    command: str
+    status: str
+    plan: Plan
+    errors: List[PlanError] = field(default_factory=list)  # beyond the parser's own
+    timing: dict = field(default_factory=dict)
+
+    def message(self, request_id: str, model: Optional[dict] = None) -> dict:
+        """Return the /action_plan message for this result."""
+        return plan_message(request_id, self.command, self.status, self.plan, self.errors,
+                            self.timing, model)
+
+
+class Planner:
+    """Plans commands with a backend, validating every plan against the robot's skills."""
+
+    def __init__(self, backend: Backend, skills: SkillSet,
+                 prompt: Optional[PromptBuilder] = None,
+                 generation: Optional[GenerationConfig] = None, cache_size: int = 64,
+                 max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS) -> None:
+        """Plan with ``backend``; cache ``cache_size`` recent plans when decoding is greedy."""
+        self.backend = backend
+        self.skills = skills
+        self.prompt = prompt or PromptBuilder()
+        self.generation = generation or GenerationConfig()
+        self.cache_size = cache_size if not self.generation.do_sample else 0
+        self.max_command_chars = max_command_chars
+        self._cache: 'OrderedDict[str, PlanResult]' = OrderedDict()
+
+    def load(self) -> None:
+        """Load and warm up the backend's model; raises an EngineError naming the cause."""
+        self.backend.load()
+        self.backend.warm_up(self.prompt)
+
+    def check(self, command: str) -> Optional[PlanError]:
+        """Return why a command cannot be planned, or None when it can."""
+        if not command.strip():
+            return PlanError('empty_command', 'the command is empty')
+        if len(command) > self.max_command_chars:
+            return PlanError('command_too_long', 'the command has %d characters; at most %d are '
+                             'planned' % (len(command), self.max_command_chars))
+        return None
+
+    def _check_prompt_length(self, command: str) -> Optional[PlanError]:
+        limit = self.backend.max_prompt_tokens
+        count = self.backend.prompt_tokens(command, self.prompt)
+        if limit and count is not None and count > limit:
+            return PlanError('command_too_long', 'the prompt for this command has %d tokens; '
+                             'model.max_prompt_tokens is %d' % (count, limit))
+        return None
+
+    def plan(self, command: str) -> PlanResult:
+        """Plan one command."""
+        return self.plan_batch([command])[0]
+
+    def plan_batch(self, commands: Sequence[str],
+                   queued_ms: Optional[Sequence[float]] = None) -> List[PlanResult]:
+        """Plan several commands, generating the uncached ones as one batch."""
+        queued_ms = list(queued_ms or [0.0] * len(commands))
+        results: List[Optional[PlanResult]] = [None] * len(commands)
+        todo = []
+        for index, command in enumerate(commands):
+            command = command.strip()
+            reason = self.check(command) or self._check_prompt_length(command)
+            if reason is not None:
+                results[index] = PlanResult(command, 'rejected', Plan(command=command), [reason])
+            elif command in self._cache:
+                self._cache.move_to_end(command)
+                cached = self._cache[command]
+                results[index] = PlanResult(command, cached.status, cached.plan, cached.errors,
+                                            {'inference_ms': 0.0, 'parse_ms': 0.0,
+                                             'tokens_generated': 0, 'cached': True})
+            else:
+                todo.append(index)
+        if todo:
+            for index, result in zip(todo, self._generate([commands[i].strip() for i in todo])):
+                results[index] = result
+        for result, queue_ms in zip(results, queued_ms):
+            result.timing['queue_ms'] = queue_ms
+            result.timing['total_ms'] = queue_ms + sum(
+                result.timing.get(stage, 0.0) for stage in ('inference_ms', 'parse_ms'))
+        return results
+
+    def _generate(self, commands: List[str]) -> List[PlanResult]:
+        started = time.perf_counter()
+        try:
+            generations = self.backend.generate(commands, self.prompt, self.generation)
+        except EngineError as exc:
+            return [self._error(command, 'engine_error', str(exc)) for command in commands]
+        except Exception as exc:  # a bug or a library failure must not lose the commands
+            return [self._error(command, 'engine_error', '%s: %s' % (type(exc).__name__, exc))
+                    for command in commands]
+        inference_ms = (time.perf_counter() - started) * 1000.0
+        results = []
+        for command, generation in zip(commands, generations):
+            parse_started = time.perf_counter()
+            plan = parse_plan(generation.text, command)
+            errors = self.skills.validate(plan)
+            if not generation.finished:
+                errors.append(PlanError(
+                    'truncated_output', 'the model reached generation.max_new_tokens (%d) '
+                    'before finishing the plan' % self.generation.max_new_tokens))
+            status = 'ok' if plan.ok and not errors else 'invalid'
+            parse_ms = (time.perf_counter() - parse_started) * 1000.0
+            timing = {'inference_ms': inference_ms, 'parse_ms': parse_ms,
+                      'tokens_generated': generation.tokens, 'cached': False}
+            result = PlanResult(command, status, plan, errors, timing)
+            results.append(result)
+            if self.cache_size:
+                self._cache[command] = result
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return results
+
+    @staticmethod
+    def _error(command: str, code: str, message: str) -> PlanResult:
+        return PlanResult(command, 'error', Plan(command=command), [PlanError(code, message)])

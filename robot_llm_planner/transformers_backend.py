@@ -1,0 +1,307 @@
+"""
+The local backend: a Qwen model on this machine (transformers + PEFT).
+
+Loads a base model directory (or a fully fine-tuned / merged one), applies LoRA adapter(s)
+and merges them at load (as LLaMA-Factory does for inference), then decodes greedily unless
+told to sample. Several commands are generated as one left-padded batch with
+``generate()``; on CUDA a single command takes the fast path in
+:mod:`robot_llm_planner.decoding` (static KV cache, compiled steps, prompt-lookup drafts).
+"""
+
+import json
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+from robot_llm_planner.backend import (Backend, EngineError, Generation, GenerationConfig,
+                                       ModelLoadError)
+from robot_llm_planner.prompt import ENDOFTEXT, IM_END, PromptBuilder
+
+DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
+FAST_PATH = ('auto', 'on', 'off')
+WARMUP_COMMAND = '帮我拿一瓶水。'
+
+
+def split_adapters(adapter_path: str) -> List[str]:
+    """Return the adapter directories in a comma-separated list (LLaMA-Factory's syntax)."""
+    return [part.strip() for part in (adapter_path or '').split(',') if part.strip()]
+
+
+class TransformersBackend(Backend):
+    """Serve a (LoRA-merged) causal LM with transformers on CPU or CUDA."""
+
+    name = 'transformers'
+
+    def __init__(self, model_path: str, adapter_path: str = '', device: str = 'auto',
+                 dtype: str = 'auto', fast_path: str = 'auto', draft_tokens: int = 0,
+                 max_prompt_tokens: int = 512, max_new_tokens: int = 128,
+                 grammar=None) -> None:
+        """
+        Remember the settings; :meth:`load` does the work.
+
+        ``grammar`` is an optional :class:`robot_llm_planner.grammar.PlanGrammar` compiled
+        against this model's tokenizer at load and enforced on every generation.
+        """
+        self.model_path = model_path
+        self.adapters = split_adapters(adapter_path)
+        self.device_setting = device
+        self.dtype_setting = dtype
+        self.fast_path_setting = fast_path
+        self.draft_tokens = draft_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.grammar = grammar
+        self.model = None
+        self.tokenizer = None
+        self.device = None
+        self.decoder = None
+        self.stop_ids: List[int] = []
+        self.load_seconds = 0.0
+
+    # ------------------------------------------------------------------ loading
+    def describe(self) -> Dict[str, str]:
+        """Return the backend, base model and adapter(s) served."""
+        return {'backend': self.name, 'base': self.model_path, 'adapter': ','.join(self.adapters)}
+
+    def _resolve_device(self):
+        import torch
+        setting = (self.device_setting or 'auto').strip().lower()
+        if setting == 'auto':
+            return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        if setting == 'cpu':
+            return torch.device('cpu')
+        if setting == 'cuda' or setting.startswith('cuda:'):
+            if not torch.cuda.is_available():
+                raise ModelLoadError('model.device is %r but CUDA is not available on this '
+                                     'machine (use cpu or auto)' % self.device_setting)
+            index = 0
+            if ':' in setting:
+                try:
+                    index = int(setting.split(':', 1)[1])
+                except ValueError:
+                    raise ModelLoadError('model.device %r: expected cuda:N' % self.device_setting)
+            if index >= torch.cuda.device_count():
+                raise ModelLoadError('model.device is %r but this machine has %d CUDA device(s)'
+                                     % (self.device_setting, torch.cuda.device_count()))
+            return torch.device('cuda', index)
+        raise ModelLoadError('model.device must be auto, cpu, cuda or cuda:N, got %r'
+                             % self.device_setting)
+
+    def _resolve_dtype(self, device):
+        import torch
+        setting = (self.dtype_setting or 'auto').strip().lower()
+        if setting not in DTYPES:
+            raise ModelLoadError('model.dtype must be one of %s, got %r'
+                                 % (', '.join(DTYPES), self.dtype_setting))
+        if setting == 'auto':
+            return torch.bfloat16 if device.type == 'cuda' else torch.float32
+        return getattr(torch, setting)
+
+    def _check_paths(self) -> None:
+        if not self.model_path:
+            raise ModelLoadError('model.path is empty: set it to the base (or merged) model '
+                                 'directory, e.g. Qwen1.5-7B')
+        if not os.path.isdir(self.model_path):
+            raise ModelLoadError('model.path: model directory %s does not exist'
+                                 % self.model_path)
+        if not os.path.isfile(os.path.join(self.model_path, 'config.json')):
+            raise ModelLoadError('model.path: %s has no config.json; is it a model directory?'
+                                 % self.model_path)
+        for adapter in self.adapters:
+            if not os.path.isdir(adapter):
+                raise ModelLoadError('model.adapter_path: adapter directory %s does not exist'
+                                     % adapter)
+            if not os.path.isfile(os.path.join(adapter, 'adapter_config.json')):
+                raise ModelLoadError('model.adapter_path: %s has no adapter_config.json; is it '
+                                     'a PEFT/LLaMA-Factory LoRA output directory?' % adapter)
+
+    def load(self) -> None:
+        """Load tokenizer, model and adapters, merge, move to the device and warm up."""
+        started = time.perf_counter()
+        self._check_paths()
+        device = self._resolve_device()
+        dtype = self._resolve_dtype(device)
+        if self.fast_path_setting not in FAST_PATH:
+            raise ModelLoadError('generation.fast_path must be auto, on or off, got %r'
+                                 % self.fast_path_setting)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        except Exception as exc:
+            raise ModelLoadError('model.path: cannot load the tokenizer from %s: %s'
+                                 % (self.model_path, exc)) from exc
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise ModelLoadError(_oom_message(self.model_path, device, exc)) from exc
+        except Exception as exc:
+            raise ModelLoadError('model.path: cannot load the model from %s: %s'
+                                 % (self.model_path, exc)) from exc
+        for adapter in self.adapters:
+            model = _merge_adapter(model, adapter, self.model_path)
+        try:
+            model.to(device)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise ModelLoadError(_oom_message(self.model_path, device, exc)) from exc
+        model.eval()
+        tokenizer.padding_side = 'left'
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = ENDOFTEXT if ENDOFTEXT in tokenizer.get_vocab() \
+                else tokenizer.eos_token
+        self.stop_ids = _stop_ids(tokenizer)
+        if not self.stop_ids:
+            raise ModelLoadError('model.path: the tokenizer of %s has neither %s nor an eos '
+                                 'token to stop on' % (self.model_path, IM_END))
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        if self.grammar is not None:
+            self.grammar.compile(tokenizer, len(tokenizer), model.config.vocab_size)
+        if self._use_fast_path():
+            from robot_llm_planner.decoding import StaticCacheDecoder
+            self.decoder = StaticCacheDecoder(
+                model, self.stop_ids, tokenizer.pad_token_id, self.max_prompt_tokens,
+                self.max_new_tokens, draft_tokens=self.draft_tokens,
+                compile_steps=device.type == 'cuda')
+        self.load_seconds = time.perf_counter() - started
+
+    def _use_fast_path(self) -> bool:
+        if self.fast_path_setting == 'on':
+            return True
+        return self.fast_path_setting == 'auto' and self.device.type == 'cuda'
+
+    def warm_up(self, prompt: PromptBuilder) -> None:
+        """Generate once with the served prompt so the first command pays no start-up cost."""
+        started = time.perf_counter()
+        length = self.prompt_tokens(WARMUP_COMMAND, prompt)
+        if length > self.max_prompt_tokens:
+            raise ModelLoadError(
+                'prompt.system and prompt.instruction alone make a %d-token prompt; '
+                'model.max_prompt_tokens is %d' % (length, self.max_prompt_tokens))
+        config = GenerationConfig(max_new_tokens=min(8, self.max_new_tokens))
+        self.generate([WARMUP_COMMAND], prompt, config)
+        if self.decoder is not None:
+            # The fast path compiles its step on first use; run it again so that the CUDA
+            # graph is recorded and replayed now, not on a user's command.
+            self.generate([WARMUP_COMMAND], prompt, config)
+        self.load_seconds += time.perf_counter() - started
+
+    # --------------------------------------------------------------- generating
+    def encode(self, command: str, prompt: PromptBuilder) -> List[int]:
+        """Return the prompt token ids for a command (LLaMA-Factory's encoding)."""
+        return prompt.token_ids(self.tokenizer, command)
+
+    def prompt_tokens(self, command: str, prompt: PromptBuilder) -> Optional[int]:
+        """Return the prompt's length in tokens."""
+        return len(self.encode(command, prompt)) if self.tokenizer is not None else None
+
+    def generate(self, commands: List[str], prompt: PromptBuilder,
+                 config: GenerationConfig) -> List[Generation]:
+        """Generate one answer per command; raise EngineError naming the cause on failure."""
+        if self.model is None:
+            raise EngineError('the model is not loaded')
+        import torch
+        prompts = [self.encode(command, prompt) for command in commands]
+        too_long = [len(ids) for ids in prompts if len(ids) > self.max_prompt_tokens]
+        if too_long:
+            raise EngineError('a prompt has %d tokens, more than the %d this backend serves '
+                              '(the planner should have rejected it)'
+                              % (max(too_long), self.max_prompt_tokens))
+        max_new = min(config.max_new_tokens, self.max_new_tokens)
+        try:
+            if self.decoder is not None and not config.do_sample:
+                results = [self._decode_fast(ids, max_new) for ids in prompts]
+            else:
+                results = self._generate_batch(prompts, max_new, config)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise EngineError('out of GPU memory on %s while generating %d command(s): %s'
+                              % (self.device, len(commands), exc)) from exc
+        return results
+
+    def _decode_fast(self, ids: List[int], max_new: int) -> Generation:
+        constraint = self.grammar.matcher() if self.grammar is not None else None
+        result = self.decoder.decode(ids, max_new, constraint)
+        return Generation(self.tokenizer.decode(result.tokens, skip_special_tokens=True),
+                          tokens=len(result.tokens), prompt_tokens=len(ids),
+                          finished=result.finished, stats=result.stats)
+
+    def _generate_batch(self, prompts: List[List[int]], max_new: int,
+                        config: GenerationConfig) -> List[Generation]:
+        import torch
+        width = max(len(ids) for ids in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts],
+                                 device=self.device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts],
+                                 device=self.device)
+        # Like LLaMA-Factory's engine: explicit settings, none taken from the model's
+        # generation_config.json (a chat model's repetition_penalty would change the plan).
+        kwargs = {'max_new_tokens': max_new, 'do_sample': config.do_sample,
+                  'repetition_penalty': 1.0, 'eos_token_id': self.stop_ids, 'pad_token_id': pad}
+        if config.do_sample:
+            kwargs.update(temperature=config.temperature, top_p=config.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.grammar is not None:
+            kwargs['logits_processor'] = [self.grammar.logits_processor(len(prompts))]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        elapsed = (time.perf_counter() - started) * 1000.0
+        results = []
+        for row, ids in zip(output[:, width:].tolist(), prompts):
+            tokens, finished = _until_stop(row, self.stop_ids, pad)
+            results.append(Generation(
+                self.tokenizer.decode(tokens, skip_special_tokens=True), tokens=len(tokens),
+                prompt_tokens=len(ids), finished=finished,
+                stats={'generate_ms': elapsed, 'batch_size': len(prompts)}))
+        return results
+
+
+def _until_stop(row: Sequence[int], stop_ids: Sequence[int], pad: int):
+    for position, token in enumerate(row):
+        if token in stop_ids:
+            return list(row[:position]), True
+    return list(row), False
+
+
+def _stop_ids(tokenizer) -> List[int]:
+    # LLaMA-Factory's qwen template replaces eos with <|im_end|> and stops on it alone.
+    vocab = tokenizer.get_vocab()
+    token = IM_END if IM_END in vocab else tokenizer.eos_token
+    return [vocab[token]] if token in vocab else []
+
+
+def _oom_message(path: str, device, exc: Exception) -> str:
+    return ('out of GPU memory on %s while loading %s (model.dtype bfloat16 halves float32; '
+            'free the GPU or use a smaller model): %s' % (device, path, exc))
+
+
+def _adapter_base(adapter: str) -> Optional[str]:
+    try:
+        with open(os.path.join(adapter, 'adapter_config.json'), encoding='utf-8') as stream:
+            return json.load(stream).get('base_model_name_or_path')
+    except (OSError, ValueError):
+        return None
+
+
+def _merge_adapter(model, adapter: str, model_path: str):
+    from peft import PeftModel
+    try:
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        if hasattr(merged, 'peft_config'):
+            del merged.peft_config  # merged into the weights: the next adapter starts clean
+    except Exception as exc:  # PEFT raises RuntimeError, ValueError, KeyError, safetensors errors
+        text = str(exc)
+        if 'size mismatch' in text or 'shape' in text.lower():
+            raise ModelLoadError(
+                'model.adapter_path: adapter %s does not fit model.path %s: it was trained on a '
+                'different base (adapter_config.json says base %r); shapes differ: %s'
+                % (adapter, model_path, _adapter_base(adapter), text.splitlines()[0][:300])
+            ) from exc
+        raise ModelLoadError('model.adapter_path: cannot load adapter %s: %s'
+                             % (adapter, text.splitlines()[0][:300] if text else repr(exc))
+                             ) from exc
+    return merged

@@ -1,0 +1,234 @@
+"""
+The remote backend against a real `llamafactory-cli api` server, and its failure modes.
+
+The failure-mode servers are real HTTP servers on 127.0.0.1 that answer slowly, with garbage
+or with errors, as a broken or overloaded inference server would.
+"""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from robot_llm_planner.backend import GenerationConfig, RemoteError
+from robot_llm_planner.openai_backend import OpenAIBackend
+from robot_llm_planner.planner import Planner
+from robot_llm_planner.prompt import PromptBuilder
+from robot_llm_planner.skills import SkillSet
+from robot_llm_planner.transformers_backend import TransformersBackend
+
+COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅']
+KEY = 'sk-test-secret-0123456789'
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def llamafactory_api(tiny_model, tiny_adapter, tmp_path_factory):
+    """Start `llamafactory-cli api` on 127.0.0.1 serving the tiny model + adapter."""
+    port = free_port()
+    env = dict(os.environ, API_HOST='127.0.0.1', API_PORT=str(port), API_KEY=KEY,
+               CUDA_VISIBLE_DEVICES='')
+    log = tmp_path_factory.mktemp('api') / 'api.log'
+    cli = os.path.join(os.path.dirname(sys.executable), 'llamafactory-cli')
+    with open(log, 'w') as stream:
+        process = subprocess.Popen(
+            [cli, 'api', '--model_name_or_path', tiny_model, '--adapter_name_or_path',
+             tiny_adapter, '--template', 'qwen', '--finetuning_type', 'lora',
+             '--infer_backend', 'huggingface'], env=env, stdout=stream, stderr=subprocess.STDOUT)
+    url = 'http://127.0.0.1:%d/v1' % port
+    deadline = time.time() + 180
+    while True:
+        try:
+            request = urllib.request.Request(url + '/models',
+                                             headers={'Authorization': 'Bearer ' + KEY})
+            urllib.request.urlopen(request, timeout=2).read()
+            break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail('llamafactory-cli api did not start:\n' + log.read_text()[-3000:])
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    monkeypatch.setenv('PLANNER_TEST_KEY', KEY)
+    return 'PLANNER_TEST_KEY'
+
+
+@pytest.mark.slow
+def test_remote_and_local_backends_give_the_same_plans(llamafactory_api, api_key, tiny_model,
+                                                       tiny_adapter):
+    skills = SkillSet.load()
+    config = GenerationConfig(max_new_tokens=24)
+    remote = OpenAIBackend(llamafactory_api, 'tiny', api_key)
+    local = TransformersBackend(tiny_model, tiny_adapter, device='cpu', fast_path='off')
+    plans = []
+    for backend in (remote, local):
+        planner = Planner(backend, skills, PromptBuilder(), config)
+        planner.load()
+        plans.append([(r.plan.raw_output, r.status, [s.action for s in r.plan.steps])
+                      for r in planner.plan_batch(COMMANDS)])
+    assert plans[0] == plans[1]
+    assert all(raw for raw, _, _ in plans[0])
+
+
+@pytest.mark.slow
+def test_wrong_key_is_refused_without_leaking_it(llamafactory_api, monkeypatch):
+    monkeypatch.setenv('PLANNER_TEST_KEY', 'sk-wrong-key-abcdef')
+    backend = OpenAIBackend(llamafactory_api, 'tiny', 'PLANNER_TEST_KEY', retries=0)
+    with pytest.raises(RemoteError, match='HTTP 401') as info:
+        backend.load()
+    assert 'sk-wrong-key' not in str(info.value)
+    assert 'sk-wrong-key' not in json.dumps(backend.describe())
+
+
+class _Server:
+    """A real HTTP server on 127.0.0.1 whose answers a test scripts."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)  # (delay_s, status, body bytes); the last one repeats
+        self.requests = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get('Content-Length') or 0)
+                server.requests.append((self.command, self.path, dict(self.headers),
+                                        self.rfile.read(length)))
+                delay, status, body = (server.answers.pop(0) if len(server.answers) > 1
+                                       else server.answers[0])
+                time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    self.send_header('Content-Type', 'application/json')
+                    self.send_header('Content-Length', str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the client gave up (timeout test)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = 'http://127.0.0.1:%d/v1' % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _completion(text):
+    return json.dumps({'choices': [{'message': {'role': 'assistant', 'content': text},
+                                    'finish_reason': 'stop'}],
+                       'usage': {'prompt_tokens': 30, 'completion_tokens': 9}},
+                      ensure_ascii=False).encode('utf-8')
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(*answers):
+        servers.append(_Server(answers))
+        return servers[-1]
+    yield start
+    for item in servers:
+        item.close()
+
+
+PLAN = '去客厅。移动到，客厅'
+
+
+def _generate(backend):
+    return backend.generate(['去客厅'], PromptBuilder(), GenerationConfig(max_new_tokens=16))[0]
+
+
+def test_request_body_and_key_header(server, api_key):
+    srv = server((0, 200, _completion(PLAN)))
+    generation = _generate(OpenAIBackend(srv.url, 'lora-task2', api_key))
+    assert generation.text == PLAN and generation.tokens == 9
+    method, path, headers, body = srv.requests[0]
+    assert (method, path) == ('POST', '/v1/chat/completions')
+    assert headers['Authorization'] == 'Bearer ' + KEY
+    body = json.loads(body)
+    assert body['model'] == 'lora-task2' and body['temperature'] == 0.0
+    assert body['messages'][1] == {'role': 'user', 'content': '去客厅'}
+    assert body['max_tokens'] == 16
+
+
+def test_unreachable_server():
+    backend = OpenAIBackend('http://127.0.0.1:%d/v1' % free_port(), 'm', retries=1,
+                            retry_backoff_s=0.01)
+    with pytest.raises(RemoteError, match=r'unreachable .* \(after 2 attempts\)'):
+        _generate(backend)
+
+
+def test_timeout(server):
+    srv = server((1.0, 200, _completion(PLAN)))
+    backend = OpenAIBackend(srv.url, 'm', timeout_s=0.2, retries=0)
+    with pytest.raises(RemoteError, match='did not answer .* within remote.timeout_s = 0.2 s'):
+        _generate(backend)
+
+
+@pytest.mark.parametrize('body,expected', [
+    (b'<html>502 Bad Gateway</html>', 'not a JSON object'),
+    (b'[1, 2]', 'not a JSON object'),
+    (b'{"choices": []}', 'without choices\\[0\\].message.content'),
+    (b'{"choices": [{"message": {"content": null}}]}', 'without choices'),
+])
+def test_garbage_answers(server, body, expected):
+    backend = OpenAIBackend(server((0, 200, body)).url, 'm', retries=0)
+    with pytest.raises(RemoteError, match=expected):
+        _generate(backend)
+
+
+def test_retries_server_errors_then_succeeds(server):
+    srv = server((0, 503, b'{"error": "loading"}'), (0, 200, _completion(PLAN)))
+    backend = OpenAIBackend(srv.url, 'm', retries=2, retry_backoff_s=0.01)
+    assert _generate(backend).text == PLAN
+    assert len(srv.requests) == 2
+
+
+def test_client_errors_are_not_retried(server):
+    srv = server((0, 404, b'{"error": "model lora-x not found"}'))
+    backend = OpenAIBackend(srv.url, 'lora-x', retries=3, retry_backoff_s=0.01)
+    with pytest.raises(RemoteError, match='HTTP 404 .*model lora-x not found'):
+        _generate(backend)
+    assert len(srv.requests) == 1
+
+
+def test_truncated_answer_is_reported(server):
+    body = json.dumps({'choices': [{'message': {'content': '去客厅'}, 'finish_reason': 'length'}]})
+    generation = _generate(OpenAIBackend(server((0, 200, body.encode())).url, 'm'))
+    assert not generation.finished
+
+
+@pytest.mark.parametrize('url,model,env,expected', [
+    ('gpu:8000/v1', 'm', '', 'must start with http'),
+    ('http://gpu:8000/v1', '', '', 'remote.model is empty'),
+    ('http://gpu:8000/v1', 'm', 'PLANNER_UNSET_KEY_VAR', 'PLANNER_UNSET_KEY_VAR but that'),
+])
+def test_bad_settings(url, model, env, expected):
+    os.environ.pop('PLANNER_UNSET_KEY_VAR', None)
+    with pytest.raises(RemoteError, match=expected):
+        OpenAIBackend(url, model, env).load()

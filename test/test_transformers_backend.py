@@ -1,0 +1,201 @@
+"""The local backend: LLaMA-Factory parity, batching, the fast path and every load error."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from robot_llm_planner.backend import EngineError, GenerationConfig, ModelLoadError
+from robot_llm_planner.prompt import PromptBuilder
+from robot_llm_planner.transformers_backend import TransformersBackend
+
+COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅', '打开冰箱门']
+GREEDY = GenerationConfig(max_new_tokens=24)
+PROMPT = PromptBuilder()
+
+
+def _load(model, adapter='', **kwargs):
+    backend = TransformersBackend(model, adapter, device='cpu', **kwargs)
+    backend.load()
+    return backend
+
+
+def _texts(backend, commands=COMMANDS, prompt=PROMPT, config=GREEDY):
+    return [g.text for g in backend.generate(commands, prompt, config)]
+
+
+@pytest.fixture(scope='module')
+def merged(tiny_model, tiny_adapter):
+    return _load(tiny_model, tiny_adapter, fast_path='off')
+
+
+@pytest.mark.slow
+def test_greedy_output_equals_llamafactory_chat_model(tiny_model, tiny_adapter, merged):
+    from llamafactory.chat import ChatModel
+    chat = ChatModel({'model_name_or_path': tiny_model, 'adapter_name_or_path': tiny_adapter,
+                      'template': 'qwen', 'finetuning_type': 'lora',
+                      'infer_backend': 'huggingface', 'do_sample': False,
+                      'max_new_tokens': GREEDY.max_new_tokens})
+    expected = [chat.chat([{'role': 'user', 'content': c}])[0].response_text for c in COMMANDS]
+    assert _texts(merged) == expected
+    one_by_one = [_texts(merged, [c])[0] for c in COMMANDS]
+    assert one_by_one == expected
+
+
+def test_adapter_changes_the_output(tiny_model, merged):
+    assert _texts(_load(tiny_model, fast_path='off')) != _texts(merged)
+
+
+def test_batch_equals_one_by_one(merged):
+    assert _texts(merged) == [_texts(merged, [c])[0] for c in COMMANDS]
+
+
+def test_greedy_is_deterministic(merged):
+    assert _texts(merged) == _texts(merged)
+
+
+@pytest.mark.parametrize('draft_tokens', [0, 1, 4])
+def test_fast_path_equals_generate(tiny_model, tiny_adapter, merged, draft_tokens):
+    fast = _load(tiny_model, tiny_adapter, fast_path='on', draft_tokens=draft_tokens)
+    assert fast.decoder is not None
+    for max_new in (1, 5, 24):
+        config = GenerationConfig(max_new_tokens=max_new)
+        assert _texts(fast, config=config) == _texts(merged, config=config)
+
+
+def test_generation_reports_tokens_and_truncation(merged):
+    generation = merged.generate(['去客厅'], PROMPT, GenerationConfig(max_new_tokens=3))[0]
+    assert generation.tokens <= 3 and generation.prompt_tokens > 10
+    if generation.tokens == 3:
+        assert not generation.finished
+
+
+def test_stop_token_is_im_end(merged):
+    assert merged.stop_ids == [merged.tokenizer.convert_tokens_to_ids('<|im_end|>')]
+
+
+def test_sampling_runs(merged):
+    config = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.0, top_p=1.0)
+    assert len(merged.generate(COMMANDS[:2], PROMPT, config)) == 2
+
+
+def test_describe(tiny_model, tiny_adapter, merged):
+    assert merged.describe() == {'backend': 'transformers', 'base': tiny_model,
+                                 'adapter': tiny_adapter}
+
+
+def test_several_adapters_merge_in_order(tiny_model, tiny_adapter, merged):
+    both = _load(tiny_model, tiny_adapter + ',' + tiny_adapter, fast_path='off')
+    assert both.adapters == [tiny_adapter, tiny_adapter]
+    assert _texts(both) != _texts(merged)  # the second merge doubles the update
+
+
+# ------------------------------------------------------------------- errors
+def _error(model, adapter='', **kwargs):
+    with pytest.raises(ModelLoadError) as info:
+        _load(model, adapter, **kwargs)
+    return str(info.value)
+
+
+def test_missing_model_directory(tmp_path):
+    message = _error(str(tmp_path / 'Qwen1.5-7B'))
+    assert message.startswith('model.path:') and 'Qwen1.5-7B does not exist' in message
+
+
+def test_empty_model_path():
+    assert 'model.path is empty' in _error('')
+
+
+def test_directory_without_config(tmp_path):
+    assert 'has no config.json' in _error(str(tmp_path))
+
+
+def test_missing_adapter_directory(tiny_model, tmp_path):
+    message = _error(tiny_model, str(tmp_path / 'lora-task2'))
+    assert message.startswith('model.adapter_path:') and 'lora-task2 does not exist' in message
+
+
+def test_adapter_directory_without_config(tiny_model, tmp_path):
+    assert 'has no adapter_config.json' in _error(tiny_model, str(tmp_path))
+
+
+def test_corrupt_adapter_file(tiny_model, tiny_adapter, tmp_path):
+    broken = tmp_path / 'broken'
+    shutil.copytree(tiny_adapter, broken)
+    (broken / 'adapter_model.safetensors').write_bytes(b'\x00garbage' * 10)
+    message = _error(tiny_model, str(broken))
+    assert message.startswith('model.adapter_path: cannot load adapter') and 'broken' in message
+
+
+def test_adapter_for_a_different_base(other_model, tiny_adapter):
+    message = _error(other_model, tiny_adapter)
+    assert 'trained on a different base' in message
+    assert tiny_adapter in message and other_model in message
+
+
+@pytest.mark.parametrize('device,expected', [
+    ('cuda', "model.device is 'cuda' but CUDA is not available"),
+    ('cuda:3', "model.device is 'cuda:3' but CUDA is not available"),
+    ('tpu', 'model.device must be auto, cpu, cuda or cuda:N'),
+])
+def test_bad_device(tiny_model, device, expected):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA, so these devices may exist')
+    with pytest.raises(ModelLoadError, match=expected.replace('(', r'\(')):
+        TransformersBackend(tiny_model, device=device).load()
+
+
+def test_bad_dtype(tiny_model):
+    assert 'model.dtype must be one of' in _error(tiny_model, dtype='int3')
+
+
+def test_corrupt_model_weights(tiny_model, tmp_path):
+    broken = tmp_path / 'model'
+    shutil.copytree(tiny_model, broken)
+    (broken / 'model.safetensors').write_bytes(b'not safetensors')
+    message = _error(str(broken))
+    assert message.startswith('model.path: cannot load the model from') and str(broken) in message
+
+
+def test_config_of_another_architecture(tiny_model, tmp_path):
+    broken = tmp_path / 'model'
+    shutil.copytree(tiny_model, broken)
+    config = json.loads((broken / 'config.json').read_text())
+    config['model_type'] = 'no_such_architecture'
+    (broken / 'config.json').write_text(json.dumps(config))
+    assert 'model.path: cannot load' in _error(str(broken))
+
+
+def test_generate_before_load_is_an_engine_error(tiny_model):
+    with pytest.raises(EngineError, match='not loaded'):
+        TransformersBackend(tiny_model).generate(['x'], PROMPT, GREEDY)
+
+
+def test_too_long_prompt_is_an_engine_error(merged):
+    with pytest.raises(EngineError, match='more than the 512 this backend serves'):
+        merged.generate(['水' * 600], PROMPT, GREEDY)
+
+
+def test_oom_message_names_device_and_path():
+    from robot_llm_planner.transformers_backend import _oom_message
+    message = _oom_message('/models/Qwen1.5-7B', 'cuda:0', RuntimeError('CUDA out of memory'))
+    assert 'out of GPU memory on cuda:0 while loading /models/Qwen1.5-7B' in message
+
+
+def test_model_files_are_untouched(tiny_model, tiny_adapter, merged):
+    # Merging happens in memory: the adapter and base directories are never written.
+    assert sorted(os.listdir(tiny_adapter)) == ['README.md', 'adapter_config.json',
+                                                'adapter_model.safetensors']
+
+
+def test_ngram_index_drafts_what_followed_the_suffix():
+    from robot_llm_planner.decoding import NgramIndex
+    index = NgramIndex(max_ngram=2)
+    index.extend([5, 6, 7, 8, 9, 5, 6])
+    assert index.draft(3) == [7, 8, 9]  # (5, 6) was followed by 7, 8, 9
+    index.extend([1])
+    assert index.draft(2) == []  # 1 never occurred before
+    index.extend([5])
+    assert index.draft(4) == [6, 7, 8, 9]  # the 1-gram (5,) matches
