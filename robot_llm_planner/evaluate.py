@@ -1,0 +1,310 @@
+"""
+Plan quality metrics for predictions against labels, for one run or several side by side.
+
+A run is a JSONL file: LLaMA-Factory's ``generated_predictions.jsonl`` (``{"prompt",
+"predict", "label"}`` per line) or rows ``{"command", "predict", "label"[, "latency_ms"]}``
+such as a run of the planner itself writes. :func:`evaluate_rows` computes, per run:
+
+- ``format_valid``: share of predictions that parse with no errors (:func:`parse_plan`);
+- ``skill_valid``: share that also pass :meth:`SkillSet.validate` (what planner_node
+  publishes as ``ok``; a task1 output has no actions and is never skill-valid);
+- ``exact_match``: share of labelled rows whose normalized step list equals the label's;
+- ``description_*``: micro precision / recall / F1 of output1 step descriptions;
+- ``action_*``: the same for output2 ``(action, target, location)`` tuples (None when the
+  labels have no output2, i.e. task1);
+- ``latency_p50_ms`` / ``p90`` / ``p99`` when rows carry ``latency_ms``.
+
+Steps are matched as multisets: a predicted step counts once against an equal label step,
+whatever its position. Texts are compared after :func:`clean_text` (spaces collapsed).
+Rates are fractions in [0, 1]; a metric with nothing to divide by is None.
+"""
+
+from collections import Counter
+import csv
+import io
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from robot_llm_planner.plan import clean_text, parse_plan, Plan
+from robot_llm_planner.postprocess import command_from_prompt
+from robot_llm_planner.skills import SkillSet
+
+# (key, label in the table, kind): kind 'count', 'rate' or 'ms'.
+METRICS = (
+    ('n', 'examples', 'count'),
+    ('labelled', 'labelled examples', 'count'),
+    ('format_valid', 'format valid', 'rate'),
+    ('skill_valid', 'skill valid', 'rate'),
+    ('exact_match', 'plan exact match', 'rate'),
+    ('description_precision', 'output1 step precision', 'rate'),
+    ('description_recall', 'output1 step recall', 'rate'),
+    ('description_f1', 'output1 step F1', 'rate'),
+    ('action_precision', 'output2 step precision', 'rate'),
+    ('action_recall', 'output2 step recall', 'rate'),
+    ('action_f1', 'output2 step F1', 'rate'),
+    ('latency_count', 'rows with latency', 'count'),
+    ('latency_p50_ms', 'latency p50 (ms)', 'ms'),
+    ('latency_p90_ms', 'latency p90 (ms)', 'ms'),
+    ('latency_p99_ms', 'latency p99 (ms)', 'ms'),
+)
+CHART_RATES = ('format_valid', 'skill_valid', 'exact_match', 'description_f1', 'action_f1')
+CHART_LATENCIES = ('latency_p50_ms', 'latency_p90_ms', 'latency_p99_ms')
+PREDICTIONS_FILE = 'generated_predictions.jsonl'
+
+
+class EvaluationError(ValueError):
+    """A run file is missing or malformed, or the arguments do not fit."""
+
+
+def load_rows(path: str) -> List[dict]:
+    """Read a run file into rows ``{"command", "predict", "label"[, "latency_ms"]}``."""
+    try:
+        with open(path, encoding='utf-8') as stream:
+            lines = stream.readlines()
+    except OSError as exc:
+        raise EvaluationError('cannot read %s: %s' % (path, exc.strerror)) from exc
+    except UnicodeDecodeError as exc:
+        raise EvaluationError('%s is not UTF-8 text: %s' % (path, exc)) from exc
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError as exc:
+            raise EvaluationError('%s line %d is not JSON: %s' % (path, number, exc)) from exc
+        if not isinstance(data, dict) or not all(
+                isinstance(data.get(key), str) for key in ('predict', 'label')):
+            raise EvaluationError('%s line %d: expected an object with string "predict" and '
+                                  '"label"' % (path, number))
+        if 'command' in data:
+            command = str(data['command'])
+        else:
+            command = command_from_prompt(str(data.get('prompt', '')))
+        row = {'command': command, 'predict': data['predict'], 'label': data['label']}
+        latency = data.get('latency_ms')
+        if latency is not None:
+            if isinstance(latency, bool) or not isinstance(latency, (int, float)) \
+                    or not math.isfinite(latency):
+                raise EvaluationError('%s line %d: "latency_ms" must be a number, got %r'
+                                      % (path, number, latency))
+            row['latency_ms'] = float(latency)
+        rows.append(row)
+    if not rows:
+        raise EvaluationError('%s has no predictions' % path)
+    return rows
+
+
+def _descriptions(plan: Plan) -> List[str]:
+    return [clean_text(step.description) for step in plan.steps if clean_text(step.description)]
+
+
+def _actions(plan: Plan) -> List[Tuple[str, str, str]]:
+    return [(clean_text(s.action), clean_text(s.target), clean_text(s.location))
+            for s in plan.steps if clean_text(s.action)]
+
+
+def _normalized(plan: Plan) -> List[Tuple[str, ...]]:
+    return [tuple(clean_text(value) for value in (s.description, s.action, s.target, s.location))
+            for s in plan.steps]
+
+
+def _ratio(numerator: float, denominator: float) -> Optional[float]:
+    return numerator / denominator if denominator else None
+
+
+def _f1(precision: Optional[float], recall: Optional[float]) -> Optional[float]:
+    if precision is None or recall is None:
+        return None
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Return the ``q``-th percentile of ``values``, interpolating linearly between ranks."""
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+class _Matches:
+    """Micro-averaged multiset matching counts of one kind of step."""
+
+    def __init__(self) -> None:
+        self.matched = self.predicted = self.expected = 0
+
+    def add(self, predicted: list, expected: list) -> None:
+        self.matched += sum((Counter(predicted) & Counter(expected)).values())
+        self.predicted += len(predicted)
+        self.expected += len(expected)
+
+    def metrics(self, prefix: str) -> Dict[str, Optional[float]]:
+        precision = _ratio(self.matched, self.predicted)
+        recall = _ratio(self.matched, self.expected)
+        return {prefix + '_precision': precision, prefix + '_recall': recall,
+                prefix + '_f1': _f1(precision, recall)}
+
+
+def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[float]]:
+    """
+    Return the metrics of rows ``{"command", "predict", "label"[, "latency_ms"]}``.
+
+    A row whose label has no steps (an unlabelled demo set) counts for the validity rates
+    and latency only.
+    """
+    format_valid = skill_valid = labelled = exact = 0
+    descriptions, actions = _Matches(), _Matches()
+    label_has_actions = False
+    latencies = []
+    for row in rows:
+        predicted = parse_plan(row.get('predict', ''), row.get('command', ''))
+        if predicted.ok:
+            format_valid += 1
+            skill_valid += not skills.validate(predicted)
+        if row.get('latency_ms') is not None:
+            latencies.append(float(row['latency_ms']))
+        expected = parse_plan(row.get('label', ''))
+        if not expected.steps:
+            continue
+        labelled += 1
+        exact += _normalized(predicted) == _normalized(expected)
+        descriptions.add(_descriptions(predicted), _descriptions(expected))
+        if expected.has_output2:
+            label_has_actions = True
+            actions.add(_actions(predicted), _actions(expected))
+    result: Dict[str, Optional[float]] = {
+        'n': len(rows), 'labelled': labelled,
+        'format_valid': _ratio(format_valid, len(rows)),
+        'skill_valid': _ratio(skill_valid, len(rows)),
+        'exact_match': _ratio(exact, labelled),
+    }
+    result.update(descriptions.metrics('description'))
+    if label_has_actions:
+        result.update(actions.metrics('action'))
+    else:
+        result.update({'action_precision': None, 'action_recall': None, 'action_f1': None})
+    result['latency_count'] = len(latencies)
+    for q in (50, 90, 99):
+        result['latency_p%d_ms' % q] = percentile(latencies, q) if latencies else None
+    return result
+
+
+def run_names(paths: Sequence[str], names: Optional[Sequence[str]] = None) -> List[str]:
+    """
+    Return one unique display name per run.
+
+    Default: the folder name for a LLaMA-Factory ``generated_predictions.jsonl`` (its output
+    dir names the run), the file name without extension otherwise.
+    """
+    if names:
+        if len(names) != len(paths):
+            raise EvaluationError('got %d names for %d runs' % (len(names), len(paths)))
+        chosen = list(names)
+    else:
+        chosen = []
+        for path in paths:
+            path = os.path.abspath(path)
+            if os.path.basename(path) == PREDICTIONS_FILE:
+                chosen.append(os.path.basename(os.path.dirname(path)))
+            else:
+                chosen.append(os.path.splitext(os.path.basename(path))[0])
+    unique = []
+    for name in chosen:
+        candidate, number = name, 2
+        while candidate in unique:
+            candidate, number = '%s (%d)' % (name, number), number + 1
+        unique.append(candidate)
+    return unique
+
+
+def _cell(value: Optional[float], kind: str) -> str:
+    if value is None:
+        return 'n/a'
+    if kind == 'count':
+        return '%d' % value
+    if kind == 'rate':
+        return '%.1f%%' % (100 * value)
+    return '%.1f' % value
+
+
+def markdown_table(results: Sequence[Tuple[str, dict]]) -> str:
+    """Return the runs side by side: one row per metric, one column per run."""
+    lines = ['| metric | %s |' % ' | '.join(name for name, _ in results),
+             '|---|%s' % ('---:|' * len(results))]
+    for key, label, kind in METRICS:
+        lines.append('| %s | %s |' % (label, ' | '.join(_cell(m[key], kind) for _, m in results)))
+    return '\n'.join(lines) + '\n'
+
+
+def csv_text(results: Sequence[Tuple[str, dict]]) -> str:
+    """Return one CSV row per run with every metric (rates as fractions, empty for None)."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator='\n')
+    writer.writerow(['run'] + [key for key, _, _ in METRICS])
+    for name, metrics in results:
+        writer.writerow([name] + ['' if metrics[key] is None else
+                                  ('%d' % metrics[key] if kind == 'count'
+                                   else '%.6g' % metrics[key])
+                                  for key, _, kind in METRICS])
+    return stream.getvalue()
+
+
+def write_chart(results: Sequence[Tuple[str, dict]], path: str) -> None:
+    """Draw grouped bars of the rates (and latency percentiles if any) into a PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    labels = {key: label for key, label, _ in METRICS}
+    with_latency = any(m['latency_count'] for _, m in results)
+    panels = [(CHART_RATES, 'rate (%)', 100.0)]
+    if with_latency:
+        panels.append((CHART_LATENCIES, 'latency (ms)', 1.0))
+    figure, axes = plt.subplots(1, len(panels), squeeze=False,
+                                figsize=(6 + 3 * len(results), 4.5))
+    width = 0.8 / len(results)
+    for axis, (keys, title, scale) in zip(axes[0], panels):
+        for index, (name, metrics) in enumerate(results):
+            values = [(metrics[key] or 0.0) * scale for key in keys]
+            positions = [k + (index - (len(results) - 1) / 2) * width for k in range(len(keys))]
+            bars = axis.bar(positions, values, width, label=name)
+            axis.bar_label(bars, labels=[_cell(metrics[k], 'ms') if scale == 1.0 else
+                                         _cell(metrics[k], 'rate').rstrip('%') for k in keys],
+                           fontsize=7)
+        axis.set_xticks(range(len(keys)))
+        axis.set_xticklabels([labels[key] for key in keys], rotation=20, ha='right', fontsize=8)
+        axis.set_ylabel(title)
+        if scale == 100.0:
+            axis.set_ylim(0, 110)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def evaluate_files(paths: Sequence[str], out_dir: str, names: Optional[Sequence[str]] = None,
+                   skills: Optional[SkillSet] = None) -> Tuple[List[Tuple[str, dict]], str]:
+    """
+    Evaluate runs and write ``results.md``, ``results.csv`` and ``results.png`` to ``out_dir``.
+
+    Return ``[(name, metrics)]`` and the markdown table.
+    """
+    if not paths:
+        raise EvaluationError('no runs to evaluate')
+    skills = skills or SkillSet.load()
+    results = [(name, evaluate_rows(load_rows(path), skills))
+               for name, path in zip(run_names(paths, names), paths)]
+    table = markdown_table(results)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, 'results.md'), 'w', encoding='utf-8') as stream:
+        stream.write('# Plan evaluation\n\n')
+        stream.write(''.join('- %s: `%s`\n' % (name, path)
+                             for (name, _), path in zip(results, paths)) + '\n')
+        stream.write(table)
+    with open(os.path.join(out_dir, 'results.csv'), 'w', encoding='utf-8', newline='') as stream:
+        stream.write(csv_text(results))
+    write_chart(results, os.path.join(out_dir, 'results.png'))
+    return results, table

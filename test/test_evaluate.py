@@ -1,0 +1,169 @@
+"""Plan evaluation: metrics on hand-built predictions, the evaluate CLI and its errors."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from robot_llm_planner.evaluate import (evaluate_rows, EvaluationError, load_rows, percentile,
+                                        run_names)
+from robot_llm_planner.skills import SkillSet
+
+SYSTEM = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.'
+
+# Five predictions whose metrics are worked out by hand below.
+ROWS = [
+    # exact match, written with ASCII separators and spaces
+    {'command': '帮我拿一瓶水。', 'latency_ms': 100,
+     'label': '寻找一瓶水；拿起一瓶水。寻找物体，一瓶水；拿起物体，一瓶水',
+     'predict': '寻找一瓶水; 拿起一瓶水。寻找物体, 一瓶水; 拿起物体 ,一瓶水'},
+    # valid and executable, but the wrong place: nothing matches
+    {'command': '去客厅', 'latency_ms': 200,
+     'label': '去客厅。移动到，客厅', 'predict': '去厨房。移动到，厨房'},
+    # parses, one step right, one step with an unknown action
+    {'command': '打开冰箱门再关上', 'latency_ms': 300,
+     'label': '打开冰箱门；关上冰箱门。打开，冰箱门；关闭，冰箱门',
+     'predict': '打开冰箱门；飞起来。打开，冰箱门；飞行，天空'},
+    # output2 cut short: a parse error (step_count_mismatch)
+    {'command': '把书放到书架上', 'latency_ms': 400,
+     'label': '寻找书；拿起书；把书放到书架上。寻找物体，书；拿起物体，书；放下物体，书，书架上',
+     'predict': '寻找书；拿起书。寻找物体，书'},
+    # unlabelled: counts for validity only
+    {'command': '去客厅吧', 'label': '', 'predict': '去客厅。移动到，客厅'},
+]
+
+
+@pytest.fixture(scope='module')
+def skills():
+    return SkillSet.load()
+
+
+def test_hand_computed_metrics(skills):
+    metrics = evaluate_rows(ROWS, skills)
+    assert metrics['n'] == 5 and metrics['labelled'] == 4
+    assert metrics['format_valid'] == pytest.approx(4 / 5)  # all but row 4
+    assert metrics['skill_valid'] == pytest.approx(3 / 5)  # rows 1, 2, 5
+    assert metrics['exact_match'] == pytest.approx(1 / 4)  # row 1 of 4 labelled
+    # output1 descriptions: matched 2+0+1+2, predicted 2+1+2+2, expected 2+1+2+3
+    assert metrics['description_precision'] == pytest.approx(5 / 7)
+    assert metrics['description_recall'] == pytest.approx(5 / 8)
+    assert metrics['description_f1'] == pytest.approx(2 / 3)
+    # output2 tuples: matched 2+0+1+1, predicted 2+1+2+1, expected 2+1+2+3
+    assert metrics['action_precision'] == pytest.approx(4 / 6)
+    assert metrics['action_recall'] == pytest.approx(4 / 8)
+    assert metrics['action_f1'] == pytest.approx(4 / 7)
+    # latencies 100, 200, 300, 400 (linear interpolation between ranks)
+    assert metrics['latency_count'] == 4
+    assert metrics['latency_p50_ms'] == pytest.approx(250)
+    assert metrics['latency_p90_ms'] == pytest.approx(370)
+    assert metrics['latency_p99_ms'] == pytest.approx(397)
+
+
+def test_steps_match_as_multisets_and_locations_count(skills):
+    rows = [{'command': 'x', 'label': '寻找水；寻找水。寻找物体，水；寻找物体，水',
+             'predict': '寻找水。寻找物体，水，厨房'}]
+    metrics = evaluate_rows(rows, skills)
+    assert metrics['description_precision'] == 1.0 and metrics['description_recall'] == 0.5
+    assert metrics['action_precision'] == 0.0 and metrics['action_recall'] == 0.0
+    assert metrics['action_f1'] == 0.0
+    assert metrics['format_valid'] == 1.0 and metrics['exact_match'] == 0.0
+
+
+def test_task1_runs_have_no_action_metrics_and_are_not_executable(skills):
+    rows = [{'command': 'a', 'label': '寻找一瓶水；拿起一瓶水', 'predict': '寻找一瓶水；拿起一瓶水'},
+            {'command': 'b', 'label': '去客厅', 'predict': ''}]
+    metrics = evaluate_rows(rows, skills)
+    assert metrics['format_valid'] == 0.5 and metrics['skill_valid'] == 0.0
+    assert metrics['exact_match'] == 0.5
+    assert metrics['description_precision'] == 1.0
+    assert metrics['description_recall'] == pytest.approx(2 / 3)
+    assert metrics['action_precision'] is None and metrics['action_f1'] is None
+    assert metrics['latency_count'] == 0 and metrics['latency_p50_ms'] is None
+
+
+def test_percentile_edges():
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([3, 1, 2], 50) == 2
+    assert percentile([0, 10], 90) == pytest.approx(9)
+
+
+def _prompt(query):
+    return ('<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n'
+            '<|im_start|>assistant\n' % (SYSTEM, query))
+
+
+def _write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows),
+                    encoding='utf-8')
+    return path
+
+
+def _llamafactory_run(path, rows):
+    return _write_jsonl(path, [{'prompt': _prompt(r['command']), 'predict': r['predict'],
+                                'label': r['label']} for r in rows])
+
+
+def test_load_both_formats(tmp_path):
+    lf = _llamafactory_run(tmp_path / 'lora' / 'generated_predictions.jsonl', ROWS[:2])
+    rows = load_rows(str(lf))
+    assert [r['command'] for r in rows] == ['帮我拿一瓶水。', '去客厅']
+    assert 'latency_ms' not in rows[0]
+    planner = _write_jsonl(tmp_path / 'planner.jsonl', ROWS)
+    assert load_rows(str(planner))[0]['latency_ms'] == 100.0
+    assert run_names([str(lf), str(planner), str(planner)]) == [
+        'lora', 'planner', 'planner (2)']
+
+
+def _evaluate(*args):
+    return subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'evaluate', *args],
+                          capture_output=True, text=True)
+
+
+def test_cli_writes_table_csv_and_chart(tmp_path):
+    lf = _llamafactory_run(tmp_path / 'lora-task2_prompt0' / 'generated_predictions.jsonl',
+                           ROWS)
+    planner = _write_jsonl(tmp_path / 'planner.jsonl', ROWS[:3])
+    out = tmp_path / 'results'
+    result = _evaluate(str(lf), str(planner), '--out', str(out))
+    assert result.returncode == 0, result.stderr
+    assert '| metric | lora-task2_prompt0 | planner |' in result.stdout
+    assert '| plan exact match | 25.0% | 33.3% |' in result.stdout
+    assert '| latency p50 (ms) | n/a | 200.0 |' in result.stdout
+    assert result.stdout.split('wrote')[0] in (out / 'results.md').read_text(encoding='utf-8')
+    with open(out / 'results.csv', encoding='utf-8') as stream:
+        table = list(csv.DictReader(stream))
+    assert [row['run'] for row in table] == ['lora-task2_prompt0', 'planner']
+    assert float(table[0]['description_f1']) == pytest.approx(2 / 3, abs=1e-5)
+    assert table[0]['latency_p50_ms'] == '' and float(table[1]['latency_p90_ms']) == 280
+    assert (out / 'results.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    named = _evaluate(str(lf), '--names', 'LoRA', '--out', str(out))
+    assert named.returncode == 0 and '| metric | LoRA |' in named.stdout
+
+
+@pytest.mark.parametrize('content,message', [
+    (None, 'cannot read'),
+    ('', 'has no predictions'),
+    ('{"predict": "a", "label": "b"}\n{not json\n', 'line 2 is not JSON'),
+    ('{"predict": "a"}\n', 'line 1: expected an object with string "predict" and "label"'),
+    ('[1, 2]\n', 'line 1: expected an object'),
+    ('{"predict": "a", "label": "b", "latency_ms": "fast"}\n', '"latency_ms" must be a number'),
+])
+def test_missing_or_malformed_run_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / 'run.jsonl'
+    if content is not None:
+        path.write_text(content, encoding='utf-8')
+    with pytest.raises(EvaluationError, match=message):
+        load_rows(str(path))
+    result = _evaluate(str(path), '--out', str(tmp_path / 'out'))
+    assert result.returncode == 2
+    assert str(path) in result.stderr and message.split(':')[0] in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_names_must_match_runs(tmp_path):
+    run = _write_jsonl(tmp_path / 'a.jsonl', ROWS)
+    result = _evaluate(str(run), '--names', 'a', 'b', '--out', str(tmp_path / 'out'))
+    assert result.returncode == 2 and 'got 2 names for 1 runs' in result.stderr
