@@ -134,7 +134,7 @@ class StaticCacheDecoder:
         length = len(prompt_ids)
         bucket = self._bucket(length)
         started = time.perf_counter()
-        self.cache.reset()
+        self._rewind(0)  # no need to clear: the mask hides every slot not yet rewritten
         ids = torch.full((1, bucket), self.pad_id, dtype=torch.long, device=self.device)
         ids[0, :length] = torch.tensor(list(prompt_ids), dtype=torch.long)
         logits = self._forward_eager(ids, torch.arange(bucket, device=self.device))

@@ -1,0 +1,319 @@
+"""
+Plan latency: this project's decode path against LLaMA-Factory's serving path, same run.
+
+Builds a Qwen1.5-7B-shaped model from its config with random weights on the GPU (nothing
+downloads), or loads a model directory (``--model``, optional ``--adapter`` merged at load),
+and measures at fixed output lengths (every path generates exactly ``--new-tokens`` tokens):
+
+- baseline: the merged model, plain ``generate()``, dynamic cache (LLaMA-Factory's HF engine);
+- engine: :class:`robot_llm_planner.decoding.StaticCacheDecoder` (static KV cache, compiled
+  step with CUDA graphs on CUDA), with 0 draft tokens and with each ``--draft-tokens`` k
+  (per-pass cost of verifying k drafts; acceptance needs real weights, see below);
+- the bandwidth floor: weight bytes read per step over the device copy bandwidth measured in
+  this run.
+
+Reported per path: first-token ms, decode ms/token, plan ms p50/p90 over ``--runs`` runs, and
+for the run: peak GPU memory, model build/load time and warm-up (compile) time. JSON and
+markdown go to ``--out``. On CPU, ``--config tiny`` runs a tiny model as a smoke test.
+
+With random weights greedy decoding repeats itself, so prompt-lookup acceptance would be
+meaningless: ``--acceptance-model DIR`` measures it on a real (e.g. the demo) model's plans.
+
+    python3 benchmarks/latency.py --config qwen1.5-7b --out $OUT        # GPU
+    python3 benchmarks/latency.py --config tiny --runs 3 --out /tmp/b   # CPU smoke test
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402
+
+CONFIGS = {
+    # Qwen1.5-7B's config.json (the fields that shape compute and memory).
+    'qwen1.5-7b': dict(vocab_size=151936, hidden_size=4096, intermediate_size=11008,
+                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                       max_position_embeddings=32768, rope_theta=1000000.0,
+                       tie_word_embeddings=False),
+    'tiny': dict(vocab_size=600, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                 tie_word_embeddings=True),
+}
+
+
+def synchronize(device):
+    """Wait for queued device work (timers read the host clock)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device, megabytes):
+    """Return device-to-device copy bandwidth in bytes/s, counting bytes read and written."""
+    source = torch.empty(megabytes * 2 ** 20, dtype=torch.uint8, device=device).random_()
+    target = torch.empty_like(source)
+    for _ in range(3):
+        target.copy_(source)
+    synchronize(device)
+    started = time.perf_counter()
+    repeats = 10
+    for _ in range(repeats):
+        target.copy_(source)
+    synchronize(device)
+    return 2 * source.numel() * repeats / (time.perf_counter() - started)
+
+
+def build_model(args, device, dtype):
+    """Return (model, seconds) for a random-weight config or a model directory."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    started = time.perf_counter()
+    if args.model:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        if args.adapter:
+            from peft import PeftModel
+            model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
+        model.to(device)
+    else:
+        torch.manual_seed(0)
+        config = Qwen2Config(**CONFIGS[args.config], eos_token_id=0, pad_token_id=0)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = Qwen2ForCausalLM(config)
+        finally:
+            torch.set_default_dtype(default)
+    model.eval()
+    synchronize(device)
+    return model, time.perf_counter() - started
+
+
+def percentiles(values):
+    """Return p50 and p90 of a list of milliseconds."""
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    return {'p50_ms': round(statistics.median(ordered), 3), 'p90_ms': round(p90, 3)}
+
+
+def time_runs(function, device, runs):
+    """Call ``function`` ``runs`` times; return the wall times in ms."""
+    times = []
+    for _ in range(runs):
+        synchronize(device)
+        started = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return times
+
+
+def measure(name, generate, device, new_tokens, runs):
+    """Time first token (1 new token) and whole plans (``new_tokens``) for one path."""
+    for _ in range(2):
+        generate(new_tokens)  # warm-up (and compilation for compiled paths)
+    first = time_runs(lambda: generate(1), device, runs)
+    plan = time_runs(lambda: generate(new_tokens), device, runs)
+    first_ms = statistics.median(first)
+    plan_stats = percentiles(plan)
+    result = {'first_token_ms': round(first_ms, 3), 'plan': plan_stats,
+              'decode_ms_per_token': round((plan_stats['p50_ms'] - first_ms)
+                                           / max(1, new_tokens - 1), 3)}
+    print('%-28s first %8.2f ms  decode %7.3f ms/token  plan p50 %9.2f ms  p90 %9.2f ms' % (
+        name, first_ms, result['decode_ms_per_token'], plan_stats['p50_ms'],
+        plan_stats['p90_ms']), flush=True)
+    return result
+
+
+def baseline_generate(model, prompt):
+    """Return the baseline: plain generate() with the dynamic cache, fixed output length."""
+    def generate(new_tokens):
+        with torch.inference_mode():
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 do_sample=False, temperature=None, top_p=None, top_k=None,
+                                 pad_token_id=0)
+        assert out.shape[1] == prompt.shape[1] + new_tokens
+    return generate
+
+
+def engine_generate(decoder, prompt_ids):
+    """Return the engine's decode for a fixed output length (no stop token: never stops)."""
+    def generate(new_tokens):
+        result = decoder.decode(prompt_ids, new_tokens)
+        assert len(result.tokens) == new_tokens
+        generate.stats = result.stats
+    return generate
+
+
+def agreement(model, decoder, prompt, device, new_tokens):
+    """Compare the engine's greedy tokens with generate()'s for the benchmark prompt."""
+    with torch.inference_mode():
+        expected = model.generate(prompt.to(device), attention_mask=torch.ones_like(prompt).to(
+            device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            temperature=None, top_p=None, top_k=None, pad_token_id=0)[0, prompt.shape[1]:]
+    got = decoder.decode(prompt[0].tolist(), new_tokens).tokens
+    expected = expected.tolist()
+    same = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), len(got))
+    print('greedy agreement with generate(): %d of %d tokens identical before any difference'
+          % (same, new_tokens), flush=True)
+    return {'identical_prefix_tokens': same, 'new_tokens': new_tokens}
+
+
+def acceptance(model_dir, adapter, split, draft_tokens, limit):
+    """Measure prompt-lookup acceptance on a real model's plans (CPU is fine)."""
+    sys.path.insert(0, ROOT)
+    from robot_llm_planner.backend import GenerationConfig
+    from robot_llm_planner.prompt import PromptBuilder
+    from robot_llm_planner.transformers_backend import TransformersBackend
+    with open(split, encoding='utf-8') as stream:
+        commands = [row['input'] for row in json.load(stream)][:limit]
+    results = {}
+    for k in draft_tokens:
+        backend = TransformersBackend(model_dir, adapter, device='cpu', fast_path='on',
+                                      draft_tokens=k)
+        backend.load()
+        tokens = passes = 0
+        for command in commands:
+            generation = backend.generate([command], PromptBuilder(),
+                                          GenerationConfig(max_new_tokens=96))[0]
+            tokens += generation.tokens
+            passes += 1 + generation.stats['decode_passes']  # prefill gives the first token
+        results[k] = {'commands': len(commands), 'tokens': tokens, 'forward_passes': passes,
+                      'tokens_per_pass': round(tokens / max(1, passes), 3)}
+        print('acceptance k=%d: %.3f tokens per forward pass over %d commands'
+              % (k, results[k]['tokens_per_pass'], len(commands)), flush=True)
+    return results
+
+
+def markdown(report):
+    """Return the report as a markdown table."""
+    lines = ['Device: %s; torch %s; transformers %s; %s; prompt %d tokens, %d new tokens, '
+             '%d runs; %s' % (report['device'], report['torch'], report['transformers'],
+                              report['model'], report['prompt_tokens'], report['new_tokens'],
+                              report['runs'], report['date']), '',
+             '| path | first token ms | decode ms/token | plan p50 ms | plan p90 ms | '
+             'vs baseline |', '|---|---|---|---|---|---|']
+    base = report['paths']['baseline_generate_dynamic']['plan']['p50_ms']
+    for name, path in report['paths'].items():
+        lines.append('| %s | %.2f | %.3f | %.2f | %.2f | %.2fx |' % (
+            name, path['first_token_ms'], path['decode_ms_per_token'], path['plan']['p50_ms'],
+            path['plan']['p90_ms'], base / path['plan']['p50_ms']))
+    lines.append('| floor (weights / copy bandwidth) | | %.3f | | | |'
+                 % report['floor_ms_per_token'])
+    lines += ['', 'Build/load %.1f s; engine warm-up (compile) %.1f s; peak GPU memory %s; '
+              'copy bandwidth %.3f TB/s.' % (report['build_s'], report['engine_warmup_s'],
+                                             report['peak_gpu_memory_gib'],
+                                             report['copy_tb_s'])]
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+    """Run the benchmark; return 0."""
+    parser = argparse.ArgumentParser(description=__doc__.strip().split('\n')[0])
+    parser.add_argument('--config', choices=sorted(CONFIGS), default='qwen1.5-7b')
+    parser.add_argument('--model', help='a model directory instead of random weights')
+    parser.add_argument('--adapter', default='', help='LoRA adapter merged into --model')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', default='auto')
+    parser.add_argument('--prompt-tokens', type=int, default=48)
+    parser.add_argument('--new-tokens', type=int, default=40)
+    parser.add_argument('--runs', type=int, default=10)
+    parser.add_argument('--draft-tokens', type=int, nargs='*', default=[4, 8])
+    parser.add_argument('--acceptance-model', help='real model dir for prompt-lookup acceptance')
+    parser.add_argument('--acceptance-adapter', default='')
+    parser.add_argument('--acceptance-split',
+                        default=os.path.join(ROOT, 'training', 'data', 'task2_prompt0_test.json'))
+    parser.add_argument('--acceptance-limit', type=int, default=100)
+    parser.add_argument('--out', default='.')
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = {'auto': torch.bfloat16 if device.type == 'cuda' else torch.float32,
+             'bfloat16': torch.bfloat16, 'float16': torch.float16,
+             'float32': torch.float32}[args.dtype]
+    import transformers
+    report = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda'
+              else 'CPU (%s, %d threads)' % (platform.processor() or platform.machine(),
+                                             torch.get_num_threads()),
+              'torch': torch.__version__, 'transformers': transformers.__version__,
+              'date': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+              'model': args.model or 'random weights, %s shape' % args.config,
+              'prompt_tokens': args.prompt_tokens, 'new_tokens': args.new_tokens,
+              'runs': args.runs, 'paths': {}}
+    bandwidth = copy_bandwidth(device, 2048 if device.type == 'cuda' else 256)
+    report['copy_tb_s'] = round(bandwidth / 1e12, 4)
+    model, report['build_s'] = build_model(args, device, dtype)
+    params = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    # Each step reads every weight once, except the embedding table (rows are gathered);
+    # a tied output layer still reads the whole table.
+    step_bytes = (params - (0 if tied else embedding)) * torch.finfo(dtype).bits // 8
+    report['params'] = params
+    report['floor_ms_per_token'] = round(step_bytes / (bandwidth / 2) * 1000.0, 4)
+    print('device %s, %.2f B params, copy %.3f TB/s, floor %.3f ms/token' % (
+        report['device'], params / 1e9, bandwidth / 1e12, report['floor_ms_per_token']),
+        flush=True)
+
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(1, vocab, (1, args.prompt_tokens), generator=generator)
+    report['paths']['baseline_generate_dynamic'] = measure(
+        'baseline_generate_dynamic', baseline_generate(model, prompt.to(device)), device,
+        args.new_tokens, args.runs)
+
+    started = time.perf_counter()
+    decoder = StaticCacheDecoder(model, stop_ids=[], pad_id=0, max_prompt_tokens=512,
+                                 max_new_tokens=args.new_tokens, draft_tokens=0,
+                                 compile_steps=device.type == 'cuda')
+    engine = engine_generate(decoder, prompt[0].tolist())
+    engine(args.new_tokens)
+    engine(args.new_tokens)
+    synchronize(device)
+    report['engine_warmup_s'] = round(time.perf_counter() - started, 2)
+    report['paths']['engine_fast_path'] = measure(
+        'engine_fast_path', engine, device, args.new_tokens, args.runs)
+    report['greedy_agreement'] = agreement(model, decoder, prompt, device, args.new_tokens)
+    report['verify_ms_per_pass'] = {'0': round(report['paths']['engine_fast_path']
+                                               ['decode_ms_per_token'], 3)}
+    for k in args.draft_tokens:
+        drafting = StaticCacheDecoder(model, stop_ids=[], pad_id=0, max_prompt_tokens=512,
+                                      max_new_tokens=args.new_tokens, draft_tokens=k,
+                                      compile_steps=device.type == 'cuda')
+        run = engine_generate(drafting, prompt[0].tolist())
+        for _ in range(2):
+            run(args.new_tokens)
+        times = time_runs(lambda: run(args.new_tokens), device, args.runs)
+        stats = run.stats
+        per_pass = (statistics.median(times) - stats['prefill_ms']) / max(1, stats['decode_passes'])
+        report['verify_ms_per_pass'][str(k)] = round(per_pass, 3)
+        print('verify %d drafts: %.3f ms per forward pass' % (k, per_pass), flush=True)
+    if device.type == 'cuda':
+        report['peak_gpu_memory_gib'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30,
+                                              2)
+    else:
+        report['peak_gpu_memory_gib'] = 'n/a (CPU)'
+    if args.acceptance_model:
+        report['acceptance'] = acceptance(args.acceptance_model, args.acceptance_adapter,
+                                          args.acceptance_split, [0] + args.draft_tokens,
+                                          args.acceptance_limit)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'latency.json'), 'w', encoding='utf-8') as stream:
+        json.dump(report, stream, indent=1)
+    text = markdown(report)
+    with open(os.path.join(args.out, 'latency.md'), 'w', encoding='utf-8') as stream:
+        stream.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
