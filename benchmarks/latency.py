@@ -31,22 +31,21 @@ import statistics
 import sys
 import time
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # run from a checkout (the GPU machine has no colcon install)
 
-from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402
+from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402, I100
+import torch  # noqa: E402
 
 CONFIGS = {
     # Qwen1.5-7B's config.json (the fields that shape compute and memory).
-    'qwen1.5-7b': dict(vocab_size=151936, hidden_size=4096, intermediate_size=11008,
-                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                       max_position_embeddings=32768, rope_theta=1000000.0,
-                       tie_word_embeddings=False),
-    'tiny': dict(vocab_size=600, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                 tie_word_embeddings=True),
+    'qwen1.5-7b': {'vocab_size': 151936, 'hidden_size': 4096, 'intermediate_size': 11008,
+                   'num_hidden_layers': 32, 'num_attention_heads': 32,
+                   'num_key_value_heads': 32, 'max_position_embeddings': 32768,
+                   'rope_theta': 1000000.0, 'tie_word_embeddings': False},
+    'tiny': {'vocab_size': 600, 'hidden_size': 64, 'intermediate_size': 128,
+             'num_hidden_layers': 2, 'num_attention_heads': 4, 'num_key_value_heads': 2,
+             'max_position_embeddings': 1024, 'tie_word_embeddings': True},
 }
 
 
@@ -293,7 +292,8 @@ def main(argv=None):
             run(args.new_tokens)
         times = time_runs(lambda: run(args.new_tokens), device, args.runs)
         stats = run.stats
-        per_pass = (statistics.median(times) - stats['prefill_ms']) / max(1, stats['decode_passes'])
+        passes = max(1, stats['decode_passes'])
+        per_pass = (statistics.median(times) - stats['prefill_ms']) / passes
         report['verify_ms_per_pass'][str(k)] = round(per_pass, 3)
         print('verify %d drafts: %.3f ms per forward pass' % (k, per_pass), flush=True)
     if device.type == 'cuda':
