@@ -16,7 +16,9 @@ such as a run of the planner itself writes. :func:`evaluate_rows` computes, per 
 
 Steps are matched as multisets: a predicted step counts once against an equal label step,
 whatever its position. Texts are compared after :func:`clean_text` (spaces collapsed).
-Rates are fractions in [0, 1]; a metric with nothing to divide by is None.
+Rates are fractions in [0, 1]; a metric with nothing to measure (no labelled rows, labels
+without output2, no latencies) is None. No predicted steps where steps were expected is a
+precision of 0, not None.
 """
 
 from collections import Counter
@@ -143,6 +145,8 @@ class _Matches:
 
     def metrics(self, prefix: str) -> Dict[str, Optional[float]]:
         precision = _ratio(self.matched, self.predicted)
+        if precision is None and self.expected:
+            precision = 0.0  # steps were expected and none predicted: nothing right
         recall = _ratio(self.matched, self.expected)
         return {prefix + '_precision': precision, prefix + '_recall': recall,
                 prefix + '_f1': _f1(precision, recall)}

@@ -83,6 +83,15 @@ def test_task1_runs_have_no_action_metrics_and_are_not_executable(skills):
     assert metrics['latency_count'] == 0 and metrics['latency_p50_ms'] is None
 
 
+def test_empty_predictions_score_zero_not_undefined(skills):
+    rows = [{'command': 'a', 'label': '去客厅。移动到，客厅', 'predict': '\n\n'}]
+    metrics = evaluate_rows(rows, skills)
+    assert metrics['format_valid'] == 0.0 and metrics['exact_match'] == 0.0
+    for key in ('description', 'action'):
+        assert metrics[key + '_precision'] == 0.0 and metrics[key + '_recall'] == 0.0
+        assert metrics[key + '_f1'] == 0.0
+
+
 def test_percentile_edges():
     assert percentile([7.0], 99) == 7.0
     assert percentile([3, 1, 2], 50) == 2
