@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Split LLaMA-Factory predictions into the seed's output_1 / output_2 lists
+# (predict_postprocessed.json beside generated_predictions.jsonl).
+#
+# Usage: bash training/scripts/postprocess.sh [PREDICT_DIR] [postprocess options ...]
+#   PREDICT_DIR  output_dir of predict.sh (default: the one in training/config/lora_predict.yaml)
+#   options      passed to `python3 -m robot_llm_planner.cli postprocess`, e.g.
+#                --dataset training/data/task2_prompt0_manual.json (commands by row index)
+#                --instruction "$(python3 -m robot_llm_planner.cli prompt prompt3)"
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+predict_dir=training/output/predict/qwen/lora-task2_prompt0_train-manual
+if [[ $# -gt 0 && $1 != -* ]]; then
+  predict_dir=$1
+  shift
+fi
+predictions=$predict_dir/generated_predictions.jsonl
+if [[ ! -f $predictions && -f $ROOT/$predictions ]]; then
+  predictions=$ROOT/$predictions
+fi
+run python3 -m robot_llm_planner.cli postprocess "$predictions" "$@"
