@@ -16,7 +16,21 @@ from robot_llm_planner.prompt import PromptBuilder
 
 
 class EngineError(RuntimeError):
-    """Inference failed; the message names the path or setting at fault."""
+    """
+    Inference failed; the message names the path or setting at fault.
+
+    ``transient`` is True when trying again later may succeed (a server that is down or
+    overloaded), False when a setting or file must change first.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        """Record the message and whether the failure may pass."""
+        super().__init__(message)
+        self.transient = transient
+
+
+class GenerationCancelled(EngineError):
+    """Generation stopped early because :meth:`Backend.cancel` was called (shutdown)."""
 
 
 class ModelLoadError(EngineError):
@@ -56,6 +70,9 @@ class Backend:
     def load(self) -> None:
         """Load the model (and warm it up); raise ModelLoadError naming what is wrong."""
         raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop a generation in progress as soon as possible (it raises GenerationCancelled)."""
 
     def warm_up(self, prompt: PromptBuilder) -> None:
         """Run a first generation with the served prompt (a no-op where nothing warms up)."""

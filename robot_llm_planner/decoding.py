@@ -123,12 +123,13 @@ class StaticCacheDecoder:
 
     @torch.inference_mode()
     def decode(self, prompt_ids: Sequence[int], max_new_tokens: Optional[int] = None,
-               constraint=None) -> DecodeResult:
+               constraint=None, stop_event=None) -> DecodeResult:
         """
         Greedy-decode one prompt; ``constraint`` (optional) masks each step's logits.
 
         ``constraint`` has ``mask(logits) -> logits`` and ``accept(token)``; it sees exactly
-        the tokens that are kept, in order, so drafts never advance it.
+        the tokens that are kept, in order, so drafts never advance it. When ``stop_event``
+        (a threading.Event) is set, decoding stops after the current step.
         """
         max_new = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
         length = len(prompt_ids)
@@ -166,7 +167,7 @@ class StaticCacheDecoder:
                     finished = True
                     break
                 out.append(token)
-            if finished or len(out) >= max_new:
+            if finished or len(out) >= max_new or (stop_event is not None and stop_event.is_set()):
                 out = out[:max_new]
                 break
             index.extend(kept)

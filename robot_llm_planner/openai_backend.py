@@ -134,7 +134,7 @@ class OpenAIBackend(Backend):
                                   'JSON object (%s): %s' % (self.base_url, method, path, exc,
                                                             _excerpt(raw)))
             return answer
-        raise RemoteError('%s (after %d attempts)' % (last, self.retries + 1))
+        raise RemoteError('%s (after %d attempts)' % (last, self.retries + 1), transient=True)
 
 
 def _excerpt(value, limit: int = 200) -> str:

@@ -9,15 +9,23 @@ validation), error (the engine failed) or rejected (not run: empty or too long).
 from collections import OrderedDict
 from dataclasses import dataclass, field
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
+import unicodedata
 
-from robot_llm_planner.backend import Backend, EngineError, GenerationConfig
+from robot_llm_planner.backend import (Backend, EngineError, GenerationCancelled,
+                                       GenerationConfig)
 from robot_llm_planner.message import plan_message
 from robot_llm_planner.plan import parse_plan, Plan, PlanError
 from robot_llm_planner.prompt import PromptBuilder
 from robot_llm_planner.skills import SkillSet
 
 DEFAULT_MAX_COMMAND_CHARS = 256
+
+
+def clean_command(text: str) -> str:
+    """Return the command with control characters replaced by spaces and spaces collapsed."""
+    text = ''.join(' ' if unicodedata.category(ch) == 'Cc' else ch for ch in text)
+    return ' '.join(text.split())
 
 
 @dataclass
@@ -57,6 +65,10 @@ class Planner:
         self.backend.load()
         self.backend.warm_up(self.prompt)
 
+    def cancel(self) -> None:
+        """Stop the generation in progress (shutdown); its commands come back rejected."""
+        self.backend.cancel()
+
     def check(self, command: str) -> Optional[PlanError]:
         """Return why a command cannot be planned, or None when it can."""
         if not command.strip():
@@ -65,6 +77,14 @@ class Planner:
             return PlanError('command_too_long', 'the command has %d characters; at most %d are '
                              'planned' % (len(command), self.max_command_chars))
         return None
+
+    def _prepare(self, raw: str) -> Tuple[str, Optional[PlanError]]:
+        # Length first, on the raw text: a huge string is never cleaned or tokenized whole.
+        if len(raw) > self.max_command_chars:
+            shown = clean_command(raw[:self.max_command_chars]) + '…'
+            return shown, self.check(raw)
+        command = clean_command(raw)
+        return command, self.check(command) or self._check_prompt_length(command)
 
     def _check_prompt_length(self, command: str) -> Optional[PlanError]:
         limit = self.backend.max_prompt_tokens
@@ -84,9 +104,10 @@ class Planner:
         queued_ms = list(queued_ms or [0.0] * len(commands))
         results: List[Optional[PlanResult]] = [None] * len(commands)
         todo = []
-        for index, command in enumerate(commands):
-            command = command.strip()
-            reason = self.check(command) or self._check_prompt_length(command)
+        cleaned = []
+        for index, raw in enumerate(commands):
+            command, reason = self._prepare(raw)
+            cleaned.append(command)
             if reason is not None:
                 results[index] = PlanResult(command, 'rejected', Plan(command=command), [reason])
             elif command in self._cache:
@@ -98,7 +119,7 @@ class Planner:
             else:
                 todo.append(index)
         if todo:
-            for index, result in zip(todo, self._generate([commands[i].strip() for i in todo])):
+            for index, result in zip(todo, self._generate([cleaned[i] for i in todo])):
                 results[index] = result
         for result, queue_ms in zip(results, queued_ms):
             result.timing['queue_ms'] = queue_ms
@@ -110,6 +131,9 @@ class Planner:
         started = time.perf_counter()
         try:
             generations = self.backend.generate(commands, self.prompt, self.generation)
+        except GenerationCancelled as exc:
+            return [PlanResult(command, 'rejected', Plan(command=command),
+                               [PlanError('cancelled', str(exc))]) for command in commands]
         except EngineError as exc:
             return [self._error(command, 'engine_error', str(exc)) for command in commands]
         except Exception as exc:  # a bug or a library failure must not lose the commands

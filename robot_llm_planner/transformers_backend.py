@@ -10,12 +10,15 @@ told to sample. Several commands are generated as one left-padded batch with
 
 import json
 import os
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-from robot_llm_planner.backend import (Backend, EngineError, Generation, GenerationConfig,
-                                       ModelLoadError)
+from robot_llm_planner.backend import (Backend, EngineError, Generation, GenerationCancelled,
+                                       GenerationConfig, ModelLoadError)
 from robot_llm_planner.prompt import ENDOFTEXT, IM_END, PromptBuilder
+import torch
+from transformers import StoppingCriteria
 
 DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
 FAST_PATH = ('auto', 'on', 'off')
@@ -57,6 +60,7 @@ class TransformersBackend(Backend):
         self.decoder = None
         self.stop_ids: List[int] = []
         self.load_seconds = 0.0
+        self._cancelled = threading.Event()
 
     # ------------------------------------------------------------------ loading
     def describe(self) -> Dict[str, str]:
@@ -64,7 +68,6 @@ class TransformersBackend(Backend):
         return {'backend': self.name, 'base': self.model_path, 'adapter': ','.join(self.adapters)}
 
     def _resolve_device(self):
-        import torch
         setting = (self.device_setting or 'auto').strip().lower()
         if setting == 'auto':
             return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -88,7 +91,6 @@ class TransformersBackend(Backend):
                              % self.device_setting)
 
     def _resolve_dtype(self, device):
-        import torch
         setting = (self.dtype_setting or 'auto').strip().lower()
         if setting not in DTYPES:
             raise ModelLoadError('model.dtype must be one of %s, got %r'
@@ -124,7 +126,6 @@ class TransformersBackend(Backend):
         if self.fast_path_setting not in FAST_PATH:
             raise ModelLoadError('generation.fast_path must be auto, on or off, got %r'
                                  % self.fast_path_setting)
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
@@ -188,6 +189,10 @@ class TransformersBackend(Backend):
         self.load_seconds += time.perf_counter() - started
 
     # --------------------------------------------------------------- generating
+    def cancel(self) -> None:
+        """Stop the generation in progress after its current token; refuse new ones."""
+        self._cancelled.set()
+
     def encode(self, command: str, prompt: PromptBuilder) -> List[int]:
         """Return the prompt token ids for a command (LLaMA-Factory's encoding)."""
         return prompt.token_ids(self.tokenizer, command)
@@ -201,7 +206,7 @@ class TransformersBackend(Backend):
         """Generate one answer per command; raise EngineError naming the cause on failure."""
         if self.model is None:
             raise EngineError('the model is not loaded')
-        import torch
+        self._raise_if_cancelled()
         prompts = [self.encode(command, prompt) for command in commands]
         too_long = [len(ids) for ids in prompts if len(ids) > self.max_prompt_tokens]
         if too_long:
@@ -217,19 +222,23 @@ class TransformersBackend(Backend):
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             raise EngineError('out of GPU memory on %s while generating %d command(s): %s'
-                              % (self.device, len(commands), exc)) from exc
+                              % (self.device, len(commands), exc), transient=True) from exc
+        self._raise_if_cancelled()
         return results
+
+    def _raise_if_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise GenerationCancelled('generation cancelled: the planner is shutting down')
 
     def _decode_fast(self, ids: List[int], max_new: int) -> Generation:
         constraint = self.grammar.matcher() if self.grammar is not None else None
-        result = self.decoder.decode(ids, max_new, constraint)
+        result = self.decoder.decode(ids, max_new, constraint, self._cancelled)
         return Generation(self.tokenizer.decode(result.tokens, skip_special_tokens=True),
                           tokens=len(result.tokens), prompt_tokens=len(ids),
                           finished=result.finished, stats=result.stats)
 
     def _generate_batch(self, prompts: List[List[int]], max_new: int,
                         config: GenerationConfig) -> List[Generation]:
-        import torch
         width = max(len(ids) for ids in prompts)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts],
@@ -246,6 +255,7 @@ class TransformersBackend(Backend):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if self.grammar is not None:
             kwargs['logits_processor'] = [self.grammar.logits_processor(len(prompts))]
+        kwargs['stopping_criteria'] = [_StopWhenSet(self._cancelled)]
         started = time.perf_counter()
         with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
@@ -258,6 +268,17 @@ class TransformersBackend(Backend):
                 prompt_tokens=len(ids), finished=finished,
                 stats={'generate_ms': elapsed, 'batch_size': len(prompts)}))
         return results
+
+
+class _StopWhenSet(StoppingCriteria):
+    """A generate() stopping criterion that ends every row once an event is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
 
 
 def _until_stop(row: Sequence[int], stop_ids: Sequence[int], pad: int):

@@ -125,3 +125,33 @@ def test_load_warms_up_and_refuses_a_prompt_that_leaves_no_room(tiny_model):
     fine = Planner(TransformersBackend(tiny_model, device='cpu'), SkillSet.load())
     fine.load()
     assert fine.backend.load_seconds > 0
+
+
+def test_control_characters_are_cleaned_and_long_commands_echoed_short(backend):
+    planner = _planner(backend, max_command_chars=20)
+    results = planner.plan_batch(['去\x00客\x1b[31m厅\n', '\x00\x07 \t', '水' * 1000000])
+    assert results[0].command == '去 客 [31m厅' and results[0].status == 'invalid'
+    assert [e.code for e in results[1].errors] == ['empty_command']
+    assert results[2].status == 'rejected' and results[2].command == '水' * 20 + '…'
+    assert 'has 1000000 characters; at most 20' in results[2].errors[0].message
+
+
+@pytest.mark.parametrize('fast_path', ['off', 'on'])
+def test_cancel_stops_a_generation_in_progress(tiny_model, tiny_adapter, fast_path):
+    import threading
+    import time
+    backend = TransformersBackend(tiny_model, tiny_adapter, device='cpu', fast_path=fast_path,
+                                  max_new_tokens=800)
+    backend.load()
+    planner = _planner(backend, max_new_tokens=800)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(planner.plan('去客厅')))
+    started = time.perf_counter()
+    worker.start()
+    time.sleep(0.3)
+    planner.cancel()
+    worker.join(timeout=30)
+    assert answers[0].status == 'rejected' and answers[0].errors[0].code == 'cancelled'
+    assert time.perf_counter() - started < 5
+    # once cancelled (shutting down), nothing new runs
+    assert planner.plan('打开冰箱门').errors[0].code == 'cancelled'
