@@ -29,7 +29,8 @@ def project_texts():
               'You are a helpful assistant.']
     with open(os.path.join(ROOT, 'config', 'skills.yaml'), encoding='utf-8') as stream:
         texts += list(yaml.safe_load(stream)['skills'])
-    for path in sorted(glob.glob(os.path.join(ROOT, 'training', 'data', '*.json'))):
+    # Only the shipped prompt0 files: a local `make-dataset` must not change the fixtures.
+    for path in sorted(glob.glob(os.path.join(ROOT, 'training', 'data', 'task*_prompt0_*.json'))):
         with open(path, encoding='utf-8') as stream:
             rows = json.load(stream)
         if isinstance(rows, list):
