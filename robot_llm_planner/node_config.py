@@ -1,0 +1,221 @@
+"""
+planner_node's parameters: names, defaults, descriptions and validation (ROS-free).
+
+:data:`PARAMETERS` is the one table the node declares its ROS parameters from, the README and
+config/planner.yaml document, and the tests check against :class:`PlannerSettings`. Every
+PlannerSettings field has a parameter (``Parameter.field``) whose default is the field's
+default. :func:`load_config` turns parameter values into a :class:`NodeConfig` and a list of
+readable errors; it never raises, so the node can report bad values instead of crashing.
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional, Tuple
+
+from robot_llm_planner.command_queue import POLICIES
+from robot_llm_planner.settings import BACKENDS, PlannerSettings
+
+DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
+FAST_PATHS = ('auto', 'on', 'off')
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One node parameter: its type, default, meaning and limits."""
+
+    name: str
+    kind: type                      # str, int, float or bool
+    description: str
+    field: Optional[str] = None     # the PlannerSettings field it fills, if any
+    default: Any = None             # None: the PlannerSettings field's default
+    choices: Tuple[str, ...] = ()
+    minimum: Optional[float] = None
+    dynamic: bool = False           # may change while the node runs (ros2 param set)
+    positive: bool = False          # for floats: must be > 0
+
+
+_SETTINGS = PlannerSettings()
+
+PARAMETERS: Tuple[Parameter, ...] = (
+    Parameter('model.backend', str, 'Inference backend: transformers (the model on this '
+              'machine) or openai (an OpenAI-compatible server, see remote.*).', 'backend',
+              choices=BACKENDS),
+    Parameter('model.path', str, 'Base model directory (e.g. Qwen1.5-7B) or a merged/fully '
+              'fine-tuned model (transformers backend).', 'model_path'),
+    Parameter('model.adapter_path', str, 'LoRA adapter directory from LLaMA-Factory, merged at '
+              'load; comma-separated for several; empty for none.', 'adapter_path'),
+    Parameter('model.device', str, 'auto (CUDA if available, else CPU), cpu, cuda or cuda:N.',
+              'device'),
+    Parameter('model.dtype', str, 'auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16 or '
+              'float32.', 'dtype', choices=DTYPES),
+    Parameter('model.max_prompt_tokens', int, 'Longest prompt served, in tokens (LLaMA-Factory '
+              'cutoff_len); longer commands are rejected.', 'max_prompt_tokens', minimum=1),
+    Parameter('remote.base_url', str, 'openai backend: server URL, e.g. http://gpu:8000/v1.',
+              'remote_base_url'),
+    Parameter('remote.model', str, 'openai backend: model (or LoRA) name the server serves.',
+              'remote_model'),
+    Parameter('remote.api_key_env', str, 'openai backend: name of the environment variable '
+              'holding the API key (never the key itself); empty for none.',
+              'remote_api_key_env'),
+    Parameter('remote.timeout_s', float, 'openai backend: seconds to wait for one answer.',
+              'remote_timeout_s', positive=True),
+    Parameter('remote.retries', int, 'openai backend: retries after a timeout, connection error '
+              'or HTTP 429/5xx.', 'remote_retries', minimum=0),
+    Parameter('remote.grammar_field', str, 'openai backend with generation.constrained: how '
+              'the grammar is sent: structured_outputs (vLLM >= 0.10.2), guided_grammar (older '
+              'vLLM) or none.', 'remote_grammar_field'),
+    Parameter('prompt.system', str, 'System prompt; must be the one the model was trained with '
+              '(empty: the LLaMA-Factory qwen template default).', 'system'),
+    Parameter('prompt.instruction', str, 'Alpaca instruction the model was trained with, put '
+              'before the command (training/prompts.yaml; empty for none).', 'instruction'),
+    Parameter('generation.max_new_tokens', int, 'Most tokens generated per plan.',
+              'max_new_tokens', minimum=1),
+    Parameter('generation.do_sample', bool, 'Sample instead of greedy decoding (disables the '
+              'plan cache).', 'do_sample'),
+    Parameter('generation.constrained', bool, 'Grammar-constrained decoding: the model can only '
+              'write plans made of skills_file actions.', 'constrained'),
+    Parameter('generation.fast_path', str, 'Single-command decoder with a static KV cache: '
+              'auto (on CUDA), on or off.', 'fast_path', choices=FAST_PATHS),
+    Parameter('generation.draft_tokens', int, 'Prompt-lookup draft tokens per step on the fast '
+              'path (0 = off).', 'draft_tokens', minimum=0),
+    Parameter('skills_file', str, 'Skills YAML plans are validated against (empty: the '
+              'installed config/skills.yaml).', 'skills_file'),
+    Parameter('topics.command', str, 'Commands in (std_msgs/String: plain text or JSON '
+              '{"id", "text"}). Relative names follow the node namespace.', default='command'),
+    Parameter('topics.plan', str, 'Answers out (std_msgs/String, the /action_plan JSON), '
+              'exactly one per command.', default='action_plan'),
+    Parameter('topics.status', str, 'Node status out (std_msgs/String JSON), on every change and '
+              'at 1 Hz, transient local.', default='planner_status'),
+    Parameter('queue.max_size', int, 'Commands that may wait for the model (not counting the '
+              'batch being planned).', default=16, minimum=1, dynamic=True),
+    Parameter('queue.policy', str, 'When the queue is full: fifo rejects the new command '
+              '(queue_full); latest drops the oldest waiting one (superseded).', default='fifo',
+              choices=POLICIES, dynamic=True),
+    Parameter('queue.max_batch', int, 'Waiting commands planned together as one batch (1 = one '
+              'at a time).', default=1, minimum=1, dynamic=True),
+    Parameter('queue.max_command_chars', int, 'Longest command planned, in characters; longer '
+              'ones are rejected (command_too_long).', 'max_command_chars', minimum=1),
+    Parameter('cache.size', int, 'Recent plans remembered per command text (greedy decoding '
+              'only; 0 = no cache).', 'cache_size', minimum=0),
+    Parameter('qos.command_depth', int, 'History depth of the command subscription (reliable, '
+              'volatile).', default=64, minimum=1),
+    Parameter('qos.plan_depth', int, 'History depth of the plan publisher (reliable, transient '
+              'local): answers kept for slow or late-matching subscribers.', default=64,
+              minimum=1),
+)
+
+# A parameter whose PlannerSettings field this checkout does not have yet is left out.
+_FIELDS = {f.name for f in fields(PlannerSettings)}
+PARAMETERS = tuple(p for p in PARAMETERS if p.field is None or p.field in _FIELDS)
+PARAMETERS_BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+
+
+def default_value(parameter: Parameter) -> Any:
+    """Return the parameter's default (the PlannerSettings default for settings fields)."""
+    if parameter.field is not None and parameter.default is None:
+        return getattr(_SETTINGS, parameter.field)
+    return parameter.default
+
+
+@dataclass
+class NodeConfig:
+    """Everything planner_node reads from its parameters."""
+
+    settings: PlannerSettings = field(default_factory=PlannerSettings)
+    command_topic: str = 'command'
+    plan_topic: str = 'action_plan'
+    status_topic: str = 'planner_status'
+    queue_max_size: int = 16
+    queue_policy: str = 'fifo'
+    queue_max_batch: int = 1
+    command_depth: int = 64
+    plan_depth: int = 64
+
+
+_NODE_FIELDS = {
+    'topics.command': 'command_topic', 'topics.plan': 'plan_topic',
+    'topics.status': 'status_topic', 'queue.max_size': 'queue_max_size',
+    'queue.policy': 'queue_policy', 'queue.max_batch': 'queue_max_batch',
+    'qos.command_depth': 'command_depth', 'qos.plan_depth': 'plan_depth',
+}
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'a boolean'
+    if isinstance(value, int):
+        return 'an integer'
+    if isinstance(value, float):
+        return 'a number'
+    if isinstance(value, str):
+        return 'a string'
+    if isinstance(value, (list, tuple)):
+        return 'a list'
+    return 'nothing' if value is None else type(value).__name__
+
+
+def check_value(parameter: Parameter, value: Any) -> Tuple[Any, Optional[str]]:
+    """Return (the value converted to the parameter's type, None) or (None, the reason)."""
+    kind = parameter.kind
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    converted = None
+    if kind is str and (isinstance(value, str) or is_number):
+        converted = value if isinstance(value, str) else str(value)
+    elif kind is bool and isinstance(value, bool):
+        converted = value
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        converted = value
+    elif kind is float and is_number:
+        converted = float(value)
+    if converted is None:
+        wanted = {str: 'a string', int: 'an integer', float: 'a number',
+                  bool: 'true or false'}[kind]
+        return None, '%s must be %s, got %s (%r)' % (parameter.name, wanted, _type_name(value),
+                                                     value)
+    if parameter.choices and converted not in parameter.choices:
+        return None, '%s must be one of %s, got %r' % (parameter.name,
+                                                       ', '.join(parameter.choices), converted)
+    if parameter.minimum is not None and converted < parameter.minimum:
+        return None, '%s must be >= %d, got %r' % (parameter.name, parameter.minimum, converted)
+    if parameter.positive and converted <= 0:
+        return None, '%s must be > 0, got %r' % (parameter.name, converted)
+    if parameter.name == 'model.device' and not _valid_device(converted):
+        return None, 'model.device must be auto, cpu, cuda or cuda:N, got %r' % converted
+    if parameter.name.startswith('topics.') and not converted.strip():
+        return None, '%s must not be empty' % parameter.name
+    return converted, None
+
+
+def _valid_device(device: str) -> bool:
+    device = device.strip().lower()
+    if device in ('auto', 'cpu', 'cuda'):
+        return True
+    return device.startswith('cuda:') and device[5:].isdigit()
+
+
+def load_config(values: Dict[str, Any]) -> Tuple[NodeConfig, List[str]]:
+    """
+    Build the node's configuration from parameter values (missing ones take the default).
+
+    Returns the configuration and the reasons the values are unusable, one per bad
+    parameter; a bad value is replaced by its default so the node can still come up (and
+    report the errors).
+    """
+    config = NodeConfig()
+    errors = []
+    for parameter in PARAMETERS:
+        value = values.get(parameter.name, default_value(parameter))
+        converted, error = check_value(parameter, value)
+        if error:
+            errors.append(error)
+            converted = default_value(parameter)
+        if parameter.field is not None:
+            setattr(config.settings, parameter.field, converted)
+        else:
+            setattr(config, _NODE_FIELDS[parameter.name], converted)
+    return config, errors
+
+
+def settings_fields_without_parameter() -> List[str]:
+    """Return the PlannerSettings fields no parameter sets (should be none)."""
+    covered = {parameter.field for parameter in PARAMETERS}
+    return [f.name for f in fields(PlannerSettings) if f.name not in covered]
