@@ -1,0 +1,311 @@
+"""
+Test helpers for planner_node over real ROS 2 (rclpy + Fast DDS), shared by the node tests.
+
+- :func:`ros_session`: a random ROS_DOMAIN_ID (set in os.environ before rclpy.init and in the
+  environment handed to subprocesses), an rclpy context, a test node spun in a thread, a
+  :class:`~robot_llm_planner.plan_client.PlanClient` and a status recorder;
+- :class:`NodeProcess`: the BUILT planner_node executable started as a subprocess with a
+  parameters YAML written by the test plus ``-p`` overrides;
+- :class:`FakeServer`: an OpenAI-compatible HTTP server whose answers the test holds back or
+  releases, so queue and shutdown behaviour can be driven deterministically.
+"""
+
+from contextlib import contextmanager
+import http.server
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+
+from ament_index_python.packages import get_package_prefix, get_package_share_directory
+import jsonschema
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from robot_llm_planner.plan_client import PlanClient
+from robot_llm_planner.planner_node import status_qos
+from std_msgs.msg import String
+import yaml
+
+PACKAGE = 'robot_llm_planner'
+OK_PLAN = '寻找一瓶水；拿起水瓶。寻找物体，一瓶水；拿起物体，水瓶'
+ANSWERED = 60.0   # seconds a test waits for an answer (a loaded tiny model answers in < 1 s)
+
+
+def executable(name):
+    """Return the path of an installed console script (the built workspace must be sourced)."""
+    try:
+        prefix = get_package_prefix(PACKAGE)
+    except Exception as exc:  # PackageNotFoundError: not built or not sourced
+        pytest.fail('%s is not installed: run the tests with `make test` (%s)' % (PACKAGE, exc))
+    path = os.path.join(prefix, 'lib', PACKAGE, name)
+    if not os.access(path, os.X_OK):
+        pytest.fail('%s is missing: run `make build`' % path)
+    return path
+
+
+def share_path(*parts):
+    """Return a path in the installed share directory of the package."""
+    return os.path.join(get_package_share_directory(PACKAGE), *parts)
+
+
+def schema_validator():
+    """Return a validator for config/action_plan.schema.json."""
+    with open(share_path('config', 'action_plan.schema.json'), encoding='utf-8') as stream:
+        return jsonschema.Draft202012Validator(json.load(stream))
+
+
+class StatusRecorder:
+    """Keep every status message of the planner (subscribed transient local, like the node)."""
+
+    def __init__(self, node, topic='/planner_status'):
+        """Subscribe to ``topic``."""
+        self.messages = []
+        self._lock = threading.Lock()
+        self._subscription = node.create_subscription(String, topic, self._on_status,
+                                                      status_qos())
+
+    def _on_status(self, msg):
+        with self._lock:
+            self.messages.append(json.loads(msg.data))
+
+    def latest(self):
+        """Return the last status, or None."""
+        with self._lock:
+            return self.messages[-1] if self.messages else None
+
+    def states(self):
+        """Return the states seen, consecutive repeats collapsed."""
+        with self._lock:
+            states = [message['state'] for message in self.messages]
+        return [state for index, state in enumerate(states)
+                if index == 0 or states[index - 1] != state]
+
+    def wait_for(self, predicate, timeout=ANSWERED):
+        """Wait until the latest status satisfies ``predicate``; return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            latest = self.latest()
+            if latest is not None and predicate(latest):
+                return latest
+            time.sleep(0.02)
+        pytest.fail('status never matched; last: %s' % self.latest())
+
+
+class RosSession:
+    """An rclpy context on its own domain with a spinning test node."""
+
+    def __init__(self, domain):
+        """Initialize rclpy on ``domain`` and start spinning a test node."""
+        self.domain = domain
+        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain),
+                        ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1')
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = Node('planner_test_%d' % os.getpid(), context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # the context shut down under the executor
+                return
+
+    def client(self, namespace=''):
+        """Return a PlanClient on the planner's topics (spun by the session's thread)."""
+        return PlanClient(self.node, namespace + '/command', namespace + '/action_plan')
+
+    def status(self, namespace=''):
+        """Return a StatusRecorder on the planner's status topic."""
+        return StatusRecorder(self.node, namespace + '/planner_status')
+
+    def close(self):
+        """Stop spinning and shut the context down."""
+        self.context.try_shutdown()
+        self._thread.join(5)
+        self.node.destroy_node()
+
+
+@contextmanager
+def ros_session():
+    """Yield a RosSession on a random ROS_DOMAIN_ID (restored afterwards)."""
+    domain = random.randint(10, 200)
+    names = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ['ROS_DOMAIN_ID'] = str(domain)
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    session = RosSession(domain)
+    try:
+        yield session
+    finally:
+        session.close()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class NodeProcess:
+    """The installed planner_node executable in a subprocess."""
+
+    def __init__(self, session, directory, parameters=None, overrides=(), ros_args=(),
+                 params_file=None):
+        """Write ``parameters`` as a YAML params file and start the node with ``overrides``."""
+        directory = str(directory)
+        os.makedirs(directory, exist_ok=True)
+        if params_file is None:
+            params_file = os.path.join(directory, 'params.yaml')
+            with open(params_file, 'w', encoding='utf-8') as stream:
+                yaml.safe_dump({'/**': {'ros__parameters': _nest(parameters or {})}}, stream,
+                               allow_unicode=True)
+        command = [executable('planner_node'), '--ros-args', '--params-file', params_file]
+        for name, value in overrides:
+            command += ['-p', '%s:=%s' % (name, value)]
+        command += list(ros_args)
+        self.stdout_path = os.path.join(directory, 'stdout.log')
+        self.stderr_path = os.path.join(directory, 'stderr.log')
+        with open(self.stdout_path, 'w') as out, open(self.stderr_path, 'w') as err:
+            self.process = subprocess.Popen(command, env=session.env, stdout=out, stderr=err)
+
+    def alive(self):
+        """Return True while the process runs."""
+        return self.process.poll() is None
+
+    def stderr(self):
+        """Return the node's log (its standard error)."""
+        with open(self.stderr_path, encoding='utf-8', errors='replace') as stream:
+            return stream.read()
+
+    def stop(self, signum=signal.SIGINT, timeout=30):
+        """Send ``signum`` and return the exit code."""
+        if self.alive():
+            self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            pytest.fail('planner_node did not exit %d s after signal %d:\n%s'
+                        % (timeout, signum, self.stderr()[-3000:]))
+
+    def kill(self):
+        """Kill the process if it still runs (test teardown)."""
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+
+
+def _nest(flat):
+    nested = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split('.')
+        level = nested
+        for parent in parents:
+            level = level.setdefault(parent, {})
+        level[leaf] = value
+    return nested
+
+
+class FakeServer:
+    """
+    An OpenAI-compatible chat server on 127.0.0.1 whose answers can be held back.
+
+    While ``gate`` is clear, chat requests wait (at most ``hold_s``); ``requests`` lists the
+    commands received. ``answers`` maps a command to its reply text, or to an int HTTP status
+    to fail with; other commands get :data:`OK_PLAN`.
+    """
+
+    def __init__(self, hold_s=20.0):
+        """Start serving in a thread; the gate starts open."""
+        self.gate = threading.Event()
+        self.gate.set()
+        self.hold_s = hold_s
+        self.requests = []
+        self.answers = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, body):
+                data = json.dumps(body, ensure_ascii=False).encode('utf-8')
+                self.send_response(code)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {'object': 'list', 'data': [{'id': 'fake', 'object': 'model'}]})
+
+            def do_POST(self):
+                length = int(self.headers.get('Content-Length', 0))
+                body = json.loads(self.rfile.read(length).decode('utf-8'))
+                command = body['messages'][-1]['content'].split('\n')[-1]
+                server.requests.append(command)
+                server.gate.wait(server.hold_s)
+                answer = server.answers.get(command, OK_PLAN)
+                if isinstance(answer, int):
+                    self._send(answer, {'error': {'message': 'fake failure'}})
+                    return
+                self._send(200, {'choices': [{'message': {'role': 'assistant',
+                                                          'content': answer},
+                                              'finish_reason': 'stop'}],
+                                 'usage': {'prompt_tokens': 20, 'completion_tokens': 12}})
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = 'http://127.0.0.1:%d/v1' % self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def wait_for_requests(self, count, timeout=ANSWERED):
+        """Wait until ``count`` chat requests arrived."""
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count:
+            if time.monotonic() > deadline:
+                pytest.fail('the fake server got %d requests, expected %d'
+                            % (len(self.requests), count))
+            time.sleep(0.02)
+
+    def close(self):
+        """Release held requests and stop serving."""
+        self.gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def fake_server_parameters(server, **extra):
+    """Return planner_node parameters for the openai backend on ``server``."""
+    parameters = {'model.backend': 'openai', 'remote.base_url': server.url,
+                  'remote.model': 'fake', 'remote.retries': 0, 'remote.timeout_s': 60.0,
+                  'generation.constrained': False}
+    parameters.update(extra)
+    return parameters
+
+
+def wait_for_answers(client, ids, timeout=ANSWERED):
+    """Wait for one answer per id; fail naming the missing ones."""
+    answers = client.wait_for_answers(ids, timeout)
+    missing = [request_id for request_id in ids if request_id not in answers]
+    if missing:
+        pytest.fail('no answer to %s within %g s' % (missing, timeout))
+    return answers
+
+
+def assert_exactly_one_answer(client, ids, settle=0.5):
+    """Check, after ``settle`` seconds more, that each id got exactly one answer."""
+    time.sleep(settle)
+    received = [answer['id'] for answer in client.received()]
+    counts = {request_id: received.count(request_id) for request_id in ids}
+    assert counts == dict.fromkeys(ids, 1), counts

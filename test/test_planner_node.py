@@ -1,0 +1,456 @@
+"""
+planner_node over real ROS 2: the built executable in a subprocess, talked to with rclpy.
+
+One node with the tiny model + adapter serves the first tests of this module; the queue,
+failure and shutdown tests start their own nodes on the openai backend against a fake server
+(no torch import, so they start in about a second) on their own ROS_DOMAIN_ID. The ROS-free
+parameter table is checked at the top without rclpy.
+"""
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+
+from planner_harness import (assert_exactly_one_answer, fake_server_parameters, FakeServer,
+                             NodeProcess, ros_session, schema_validator, wait_for_answers)
+import pytest
+from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from robot_llm_planner.node_config import (check_value, default_value, load_config,
+                                           PARAMETERS, PARAMETERS_BY_NAME,
+                                           settings_fields_without_parameter)
+from robot_llm_planner.settings import PlannerSettings
+from std_msgs.msg import String
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------- ROS-free
+def _flatten(tree, prefix=''):
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, prefix + key + '.'))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def test_every_planner_setting_is_a_parameter():
+    assert settings_fields_without_parameter() == []
+    defaults = PlannerSettings()
+    for parameter in PARAMETERS:
+        if parameter.field:
+            assert default_value(parameter) == getattr(defaults, parameter.field), parameter.name
+
+
+def test_planner_yaml_has_every_parameter_with_its_default():
+    with open(os.path.join(ROOT, 'config', 'planner.yaml'), encoding='utf-8') as stream:
+        text = stream.read()
+    values = _flatten(yaml.safe_load(text)['/**']['ros__parameters'])
+    assert sorted(values) == sorted(PARAMETERS_BY_NAME)
+    for name, value in values.items():
+        assert value == default_value(PARAMETERS_BY_NAME[name]), (
+            'config/planner.yaml sets %s to %r but the node default is %r'
+            % (name, value, default_value(PARAMETERS_BY_NAME[name])))
+    for line in text.splitlines():  # every value line is commented (or under a comment)
+        if re.match(r'\s+\w+: \S', line) and 'system:' not in line:
+            assert '#' in line, line
+
+
+def test_readme_documents_every_parameter():
+    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as stream:
+        readme = stream.read()
+    for name in PARAMETERS_BY_NAME:
+        assert '`%s`' % name in readme, name
+
+
+def test_defaults_are_valid():
+    config, errors = load_config({})
+    assert errors == []
+    assert (config.command_topic, config.plan_topic) == ('command', 'action_plan')
+    assert (config.queue_policy, config.queue_max_size, config.queue_max_batch) == ('fifo', 16, 1)
+
+
+@pytest.mark.parametrize('name,value,error', [
+    ('model.backend', 'vllm', "model.backend must be one of transformers, openai, got 'vllm'"),
+    ('queue.max_size', -1, 'queue.max_size must be >= 1, got -1'),
+    ('queue.max_batch', 0, 'queue.max_batch must be >= 1, got 0'),
+    ('cache.size', -5, 'cache.size must be >= 0, got -5'),
+    ('queue.policy', 'lifo', "queue.policy must be one of fifo, latest, got 'lifo'"),
+    ('generation.max_new_tokens', 'many', "must be an integer, got a string ('many')"),
+    ('generation.do_sample', 1, 'generation.do_sample must be true or false, got an integer'),
+    ('remote.timeout_s', 0, 'remote.timeout_s must be > 0, got 0.0'),
+    ('model.device', 'gpu', "model.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ('model.dtype', 'fp8', 'model.dtype must be one of auto, bfloat16, float16, float32'),
+    ('topics.plan', ' ', 'topics.plan must not be empty'),
+    ('qos.plan_depth', 0, 'qos.plan_depth must be >= 1'),
+])
+def test_invalid_values_are_reported_and_replaced_by_the_default(name, value, error):
+    config, errors = load_config({name: value})
+    assert len(errors) == 1 and error in errors[0]
+    assert load_config({})[0] == config
+
+
+def test_values_are_converted():
+    assert check_value(PARAMETERS_BY_NAME['remote.timeout_s'], 5) == (5.0, None)
+    assert check_value(PARAMETERS_BY_NAME['remote.model'], 7) == ('7', None)
+    assert check_value(PARAMETERS_BY_NAME['model.device'], 'cuda:1') == ('cuda:1', None)
+
+
+# ---------------------------------------------------------------------- the tiny model
+@pytest.fixture(scope='module')
+def tiny(tiny_model, tiny_adapter, tmp_path_factory):
+    """Start planner_node with the tiny model + adapter; yield (session, node, status)."""
+    with ros_session() as session:
+        status = session.status()  # before the node starts: sees `loading`
+        client = session.client()
+        node = NodeProcess(
+            session, tmp_path_factory.mktemp('tiny_node'),
+            {'model.path': tiny_model, 'model.device': 'cpu', 'generation.fast_path': 'off',
+             'generation.constrained': False, 'generation.max_new_tokens': 48},
+            overrides=[('model.adapter_path', tiny_adapter), ('queue.max_size', 8)])
+        try:
+            yield session, node, status, client
+        finally:
+            node.kill()
+
+
+def test_status_goes_from_loading_to_ready(tiny, tiny_model, tiny_adapter):
+    _, node, status, _ = tiny
+    ready = status.wait_for(lambda s: s['state'] != 'loading', timeout=120)
+    assert ready['state'] == 'ready', node.stderr()[-3000:]
+    assert status.states()[:2] == ['loading', 'ready']
+    assert ready['model'] == {'backend': 'transformers', 'base': tiny_model,
+                              'adapter': tiny_adapter}
+    assert ready['queue_depth'] == 0 and ready['error'] == ''
+    assert ready['queue_max_size'] == 8 and ready['queue_policy'] == 'fifo'
+    assert ready['node'] == '/planner_node'
+
+
+def test_plain_and_json_commands_get_one_schema_valid_answer_each(tiny):
+    _, _, status, client = tiny
+    status.wait_for(lambda s: s['state'] == 'ready', timeout=120)
+    validator = schema_validator()
+    plain = '帮我拿一瓶水。'
+    client.send_raw(plain)
+    ids = [client.send('去客厅', 'bt-1'), client.send('打开冰箱门', 'bt-2')]
+    answers = wait_for_answers(client, ids)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(
+            answer['command'] == plain for answer in client.received()):
+        time.sleep(0.05)
+    assigned = [answer for answer in client.received() if answer['command'] == plain]
+    assert len(assigned) == 1
+    assert re.fullmatch(r'planner_node-[0-9a-f]{6}-\d+', assigned[0]['id'])
+    assert_exactly_one_answer(client, ids + [assigned[0]['id']])
+    for answer in list(answers.values()) + assigned:
+        validator.validate(answer)
+        # random weights: the model answers, but not with this robot's skills
+        assert answer['status'] == 'invalid' and answer['steps'] and answer['errors']
+        assert answer['timing']['inference_ms'] > 0
+        assert answer['model']['backend'] == 'transformers'
+    assert answers['bt-1']['command'] == '去客厅'
+    assert answers['bt-2']['command'] == '打开冰箱门'
+
+
+def test_busy_while_planning_then_ready_again(tiny):
+    _, _, status, client = tiny
+    before = status.wait_for(lambda s: s['state'] == 'ready', timeout=120)
+    seen = len(status.messages)
+    request_id = client.send('把红色的杯子放到厨房的桌子上', 'busy-1')
+    wait_for_answers(client, [request_id])
+    after = status.wait_for(lambda s: s['state'] == 'ready' and s['answered'] > before['answered'])
+    states = [message['state'] for message in status.messages[seen:]]
+    assert 'busy' in states and states[-1] == 'ready'
+    assert after['last_latency_ms'] > 0 and after['counts']['invalid'] >= 1
+
+
+def test_the_status_is_republished_every_second(tiny):
+    _, _, status, _ = tiny
+    status.wait_for(lambda s: s['state'] == 'ready', timeout=120)
+    count = len(status.messages)
+    time.sleep(2.5)
+    assert len(status.messages) - count >= 2
+
+
+@pytest.mark.parametrize('data,code,request_id', [
+    ('{"id": "m1", "text": 5}', 'invalid_request', 'm1'),
+    ('{"id": "m2"}', 'invalid_request', 'm2'),
+    ('{"id": "m3", "text": ', 'invalid_json', 'm3'),
+    ('{"id": 4, "text": "去客厅"}', 'invalid_request', '4'),
+    ('{"id": "m5", "text": "   "}', 'empty_command', 'm5'),
+    ('{"id": "m6", "text": "%s"}' % ('水' * 300), 'command_too_long', 'm6'),
+])
+def test_malformed_and_unplannable_commands_are_rejected(tiny, data, code, request_id):
+    _, _, status, client = tiny
+    status.wait_for(lambda s: s['state'] == 'ready', timeout=120)
+    client.send_raw(data, request_id)
+    answer = wait_for_answers(client, [request_id])[request_id]
+    schema_validator().validate(answer)
+    assert answer['status'] == 'rejected'
+    assert [error['code'] for error in answer['errors']] == [code]
+    assert answer['errors'][0]['message']
+
+
+def test_garbage_without_an_id_is_answered_with_an_assigned_one(tiny):
+    _, _, status, client = tiny
+    status.wait_for(lambda s: s['state'] == 'ready', timeout=120)
+    client.send_raw('[1, 2, 3]')
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = [answer for answer in client.received() if answer['command'] == '[1, 2, 3]']
+        if found:
+            break
+        time.sleep(0.05)
+    assert len(found) == 1 and found[0]['status'] == 'rejected'
+    assert found[0]['id'].startswith('planner_node-')
+
+
+def test_late_subscribers_get_old_answers_only_if_transient_local(tiny):
+    session, _, status, client = tiny
+    status.wait_for(lambda s: s['state'] == 'ready', timeout=120)
+    request_id = client.send('去客厅', 'history-1')
+    wait_for_answers(client, [request_id])
+    got = {'volatile': [], 'transient_local': []}
+    subscriptions = [session.node.create_subscription(
+        String, '/action_plan', lambda msg, kind=kind: got[kind].append(json.loads(msg.data)),
+        QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=getattr(DurabilityPolicy, kind.upper())))
+        for kind in got]
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not got['transient_local']:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert 'history-1' in [answer['id'] for answer in got['transient_local']]
+        assert got['volatile'] == []  # a behavior tree is never handed old plans
+    finally:
+        for subscription in subscriptions:
+            session.node.destroy_subscription(subscription)
+
+
+def test_sigint_stops_the_node_cleanly(tiny):
+    _, node, _, _ = tiny
+    assert node.alive()
+    assert node.stop(signal.SIGINT) == 0
+    stderr = node.stderr()
+    assert 'Traceback' not in stderr and 'shutting down' in stderr
+
+
+# ---------------------------------------------------------------------- own nodes
+@pytest.fixture
+def ros():
+    """Yield a ROS session on a fresh ROS_DOMAIN_ID for one test."""
+    with ros_session() as session:
+        yield session
+
+
+@pytest.fixture
+def server():
+    fake = FakeServer()
+    yield fake
+    fake.close()
+
+
+def _start(ros, tmp_path, parameters, overrides=()):
+    status = ros.status()
+    client = ros.client()
+    node = NodeProcess(ros, tmp_path, parameters, overrides)
+    return node, status, client
+
+
+def _wait_connected(client, timeout=60):
+    assert client.wait_for_planner(timeout), 'planner_node did not connect'
+
+
+def test_bad_model_path_gives_status_error_and_answers_every_command(ros, tmp_path):
+    missing = str(tmp_path / 'no_such_model')
+    node, status, client = _start(ros, tmp_path / 'node', {'model.path': missing,
+                                                           'generation.constrained': False})
+    try:
+        _wait_connected(client)
+        early = [client.send('帮我拿一瓶水。', 'early-%d' % n) for n in range(3)]
+        failed = status.wait_for(lambda s: s['state'] == 'error')
+        assert 'model directory %s does not exist' % missing in failed['error']
+        late = [client.send('去客厅', 'late-1')]
+        client.send_raw('打开冰箱门')
+        answers = wait_for_answers(client, early + late)
+        assert_exactly_one_answer(client, early + late)
+        validator = schema_validator()
+        for answer in answers.values():
+            validator.validate(answer)
+            assert answer['status'] == 'error'
+            assert answer['errors'][0]['code'] == 'model_load_failed'
+            assert missing in answer['errors'][0]['message']
+        plain = [a for a in client.received() if a['command'] == '打开冰箱门']
+        deadline = time.monotonic() + 10
+        while not plain and time.monotonic() < deadline:
+            time.sleep(0.05)
+            plain = [a for a in client.received() if a['command'] == '打开冰箱门']
+        assert len(plain) == 1 and plain[0]['status'] == 'error'
+        time.sleep(1.5)
+        assert node.alive(), node.stderr()[-3000:]
+        assert status.latest()['state'] == 'error'
+        assert node.stop(signal.SIGTERM) == 0
+        assert 'Traceback' not in node.stderr()
+    finally:
+        node.kill()
+
+
+def test_invalid_parameters_give_status_error_with_every_reason(ros, tmp_path):
+    node, status, client = _start(
+        ros, tmp_path, {'model.backend': 'tensorrt', 'queue.policy': 'random',
+                        'generation.constrained': False},
+        overrides=[('queue.max_size', -2), ('cache.size', -1),
+                   ('generation.max_new_tokens', 'lots'), ('topics.plan', 'bad topic!')])
+    try:
+        failed = status.wait_for(lambda s: s['state'] == 'error')
+        for reason in ("model.backend must be one of transformers, openai, got 'tensorrt'",
+                       "queue.policy must be one of fifo, latest, got 'random'",
+                       'queue.max_size must be >= 1, got -2', 'cache.size must be >= 0',
+                       'generation.max_new_tokens must be an integer',
+                       "topics.plan 'bad topic!' is not a valid topic name"):
+            assert reason in failed['error']
+        _wait_connected(client)
+        request_id = client.send('帮我拿一瓶水。')
+        answer = wait_for_answers(client, [request_id])[request_id]
+        assert answer['status'] == 'error'
+        assert answer['errors'][0]['code'] == 'invalid_parameters'
+        assert 'tensorrt' in answer['errors'][0]['message']
+        assert node.alive()
+        assert node.stop(signal.SIGTERM) == 0
+        assert 'Traceback' not in node.stderr()
+    finally:
+        node.kill()
+
+
+def _hold_one_in_flight(server, client, status):
+    """Send a command the fake server holds; return its id once it is being planned."""
+    status.wait_for(lambda s: s['state'] == 'ready')
+    server.gate.clear()
+    _wait_connected(client)
+    first = client.send('帮我拿一瓶水。', 'c1')
+    server.wait_for_requests(1)
+    status.wait_for(lambda s: s['state'] == 'busy' and s['in_flight'] == 1)
+    return first
+
+
+def test_fifo_queue_rejects_new_commands_when_full(ros, tmp_path, server):
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(
+        server, **{'queue.max_size': 2, 'queue.policy': 'fifo'}))
+    try:
+        ids = [_hold_one_in_flight(server, client, status)]
+        ids += [client.send('去客厅', 'c%d' % n) for n in range(2, 6)]
+        rejected = wait_for_answers(client, ['c4', 'c5'])
+        for answer in rejected.values():
+            assert answer['status'] == 'rejected'
+            assert answer['errors'][0]['code'] == 'queue_full'
+        assert status.wait_for(lambda s: s['queue_depth'] == 2)['state'] == 'busy'
+        server.gate.set()
+        answers = wait_for_answers(client, ids)
+        assert [answers[i]['status'] for i in ids] == ['ok', 'ok', 'ok', 'rejected', 'rejected']
+        assert_exactly_one_answer(client, ids)
+        final = status.wait_for(lambda s: s['state'] == 'ready')
+        assert final['counts'] == {'ok': 3, 'invalid': 0, 'error': 0, 'rejected': 2}
+        assert final['answered'] == 5 and final['rejected'] == 2
+        validator = schema_validator()
+        for answer in answers.values():
+            validator.validate(answer)
+        assert answers['c1']['steps'][1]['action'] == '拿起物体'
+    finally:
+        node.kill()
+
+
+def _set_parameter(ros, name, value):
+    client = ros.node.create_client(SetParameters, '/planner_node/set_parameters')
+    assert client.wait_for_service(timeout_sec=30)
+    if isinstance(value, str):
+        parameter_value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+    else:
+        parameter_value = ParameterValue(type=ParameterType.PARAMETER_INTEGER,
+                                         integer_value=value)
+    future = client.call_async(SetParameters.Request(
+        parameters=[ParameterMsg(name=name, value=parameter_value)]))
+    deadline = time.monotonic() + 30
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ros.node.destroy_client(client)
+    return future.result().results[0]
+
+
+def test_latest_queue_drops_the_oldest_waiting_command(ros, tmp_path, server):
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(
+        server, **{'queue.max_size': 2}))
+    try:
+        status.wait_for(lambda s: s['state'] == 'ready')
+        # queue.policy may change while the node runs; bad values and start-up-only
+        # parameters are refused with a reason
+        refused = _set_parameter(ros, 'queue.policy', 'lifo')
+        assert not refused.successful and 'queue.policy must be one of' in refused.reason
+        refused = _set_parameter(ros, 'model.path', '/elsewhere')
+        assert not refused.successful and 'read-only' in refused.reason.lower()
+        assert _set_parameter(ros, 'queue.policy', 'latest').successful
+        status.wait_for(lambda s: s['queue_policy'] == 'latest')
+        ids = [_hold_one_in_flight(server, client, status)]
+        ids += [client.send('去客厅 %d' % n, 'c%d' % n) for n in range(2, 6)]
+        dropped = wait_for_answers(client, ['c2', 'c3'])
+        for answer in dropped.values():
+            assert answer['status'] == 'rejected'
+            assert answer['errors'][0]['code'] == 'superseded'
+        server.gate.set()
+        answers = wait_for_answers(client, ids)
+        assert [answers[i]['status'] for i in ids] == ['ok', 'rejected', 'rejected', 'ok', 'ok']
+        assert answers['c4']['command'] == '去客厅 4'
+        assert_exactly_one_answer(client, ids)
+    finally:
+        node.kill()
+
+
+def test_waiting_commands_are_planned_as_one_batch(ros, tmp_path, server):
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(
+        server, **{'queue.max_batch': 3}))
+    try:
+        ids = [_hold_one_in_flight(server, client, status)]
+        ids += [client.send('去客厅 %d' % n, 'c%d' % n) for n in range(2, 5)]
+        status.wait_for(lambda s: s['queue_depth'] == 3)
+        server.gate.set()
+        answers = wait_for_answers(client, ids)
+        batch = {answers[i]['timing']['inference_ms'] for i in ('c2', 'c3', 'c4')}
+        assert len(batch) == 1  # one generate() call timed the three
+        assert answers['c1']['timing']['inference_ms'] not in batch
+        assert all(answers[i]['timing']['queue_ms'] > 0 for i in ('c2', 'c3', 'c4'))
+    finally:
+        node.kill()
+
+
+@pytest.mark.parametrize('signum,release', [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=['sigterm-stuck-generation', 'sigint-generation-finishes'])
+def test_shutdown_answers_pending_commands_and_exits_0(ros, tmp_path, server, signum, release):
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(server))
+    try:
+        ids = [_hold_one_in_flight(server, client, status)]
+        ids += [client.send('去客厅', 'c%d' % n) for n in range(2, 4)]
+        status.wait_for(lambda s: s['queue_depth'] == 2)
+        if release:
+            threading.Timer(0.5, server.gate.set).start()
+        assert node.stop(signum) == 0
+        answers = wait_for_answers(client, ids, timeout=10)
+        for request_id in ('c2', 'c3'):
+            assert answers[request_id]['status'] == 'rejected'
+            assert answers[request_id]['errors'][0]['code'] == 'node_shutting_down'
+        if release:  # the batch in progress finished within the grace period
+            assert answers['c1']['status'] == 'ok'
+        else:
+            assert answers['c1']['status'] == 'rejected'
+            assert answers['c1']['errors'][0]['code'] == 'node_shutting_down'
+        assert_exactly_one_answer(client, ids)
+        stderr = node.stderr()
+        assert 'Traceback' not in stderr and 'shutting down' in stderr
+    finally:
+        node.kill()
