@@ -30,15 +30,15 @@ OVERRIDES = (('model_path', 'model.path'), ('adapter_path', 'model.adapter_path'
 
 def _planner_node(context):
     # Only arguments that were given override the YAML file: an empty one would blank it.
-    overrides = {}
+    parameters = [LaunchConfiguration('params_file')]
     for argument, parameter in OVERRIDES:
         value = LaunchConfiguration(argument).perform(context)
         if value:
-            overrides[parameter] = value
+            parameters.append({parameter: value})
     return [Node(
         package='robot_llm_planner', executable='planner_node', name='planner_node',
         namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
-        parameters=[LaunchConfiguration('params_file'), overrides],
+        parameters=parameters,
         arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')])]
 
 

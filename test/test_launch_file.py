@@ -1,0 +1,120 @@
+"""
+launch/planner.launch.py, without launch/launch_ros (not installable here).
+
+The file is read as a syntax tree: its arguments, defaults and the Node it starts. The wiring
+it produces (installed params file, parameter overrides, namespace, log level) is then run
+by hand: the installed planner_node started with the same ``--ros-args`` launch_ros would
+give it, with the tiny model, answering the installed plan_client.
+"""
+
+import ast
+import os
+import signal
+import subprocess
+
+from planner_harness import executable, NodeProcess, ros_session, share_path
+import pytest
+from robot_llm_planner.node_config import PARAMETERS_BY_NAME
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH_FILE = os.path.join(ROOT, 'launch', 'planner.launch.py')
+EXPECTED = ('params_file', 'model_path', 'adapter_path', 'namespace', 'log_level')
+
+
+@pytest.fixture(scope='module')
+def tree():
+    with open(LAUNCH_FILE, encoding='utf-8') as stream:
+        return ast.parse(stream.read(), LAUNCH_FILE, feature_version=(3, 10))
+
+
+def _assignment(tree, name):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == [name]:
+            return node.value
+    raise AssertionError('%s is not assigned at module level' % name)
+
+
+def _calls(tree, name):
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, 'id', getattr(node.func, 'attr', None)) == name]
+
+
+def test_declares_the_launch_arguments(tree):
+    arguments = _assignment(tree, 'ARGUMENTS')
+    names = [element.elts[0].value for element in arguments.elts]
+    assert tuple(names) == EXPECTED
+    defaults = {element.elts[0].value: element.elts[1] for element in arguments.elts}
+    # params_file defaults to the installed config/planner.yaml
+    params_default = ast.unparse(defaults['params_file'])
+    assert "get_package_share_directory('robot_llm_planner')" in params_default
+    assert "'config', 'planner.yaml'" in params_default
+    for name in ('model_path', 'adapter_path', 'namespace'):
+        assert defaults[name].value == ''
+    assert defaults['log_level'].value == 'info'
+    declared = _calls(tree, 'DeclareLaunchArgument')
+    assert len(declared) == 1  # one comprehension over ARGUMENTS
+    assert [k.arg for k in declared[0].keywords] == ['default_value', 'description']
+
+
+def test_overrides_name_real_node_parameters(tree):
+    overrides = _assignment(tree, 'OVERRIDES')
+    pairs = [(element.elts[0].value, element.elts[1].value) for element in overrides.elts]
+    assert pairs == [('model_path', 'model.path'), ('adapter_path', 'model.adapter_path')]
+    for _, parameter in pairs:
+        assert parameter in PARAMETERS_BY_NAME
+
+
+def test_starts_planner_node_with_params_file_namespace_and_log_level(tree):
+    nodes = _calls(tree, 'Node')
+    assert len(nodes) == 1
+    keywords = {k.arg: k.value for k in nodes[0].keywords}
+    assert keywords['package'].value == 'robot_llm_planner'
+    assert keywords['executable'].value == 'planner_node'
+    assert keywords['name'].value == 'planner_node'
+    assert ast.unparse(keywords['namespace']) == "LaunchConfiguration('namespace')"
+    assert ast.unparse(keywords['arguments']) == (
+        "['--ros-args', '--log-level', LaunchConfiguration('log_level')]")
+    assert ast.unparse(keywords['parameters']) == 'parameters'
+    source = ast.unparse(tree)
+    assert "parameters = [LaunchConfiguration('params_file')]" in source
+
+
+def test_generate_launch_description_with_launch_ros():
+    pytest.importorskip('launch_ros', reason='launch_ros is not installed on this machine; '
+                        'the syntax-tree tests above check the file instead')
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('planner_launch', LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    names = [argument.name for argument in description.get_launch_arguments()]
+    assert tuple(names) == EXPECTED
+
+
+def test_installed_params_file_with_overrides_answers_plan_client(tiny_model, tiny_adapter,
+                                                                  tmp_path):
+    # what `ros2 launch robot_llm_planner planner.launch.py model_path:=... adapter_path:=...
+    # namespace:=robot1 log_level:=debug` runs
+    with ros_session() as session:
+        node = NodeProcess(
+            session, tmp_path, params_file=share_path('config', 'planner.yaml'),
+            overrides=[('model.path', tiny_model), ('model.adapter_path', tiny_adapter)],
+            ros_args=['--log-level', 'debug', '-r', '__node:=planner_node',
+                      '-r', '__ns:=/robot1'])
+        try:
+            result = subprocess.run(
+                [executable('plan_client'), '帮我拿一瓶水。', '--id', 'launch-1',
+                 '--timeout', '180', '--topic-command', '/robot1/command',
+                 '--topic-plan', '/robot1/action_plan'],
+                env=session.env, capture_output=True, text=True, timeout=240)
+            assert result.returncode in (0, 1), result.stderr + node.stderr()[-3000:]
+            out = result.stdout
+            assert '帮我拿一瓶水。  [id launch-1]' in out and 'latency:' in out
+            assert '#  action' in out  # the plan's steps, as a table
+            log = node.stderr()
+            assert 'model.path = %r' % tiny_model in log  # a DEBUG line: log_level applied
+            assert 'commands on /robot1/command, plans on /robot1/action_plan' in log
+            assert node.stop(signal.SIGINT) == 0
+            assert 'Traceback' not in node.stderr()
+        finally:
+            node.kill()
