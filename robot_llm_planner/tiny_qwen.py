@@ -15,15 +15,26 @@ from robot_llm_planner.prompt import ENDOFTEXT, IM_END, IM_START
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
 
 
-def build_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 600):
-    """Train a byte-level BPE on ``texts`` and save it as a Qwen2 tokenizer in ``out_dir``."""
+def build_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 600,
+                    split_han: bool = False):
+    """
+    Train a byte-level BPE on ``texts`` and save it as a Qwen2 tokenizer in ``out_dir``.
+
+    With ``split_han`` the BPE is trained on Chinese (Han) characters one by one, so no merge
+    joins two of them: every Han character of ``texts`` becomes exactly one token (given a
+    ``vocab_size`` large enough), in commands and plans alike, while English words still
+    merge. The saved tokenizer is a plain Qwen2 tokenizer (Qwen2's pre-tokenizer): its merges
+    alone keep Han characters apart.
+    """
     from tokenizers import models, normalizers, pre_tokenizers, Regex, Tokenizer, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+    splits = [pre_tokenizers.Split(Regex(r'\p{Han}'), behavior='isolated', invert=False)] \
+        if split_han else []
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(splits + [
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior='isolated', invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
