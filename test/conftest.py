@@ -75,3 +75,50 @@ def tiny_adapter(tiny_model, tmp_path_factory):
 def other_model(tmp_path_factory):
     """Return a different tiny base (other hidden size): adapters of tiny_model don't fit."""
     return _build(tmp_path_factory.mktemp('other_qwen'), hidden_size=32, layers=2, seed=2)
+
+
+# The end-to-end training test's model: small enough to train in about a minute on 2 CPU
+# cores, trained with the real `llamafactory-cli train` (full SFT from random weights, then
+# LoRA) on short commands of the shipped training split, which it learns by heart.
+TRAINED_MODEL_RECIPE = {
+    'charset': 'data', 'hidden_size': 64, 'layers': 2, 'heads': 4, 'kv_heads': 2,
+    'intermediate_size': 256, 'train_rows': 24, 'max_label_chars': 32, 'extra_rows': 0,
+    'full_epochs': 60.0, 'full_learning_rate': 1.0e-2, 'full_batch_size': 8,
+    'full_warmup': 0.05, 'lora_rows': 0, 'lora_epochs': 5.0, 'lora_learning_rate': 2.0e-3,
+    'lora_batch_size': 8}
+
+
+class TrainedModel:
+    """A model trained by LLaMA-Factory in this session, served by the planner."""
+
+    def __init__(self, model, rows, predictions):
+        self.base = model.base
+        self.adapter = model.adapter
+        self.directory = model.directory
+        self.info = model.info
+        self.rows = rows                # the training rows {'input', 'output'}
+        self.predictions = predictions  # {command: the planner's raw output (greedy)}
+        # the training commands the planner answers with exactly their label
+        self.correct = [row['input'] for row in rows
+                        if predictions[row['input']] == row['output']]
+        self.labels = {row['input']: row['output'] for row in rows}
+
+
+@pytest.fixture(scope='session')
+def trained_model(tmp_path_factory):
+    """
+    Return a :class:`TrainedModel`: base + LoRA adapter trained with llamafactory-cli train.
+
+    ``correct`` lists the training commands it answers with their labels (most of them);
+    a test of a decoding feature can check that it leaves those answers unchanged.
+    """
+    from robot_llm_planner.demo_model import (load_planner, plan_rows, Recipe,
+                                              train_demo_model)
+    model = train_demo_model(Recipe(**TRAINED_MODEL_RECIPE),
+                             str(tmp_path_factory.mktemp('trained_model')), echo=None)
+    with open(os.path.join(model.directory, 'data', 'demo_lora.json'),
+              encoding='utf-8') as stream:
+        rows = json.load(stream)
+    # One command per call: the same unpadded prompts as LLaMA-Factory's predictions.
+    planned = plan_rows(load_planner(model), rows, batch_size=1)
+    return TrainedModel(model, rows, {row['command']: row['predict'] for row in planned})

@@ -1,0 +1,684 @@
+"""
+The demo model: a small Qwen2 trained on the project's data with LLaMA-Factory, on CPU.
+
+``make demo`` and the end-to-end training test use it in place of Qwen1.5-7B. The recipe is
+the real deployment's, scaled down:
+
+1. a tokenizer trained on the project's texts in which every Chinese character is one token
+   (:func:`robot_llm_planner.tiny_qwen.build_tokenizer` with ``split_han``), so that a plan
+   copies the command's characters one for one; optionally it also knows the 3755 common
+   characters of GB2312 level 1, so that an object or place name the training data never
+   shows is still made of single tokens;
+2. a random-weight Qwen2 model of the recipe's size;
+3. ``llamafactory-cli train`` with a config derived from ``training/config/full_sft.yaml``:
+   full SFT from the random weights gives the base model;
+4. ``llamafactory-cli train`` with a config derived from ``training/config/lora_sft.yaml``:
+   LoRA SFT on that base gives the adapter.
+
+The planner then serves base + adapter exactly like Qwen1.5-7B + its LoRA adapter.
+
+The training rows are the shipped split (``task2_prompt0_train``) plus, optionally, more rows
+from the project's own generator (:func:`robot_llm_planner.dataset.generate`, another seed;
+no command of the shipped validation, test or manual splits is used) in which some object,
+place and person names are replaced by random characters that the rest of the data never
+uses. A tiny model trained from scratch otherwise learns the 30 objects of the training data
+by heart and cannot copy a name it has never seen, which is what the held-out test split asks.
+
+Everything is written into ``.cache/demo_model/<key>/`` where ``key`` hashes the recipe, the
+training rows and the shipped configs: a second run with the same inputs reuses the model.
+Run ``python3 -m robot_llm_planner.demo_model --evaluate`` to train (or reuse) the model and
+measure it on the held-out test split.
+"""
+
+import argparse
+from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+from robot_llm_planner.prompt import SYSTEM_PROMPT, SYSTEM_PROMPT_BEFORE_0_9_3
+import yaml
+
+# Bump when the code below changes what a recipe produces (part of the cache key).
+RECIPE_CODE_VERSION = 1
+
+
+def find_root() -> str:
+    """
+    Return the repository root: the folder with ``training/config`` and ``training/data``.
+
+    The current directory when it has them (``make demo`` and the tests run there, also with
+    the colcon install space sourced), else the source tree this module lives in.
+    """
+    for candidate in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+        if os.path.isdir(os.path.join(candidate, 'training', 'config')):
+            return candidate
+    return os.getcwd()
+
+
+ROOT = find_root()
+DEFAULT_CACHE = os.path.join('.cache', 'demo_model')
+TRAIN_FILE_NAME = 'demo_train.json'
+LORA_FILE_NAME = 'demo_lora.json'
+COPY_FILE_NAME = 'demo_copy.json'
+DONE_FILE = 'demo_model.json'
+# The dataset columns of every alpaca file here (as in training/data/dataset_info.json).
+ALPACA = {'formatting': 'alpaca',
+          'columns': {'prompt': 'instruction', 'query': 'input', 'response': 'output'}}
+# What the shipped configs carry that a CPU run of a tiny model does not want.
+GPU_ONLY_KEYS = ('deepspeed', 'bf16', 'fp16', 'ddp_timeout')
+EVAL_KEYS = ('eval_dataset', 'eval_strategy', 'eval_steps', 'per_device_eval_batch_size')
+
+
+class DemoModelError(RuntimeError):
+    """Training the demo model failed; the message says which stage and where its log is."""
+
+
+@dataclass
+class Recipe:
+    """Everything that decides the demo model; its JSON form is part of the cache key."""
+
+    # tokenizer: one token per character of 'data' = the training rows (the random names of
+    # the extra rows included), 'shipped' = the shipped split only (the random names' and any
+    # other new characters fall back to byte tokens), 'gb2312' = the training rows plus the
+    # 3755 common characters of GB2312 level 1
+    charset: str = 'data'
+    # model size (Qwen2 architecture, tied embeddings)
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 4
+    intermediate_size: int = 512
+    # data: the shipped training split (its first ``train_rows`` rows whose label has at most
+    # ``max_label_chars`` characters; 0 = no limit) ...
+    dataset: str = 'task2_prompt0_train'
+    train_rows: int = 0
+    max_label_chars: int = 0
+    # ... plus rows generated with another seed, some names replaced by random characters
+    extra_rows: int = 8400
+    extra_seed: int = 1
+    name_substitution: float = 0.5
+    # stage 0 (optional): copy warm-up, full SFT from the random weights on ``copy_rows``
+    # synthetic rows whose answer repeats the command, a random string of the tokenizer's
+    # Chinese characters (derived from training/config/full_sft.yaml like stage 1)
+    copy_rows: int = 0
+    copy_epochs: float = 1.0
+    copy_learning_rate: float = 2.0e-3
+    copy_batch_size: int = 16
+    copy_max_chars: int = 16
+    # stage 1: full SFT of the (warmed-up) random weights, from training/config/full_sft.yaml
+    full_epochs: float = 1.0
+    full_learning_rate: float = 2.0e-3
+    full_batch_size: int = 8
+    full_warmup: float = 0.05
+    # stage 2: LoRA SFT of the base on the shipped split (training/config/lora_sft.yaml)
+    lora_rows: int = 500
+    lora_epochs: float = 1.0
+    lora_learning_rate: float = 1.0e-3
+    lora_batch_size: int = 16
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    seed: int = 42
+    # the system prompt trained with: LLaMA-Factory's default, which the planner also uses
+    system: str = SYSTEM_PROMPT
+    extra: Dict[str, Dict] = field(default_factory=dict)  # per-stage config overrides
+
+    def to_json(self) -> str:
+        """Return the canonical JSON form (sorted keys) hashed into the cache key."""
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+
+@dataclass
+class DemoModel:
+    """A trained demo model: what to pass as model.path and model.adapter_path."""
+
+    base: str
+    adapter: str
+    directory: str
+    cached: bool
+    info: dict
+
+    @property
+    def train_seconds(self) -> float:
+        """Return the wall time the training took when it ran (tokenizer to adapter)."""
+        return float(self.info.get('train_seconds', 0.0))
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def _load_rows(path: str) -> List[dict]:
+    with open(path, encoding='utf-8') as stream:
+        rows = json.load(stream)
+    if not isinstance(rows, list):
+        raise DemoModelError('%s is not an alpaca data set (a JSON list of rows)' % path)
+    return rows
+
+
+def gb2312_level1() -> List[str]:
+    """Return the 3755 common characters of GB2312 level 1 (no download: Python's codec)."""
+    chars = []
+    for high in range(0xB0, 0xD8):
+        for low in range(0xA1, 0xFF):
+            try:
+                chars.append(bytes([high, low]).decode('gb2312'))
+            except UnicodeDecodeError:
+                pass  # the five unused code points at the end of row 0xD7
+    return chars
+
+
+def _command_key(command: str) -> str:
+    return command.rstrip('。！？!?.')  # the generator's de-duplication key
+
+
+def data_dir(root: str = ROOT) -> str:
+    """Return the folder with the shipped data set and dataset_info.json."""
+    return os.path.join(root, 'training', 'data')
+
+
+def split_rows(split: str, root: str = ROOT, task: str = 'task2', prompt: str = 'prompt0'):
+    """Return the rows of one shipped split (``train``, ``test``, ...) of task2 prompt0."""
+    return _load_rows(os.path.join(data_dir(root), '%s_%s_%s.json' % (task, prompt, split)))
+
+
+def _name_pattern():
+    """Return (regex of every name the generator uses, names that may be replaced)."""
+    from robot_llm_planner import dataset
+    names = [noun for noun, _, _ in dataset.OBJECTS] + list(dataset.ROOMS)
+    names += [name for name, _, _ in dataset.FURNITURE]
+    names += [person for person in dataset.PEOPLE if person != dataset.SPEAKER]
+    # Names that contain or extend a replaceable one stay: 冰箱门 is not 冰箱 + 门.
+    kept = [name for name, _, _ in dataset.OPENABLES] + list(dataset.OTHER_PLACES)
+    replaceable = set(names) - set(kept)
+    alternatives = sorted(set(names) | set(kept), key=len, reverse=True)
+    return re.compile('|'.join(re.escape(name) for name in alternatives)), replaceable
+
+
+def shipped_rows(recipe: Recipe, root: str = ROOT) -> List[dict]:
+    """Return the rows of the shipped training split that the recipe uses."""
+    with open(os.path.join(data_dir(root), recipe.dataset + '.json'), encoding='utf-8') \
+            as stream:
+        rows = json.load(stream)
+    if recipe.max_label_chars:
+        rows = [row for row in rows if len(row['output']) <= recipe.max_label_chars]
+    if recipe.train_rows:
+        rows = rows[:recipe.train_rows]
+    return [dict(row) for row in rows]
+
+
+def training_rows(recipe: Recipe, root: str = ROOT) -> List[dict]:
+    """
+    Return the recipe's full-SFT rows (alpaca, instruction empty), in training order.
+
+    The shipped split's rows, and the extra rows from the project's generator with
+    ``recipe.extra_seed``, which never repeat a command of the shipped splits.
+    """
+    rows = shipped_rows(recipe, root)
+    if not recipe.extra_rows:
+        return rows
+    from robot_llm_planner import dataset
+    from robot_llm_planner.plan import format_plan
+    from robot_llm_planner.skills import SkillSet
+    taken = {_command_key(row['input']) for row in rows}
+    for split in ('train', 'validation', 'test', 'manual'):
+        taken |= {_command_key(row['input']) for row in split_rows(split, root)}
+    generated = dataset.generate(SkillSet.load(), seed=recipe.extra_seed,
+                                 size=recipe.extra_rows)['train']
+    extra = []
+    for example in generated:
+        key = _command_key(example.command)
+        if key not in taken:
+            taken.add(key)
+            extra.append({'instruction': '', 'input': example.command,
+                          'output': format_plan(example.steps)})
+    _substitute_names(extra, rows, recipe)
+    combined = rows + extra
+    random.Random(recipe.seed).shuffle(combined)
+    return combined
+
+
+def _substitute_names(extra: List[dict], shipped: List[dict], recipe: Recipe) -> None:
+    """Replace names in ``extra`` (in place) by random characters the data never uses."""
+    if recipe.name_substitution <= 0:
+        return
+    pattern, replaceable = _name_pattern()
+    used = set()
+    for row in shipped + extra:
+        used.update(row['input'] + row['output'])
+    fresh = [char for char in gb2312_level1() if char not in used]
+    name_chars = sorted({char for name in replaceable for char in name})
+    rng = random.Random(recipe.extra_seed)
+
+    def new_name() -> str:
+        length = rng.choice((1, 2, 2, 2, 3, 3))
+        return ''.join(rng.choice(fresh) if rng.random() < 0.8 else rng.choice(name_chars)
+                       for _ in range(length))
+
+    for row in extra:
+        mapping = {}
+        for name in pattern.findall(row['input']):
+            if name not in mapping:
+                swap = name in replaceable and rng.random() < recipe.name_substitution
+                mapping[name] = new_name() if swap else name
+        if any(old != new for old, new in mapping.items()):
+            def replace(match, mapping=mapping):
+                return mapping.get(match.group(0), match.group(0))
+            row['input'] = pattern.sub(replace, row['input'])
+            row['output'] = pattern.sub(replace, row['output'])
+
+
+def tokenizer_texts(rows: Sequence[dict], recipe: Recipe, root: str = ROOT) -> List[str]:
+    """Return the texts the tokenizer is trained on: system prompts, skills, training rows."""
+    from robot_llm_planner.skills import SkillSet
+    if recipe.charset == 'shipped':
+        rows = shipped_rows(recipe, root)
+    # Repeated so that the BPE merges their English words: a prompt of ~25 tokens.
+    texts = [recipe.system, SYSTEM_PROMPT, SYSTEM_PROMPT_BEFORE_0_9_3] * 20
+    texts += ['system\n', 'user\n', 'assistant\n'] * 20
+    texts += SkillSet.load().names()
+    for row in rows:
+        texts += [row['instruction'], row['input'], row['output']]
+    if recipe.charset == 'gb2312':
+        texts += gb2312_level1()
+    elif recipe.charset not in ('data', 'shipped'):
+        raise DemoModelError("recipe.charset must be 'data', 'shipped' or 'gb2312', got %r"
+                             % recipe.charset)
+    return [text for text in texts if text]
+
+
+def copy_rows(recipe: Recipe, texts: Sequence[str]) -> List[dict]:
+    """Return the copy warm-up rows: a random string of the texts' Chinese characters, twice."""
+    pool = sorted({char for text in texts for char in text if '\u4e00' <= char <= '\u9fff'})
+    rng = random.Random(recipe.seed)
+    rows = []
+    for _ in range(recipe.copy_rows if pool else 0):
+        text = ''.join(rng.choice(pool) for _ in range(rng.randint(2, recipe.copy_max_chars)))
+        rows.append({'instruction': '', 'input': text, 'output': text})
+    return rows
+
+
+# --- LLaMA-Factory configs -------------------------------------------------------------------
+
+def shipped_config(name: str, root: str = ROOT) -> dict:
+    """Return a shipped LLaMA-Factory config of training/config as a dict."""
+    with open(os.path.join(root, 'training', 'config', name), encoding='utf-8') as stream:
+        return yaml.safe_load(stream)
+
+
+def cpu_config(config: dict, **overrides) -> dict:
+    """
+    Return a shipped config adapted to a tiny model on CPU, with ``overrides`` applied.
+
+    Drops what needs a GPU (DeepSpeed, bf16) and, when training, the periodic evaluation;
+    turns gradient checkpointing off (it only saves memory, at ~30 % more compute);
+    tokenizes in this process (``preprocessing_num_workers`` processes cost more than they
+    save on 2 cores) and groups rows of similar length into batches (less padding).
+    """
+    config = dict(config)
+    for key in GPU_ONLY_KEYS + (EVAL_KEYS if config.get('do_train') else ()):
+        config.pop(key, None)
+    config.update(
+        gradient_checkpointing=False, disable_gradient_checkpointing=True,
+        preprocessing_num_workers=None, dataloader_num_workers=0,
+        dataloader_pin_memory=False, save_strategy='no', report_to='none',
+        overwrite_output_dir=True)
+    if config.get('do_train'):
+        config['train_sampling_strategy'] = 'group_by_length'
+    config.update(overrides)
+    return config
+
+
+def stage_configs(recipe: Recipe, directory: str, root: str = ROOT) -> Dict[str, dict]:
+    """Return the training configs (copy warm-up, full, lora) from full_sft / lora_sft.yaml."""
+    data = os.path.join(directory, 'data')
+    warmup = cpu_config(
+        shipped_config('full_sft.yaml', root),
+        model_name_or_path=os.path.join(directory, 'init'),
+        dataset_dir=data, dataset='demo_copy', output_dir=os.path.join(directory, 'warmup'),
+        per_device_train_batch_size=recipe.copy_batch_size, gradient_accumulation_steps=1,
+        learning_rate=recipe.copy_learning_rate, num_train_epochs=recipe.copy_epochs,
+        warmup_steps=recipe.full_warmup, logging_steps=20, seed=recipe.seed)
+    warmup.update(recipe.extra.get('copy', {}))
+    full = cpu_config(
+        shipped_config('full_sft.yaml', root),
+        model_name_or_path=os.path.join(directory, 'warmup' if recipe.copy_rows else 'init'),
+        dataset_dir=data, dataset='demo_train', output_dir=os.path.join(directory, 'base'),
+        per_device_train_batch_size=recipe.full_batch_size, gradient_accumulation_steps=1,
+        learning_rate=recipe.full_learning_rate, num_train_epochs=recipe.full_epochs,
+        warmup_steps=recipe.full_warmup, logging_steps=20, seed=recipe.seed)
+    full.update(recipe.extra.get('full', {}))
+    lora = cpu_config(
+        shipped_config('lora_sft.yaml', root),
+        model_name_or_path=os.path.join(directory, 'base'),
+        dataset_dir=data, dataset='demo_lora', output_dir=os.path.join(directory, 'adapter'),
+        per_device_train_batch_size=recipe.lora_batch_size, gradient_accumulation_steps=1,
+        learning_rate=recipe.lora_learning_rate, num_train_epochs=recipe.lora_epochs,
+        lora_rank=recipe.lora_rank, lora_alpha=recipe.lora_alpha, logging_steps=20,
+        seed=recipe.seed)
+    lora.update(recipe.extra.get('lora', {}))
+    if recipe.system != SYSTEM_PROMPT:  # LLaMA-Factory's own default needs no setting
+        for config in (warmup, full, lora):
+            config['default_system'] = recipe.system
+    return {'copy': warmup, 'full': full, 'lora': lora}
+
+
+def predict_config(base: str, adapter: str, dataset_dir: str, dataset: str, output_dir: str,
+                   root: str = ROOT, **overrides) -> dict:
+    """Return a prediction config derived from training/config/lora_predict.yaml."""
+    config = cpu_config(
+        shipped_config('lora_predict.yaml', root), model_name_or_path=base,
+        adapter_name_or_path=adapter, dataset_dir=dataset_dir, eval_dataset=dataset,
+        output_dir=output_dir)
+    config.update(overrides)
+    return config
+
+
+def write_config(config: dict, path: str) -> str:
+    """Write a LLaMA-Factory YAML config and return its path."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as stream:
+        yaml.safe_dump(config, stream, allow_unicode=True, sort_keys=False)
+    return path
+
+
+# --- running LLaMA-Factory -------------------------------------------------------------------
+
+# The trainer's tqdm bar (not the data set's "examples/s" ones): percent, step, steps, times.
+_PROGRESS = re.compile(r'^\s*(\d+)%\|[^|]*\|\s*(\d+)/(\d+) \[([^\]<]*)<([^\],]*),'
+                       r'\s*[0-9.?]+(?:s/it|it/s)\]')
+_LOSS = re.compile(r"\{'loss': '?([0-9.e+-]+)'?")
+
+
+def _environment() -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_DATASETS_OFFLINE='1',
+               LLAMAFACTORY_VERBOSITY='WARN', TRANSFORMERS_VERBOSITY='warning',
+               TOKENIZERS_PARALLELISM='false', DISABLE_VERSION_CHECK='1',
+               PYTHONWARNINGS='ignore')
+    # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning
+    # threads slow each other down several times over.
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    return env
+
+
+def llamafactory_cli() -> List[str]:
+    """Return the command that runs ``llamafactory-cli`` of this Python environment."""
+    candidate = os.path.join(os.path.dirname(sys.executable), 'llamafactory-cli')
+    if os.path.isfile(candidate):
+        return [candidate]
+    found = shutil.which('llamafactory-cli')
+    if found:
+        return [found]
+    raise DemoModelError('llamafactory-cli not found: install llamafactory (make env)')
+
+
+def run_llamafactory(config_path: str, log_path: str, label: str,
+                     echo: Optional[Callable[[str], None]] = None, cwd: str = ROOT) -> float:
+    """
+    Run ``llamafactory-cli train CONFIG``; return its wall time in seconds.
+
+    The whole output goes to ``log_path``; ``echo`` (e.g. ``print``) receives one line per
+    progress update and loss log. On failure the log's last lines are in the exception.
+    """
+    started = time.perf_counter()
+    command = llamafactory_cli() + ['train', config_path]
+    last_shown = -1.0
+    with open(log_path, 'wb') as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   cwd=cwd, env=_environment())
+        pending = b''
+        while True:
+            chunk = process.stdout.read1(4096) if hasattr(process.stdout, 'read1') \
+                else process.stdout.read(4096)
+            if not chunk:
+                break
+            log.write(chunk)
+            log.flush()
+            if echo is None:
+                continue
+            pending += chunk
+            parts = re.split(rb'[\r\n]', pending)
+            pending = parts.pop()
+            for part in parts:
+                text = part.decode('utf-8', 'replace')
+                loss = _LOSS.search(text)
+                if loss:
+                    echo('  [%s] loss %s' % (label, loss.group(1)))
+                    continue
+                progress = _PROGRESS.search(text)
+                now = time.perf_counter()
+                if progress and (now - last_shown > 10 or progress.group(2) == progress.group(3)):
+                    last_shown = now
+                    echo('  [%s] step %s/%s (%s%%), %s elapsed, about %s left' % (
+                        label, progress.group(2), progress.group(3), progress.group(1),
+                        progress.group(4).strip(), progress.group(5).strip() or '?'))
+        code = process.wait()
+    if code != 0:
+        with open(log_path, encoding='utf-8', errors='replace') as stream:
+            tail = ''.join(stream.readlines()[-25:])
+        raise DemoModelError('%s: `%s` failed with exit status %d; log %s ends with:\n%s'
+                             % (label, ' '.join(command), code, log_path, tail))
+    return time.perf_counter() - started
+
+
+# --- the model -------------------------------------------------------------------------------
+
+def cache_key(recipe: Recipe, rows: Sequence[dict], lora_rows: Sequence[dict],
+              root: str = ROOT, warmup_rows: Sequence[dict] = ()) -> str:
+    """Return the hash of everything that decides the model."""
+    digest = hashlib.sha256()
+    digest.update(('v%d\n' % RECIPE_CODE_VERSION).encode())
+    digest.update(recipe.to_json().encode('utf-8'))
+    for part in (rows, lora_rows) + ((warmup_rows,) if warmup_rows else ()):
+        digest.update(json.dumps(list(part), ensure_ascii=False, sort_keys=True).encode())
+    for name in ('full_sft.yaml', 'lora_sft.yaml'):
+        with open(os.path.join(root, 'training', 'config', name), 'rb') as stream:
+            digest.update(stream.read())
+    return digest.hexdigest()[:16]
+
+
+def _write_data(directory: str, rows: Sequence[dict], lora_rows: Sequence[dict],
+                warmup_rows: Sequence[dict] = ()) -> str:
+    data = os.path.join(directory, 'data')
+    os.makedirs(data, exist_ok=True)
+    info = {}
+    for name, file_name, part in (('demo_train', TRAIN_FILE_NAME, rows),
+                                  ('demo_lora', LORA_FILE_NAME, lora_rows),
+                                  ('demo_copy', COPY_FILE_NAME, warmup_rows)):
+        with open(os.path.join(data, file_name), 'w', encoding='utf-8') as stream:
+            json.dump(list(part), stream, ensure_ascii=False, indent=1)
+        info[name] = dict(ALPACA, file_name=file_name)
+    with open(os.path.join(data, 'dataset_info.json'), 'w', encoding='utf-8') as stream:
+        json.dump(info, stream, ensure_ascii=False, indent=1)
+    return data
+
+
+def _versions() -> Dict[str, str]:
+    versions = {'python': sys.version.split()[0]}
+    for module in ('torch', 'transformers', 'peft', 'llamafactory', 'tokenizers'):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # a broken install must not stop the record
+            versions[module] = '?'
+    return versions
+
+
+def _load_done(directory: str) -> Optional[dict]:
+    path = os.path.join(directory, DONE_FILE)
+    try:
+        with open(path, encoding='utf-8') as stream:
+            info = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    for key in ('base', 'adapter'):
+        if not os.path.isfile(os.path.join(directory, key, 'config.json' if key == 'base'
+                                           else 'adapter_config.json')):
+            return None
+    return info
+
+
+def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] = None,
+                     root: str = ROOT, echo: Optional[Callable[[str], None]] = print,
+                     force: bool = False) -> DemoModel:
+    """
+    Train the demo model (or reuse the cached one) and return its base and adapter dirs.
+
+    ``cache_dir`` defaults to ``<root>/.cache/demo_model``; ``echo`` receives progress lines
+    (None: quiet). Raise :class:`DemoModelError` naming the failed stage and its log.
+    """
+    from robot_llm_planner.tiny_qwen import build_model, build_tokenizer
+    recipe = recipe or Recipe()
+    say = echo or (lambda line: None)
+    rows = training_rows(recipe, root)
+    lora_rows = shipped_rows(recipe, root)
+    lora_rows = lora_rows[:recipe.lora_rows] if recipe.lora_rows else lora_rows
+    texts = tokenizer_texts(rows, recipe, root)
+    warmup_rows = copy_rows(recipe, texts)
+    key = cache_key(recipe, rows, lora_rows, root, warmup_rows)
+    directory = os.path.join(cache_dir or os.path.join(root, DEFAULT_CACHE), key)
+    info = None if force else _load_done(directory)
+    if info is not None:
+        say('demo model: reusing %s (trained in %.0f s)' % (directory, info['train_seconds']))
+        return DemoModel(os.path.join(directory, 'base'), os.path.join(directory, 'adapter'),
+                         directory, True, info)
+    if os.path.isdir(directory):
+        shutil.rmtree(directory)
+    os.makedirs(os.path.join(directory, 'logs'))
+    started = time.perf_counter()
+    cpu_started = _children_cpu()
+    say('demo model: training into %s' % directory)
+    say('  %d training rows (%d for the LoRA stage); %d-layer Qwen2, hidden %d'
+        % (len(rows), len(lora_rows), recipe.layers, recipe.hidden_size))
+    _write_data(directory, rows, lora_rows, warmup_rows)
+    init = os.path.join(directory, 'init')
+    build_tokenizer(texts, init, vocab_size=100000, split_han=True)
+    build_model(init, init, hidden_size=recipe.hidden_size, layers=recipe.layers,
+                heads=recipe.heads, kv_heads=recipe.kv_heads,
+                intermediate_size=recipe.intermediate_size, max_positions=1024,
+                seed=recipe.seed)
+    timings = {}
+    stages = [('full', 'full SFT'), ('lora', 'LoRA SFT')]
+    if warmup_rows:
+        stages.insert(0, ('copy', 'copy warm-up'))
+    for stage, label in stages:
+        config = stage_configs(recipe, directory, root)[stage]
+        path = write_config(config, os.path.join(directory, 'configs', stage + '.yaml'))
+        say('  %s: llamafactory-cli train %s' % (label, path))
+        timings[stage] = run_llamafactory(path, os.path.join(directory, 'logs', stage + '.log'),
+                                          label, echo, cwd=root)
+    info = {
+        'key': key, 'recipe': asdict(recipe), 'rows': len(rows), 'lora_rows': len(lora_rows),
+        'train_seconds': time.perf_counter() - started,
+        'train_cpu_seconds': _children_cpu() - cpu_started,
+        'stage_seconds': timings, 'versions': _versions(),
+        'cpu_count': os.cpu_count(), 'load_average_after': _load_average(),
+        'trained_at': time.strftime('%Y-%m-%d %H:%M:%S %z'),
+    }
+    with open(os.path.join(directory, DONE_FILE), 'w', encoding='utf-8') as stream:
+        json.dump(info, stream, ensure_ascii=False, indent=1)
+    say('demo model: trained in %.0f s (base %s, adapter %s)'
+        % (info['train_seconds'], os.path.join(directory, 'base'),
+           os.path.join(directory, 'adapter')))
+    return DemoModel(os.path.join(directory, 'base'), os.path.join(directory, 'adapter'),
+                     directory, False, info)
+
+
+def _children_cpu() -> float:
+    usage = os.times()
+    return usage.children_user + usage.children_system
+
+
+def _load_average() -> Optional[List[float]]:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --- measuring it ----------------------------------------------------------------------------
+
+def plan_rows(planner, rows: Sequence[dict], batch_size: int = 50) -> List[dict]:
+    """Plan the commands of ``rows`` in batches; return evaluate_rows input rows."""
+    results = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        plans = planner.plan_batch([row['input'] for row in chunk])
+        for row, result in zip(chunk, plans):
+            results.append({'command': row['input'], 'predict': result.plan.raw_output,
+                            'label': row['output'], 'status': result.status})
+    return results
+
+
+def load_planner(model: DemoModel, **settings):
+    """Return the planner serving ``model`` (loaded), greedy, on CPU unless told otherwise."""
+    from robot_llm_planner.settings import build_planner, PlannerSettings
+    options = {'model_path': model.base, 'adapter_path': model.adapter, 'device': 'cpu',
+               'max_new_tokens': 256, 'cache_size': 0}
+    options.update(settings)
+    planner = build_planner(PlannerSettings(**options))
+    planner.load()
+    return planner
+
+
+def heldout_accuracy(planner, split: str = 'test', root: str = ROOT,
+                     limit: Optional[int] = None, batch_size: int = 50) -> dict:
+    """
+    Return evaluate_rows metrics of ``planner`` on a shipped split plus its predictions.
+
+    This is the computation behind the README's figure and the one ``make demo`` prints.
+    """
+    from robot_llm_planner.evaluate import evaluate_rows
+    rows = split_rows(split, root)
+    rows = rows[:limit] if limit else rows
+    started = time.perf_counter()
+    predictions = plan_rows(planner, rows, batch_size)
+    metrics = evaluate_rows(predictions, planner.skills)
+    metrics['seconds'] = time.perf_counter() - started
+    metrics['split'] = split
+    metrics['predictions'] = predictions
+    return metrics
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Train (or reuse) the demo model; with --evaluate measure it on the test split."""
+    parser = argparse.ArgumentParser(prog='python3 -m robot_llm_planner.demo_model',
+                                     description=main.__doc__)
+    parser.add_argument('--evaluate', action='store_true', help='measure plan exact match')
+    parser.add_argument('--split', default='test', help='split to measure (default: test)')
+    parser.add_argument('--limit', type=int, default=0, help='measure the first N rows only')
+    parser.add_argument('--force', action='store_true', help='train even if cached')
+    parser.add_argument('--recipe', default='', help='JSON object of Recipe fields to change')
+    parser.add_argument('--cache', default=None, help='cache folder (default: %s)'
+                        % DEFAULT_CACHE)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # see _environment; before torch
+    try:
+        recipe = Recipe(**json.loads(args.recipe)) if args.recipe else Recipe()
+        model = train_demo_model(recipe, args.cache, force=args.force)
+    except (DemoModelError, TypeError, ValueError) as exc:
+        print('demo_model: %s' % exc, file=sys.stderr)
+        return 2
+    result = {'base': model.base, 'adapter': model.adapter, 'cached': model.cached,
+              'train_seconds': round(model.train_seconds, 1),
+              'train_cpu_seconds': round(model.info.get('train_cpu_seconds', 0.0), 1)}
+    if args.evaluate:
+        metrics = heldout_accuracy(load_planner(model), args.split, limit=args.limit or None)
+        predictions = metrics.pop('predictions')
+        out = os.path.join(model.directory, 'predictions-%s.jsonl' % args.split)
+        with open(out, 'w', encoding='utf-8') as stream:
+            for row in predictions:
+                stream.write(json.dumps(row, ensure_ascii=False) + '\n')
+        result.update(metrics)
+        result['predictions'] = out
+    print(json.dumps(result, ensure_ascii=False, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The demo model's recipe: tokenizer, training rows, derived LLaMA-Factory configs, cache."""
+
+import json
+import os
+
+from llamafactory.data.converter import AlpacaDatasetConverter
+from llamafactory.data.parser import DatasetAttr
+from llamafactory.data.template import get_template_and_fix_tokenizer
+from llamafactory.hparams import (DataArguments, FinetuningArguments, GeneratingArguments,
+                                  ModelArguments, TrainingArguments)
+import pytest
+from robot_llm_planner import demo_model
+from robot_llm_planner.demo_model import Recipe
+from robot_llm_planner.plan import parse_plan
+from robot_llm_planner.prompt import PromptBuilder
+from transformers import AutoTokenizer, HfArgumentParser
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = ['帮我拿一瓶水。', '劳驾把雨伞搁到鞋柜里，好吗？', '把红色的杯子放到厨房的桌子上']
+
+
+@pytest.fixture(scope='module')
+def rows():
+    return demo_model.training_rows(Recipe(extra_rows=600), ROOT)
+
+
+@pytest.fixture(scope='module', params=['data', 'gb2312'])
+def tokenizer_dir(request, rows, tmp_path_factory):
+    from robot_llm_planner.tiny_qwen import build_tokenizer
+    directory = str(tmp_path_factory.mktemp('demo_tokenizer_' + request.param))
+    texts = demo_model.tokenizer_texts(rows, Recipe(charset=request.param))
+    build_tokenizer(texts, directory, vocab_size=100000, split_han=True)
+    return directory
+
+
+def _han(text):
+    return [char for char in text if '\u4e00' <= char <= '\u9fff']
+
+
+def test_every_trained_han_character_is_one_token(tokenizer_dir, rows):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for row in rows[:300] + demo_model.split_rows('manual', ROOT):
+        for text in (row['input'], row['output']):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            assert tokenizer.decode(ids) == text
+            # a plan copies the command's characters one for one: no token spans two
+            pieces = [tokenizer.decode([i]) for i in ids]
+            assert all(len(_han(piece)) <= 1 for piece in pieces), pieces
+            if 'gb2312' in tokenizer_dir:
+                assert len(ids) == len(text)
+
+
+def test_the_system_prompt_stays_short(tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert len(PromptBuilder().token_ids(tokenizer, '')) <= 30
+
+
+def test_prompt_ids_equal_llamafactory_qwen_template(tokenizer_dir):
+    ours = AutoTokenizer.from_pretrained(tokenizer_dir)
+    theirs = AutoTokenizer.from_pretrained(tokenizer_dir)
+    template = get_template_and_fix_tokenizer(theirs, DataArguments(template='qwen'))
+    converter = AlpacaDatasetConverter(DatasetAttr('file', 'commands'), DataArguments())
+    for command in COMMANDS:
+        example = converter({'instruction': '', 'input': command, 'output': ''})
+        messages = example['_prompt'] + [{'role': 'assistant', 'content': ''}]
+        expected, _ = template.encode_oneturn(theirs, messages, None)
+        assert PromptBuilder().token_ids(ours, command) == expected
+
+
+def test_training_rows_never_use_evaluation_commands(rows):
+    key = demo_model._command_key
+    held = set()
+    for split in ('validation', 'test'):
+        held |= {key(row['input']) for row in demo_model.split_rows(split, ROOT)}
+    assert not {key(row['input']) for row in rows} & held
+    assert len({key(row['input']) for row in rows}) == len(rows)
+    shipped = demo_model.split_rows('train', ROOT)
+    assert len(rows) > len(shipped)
+    assert {row['input'] for row in shipped} <= {row['input'] for row in rows}
+    # the extra rows avoid the manual commands too (a few of which the shipped split has)
+    manual = {key(row['input']) for row in demo_model.split_rows('manual', ROOT)}
+    shipped_keys = {key(row['input']) for row in shipped}
+    assert not {key(row['input']) for row in rows} & manual - shipped_keys
+
+
+def test_extra_rows_keep_labels_consistent_and_no_heldout_item(rows):
+    with open(os.path.join(ROOT, 'training', 'data', 'dataset_meta.json'),
+              encoding='utf-8') as stream:
+        heldout = json.load(stream)['heldout']
+    words = heldout['objects'] + heldout['rooms'] + heldout['furniture']
+    shipped_chars = set()
+    for row in demo_model.split_rows('train', ROOT):
+        shipped_chars.update(row['input'] + row['output'])
+    substituted = 0
+    for row in rows:
+        plan = parse_plan(row['output'])
+        assert plan.ok, row
+        for step in plan.steps:  # names are still copied from the command
+            assert step.target in row['input'] and step.location in row['input'], row
+        assert not any(word in row['input'] for word in words), row
+        substituted += not set(row['input']) <= shipped_chars
+    assert substituted > 100
+
+
+def _strict_parser():
+    return HfArgumentParser([ModelArguments, DataArguments, TrainingArguments,
+                             FinetuningArguments, GeneratingArguments])
+
+
+def test_stage_configs_are_llamafactory_arguments_for_cpu(tmp_path):
+    configs = demo_model.stage_configs(Recipe(), str(tmp_path))
+    for name, shipped in (('full', 'full_sft.yaml'), ('lora', 'lora_sft.yaml')):
+        config = configs[name]
+        original = demo_model.shipped_config(shipped)
+        assert config['finetuning_type'] == original['finetuning_type']
+        assert config['template'] == original['template'] == 'qwen'
+        assert 'deepspeed' not in config and 'bf16' not in config
+        assert config['disable_gradient_checkpointing'] is True
+        assert 'eval_dataset' not in config
+        _strict_parser().parse_dict(dict(config, use_cpu=True), allow_extra_keys=False)
+    assert configs['lora']['model_name_or_path'] == configs['full']['output_dir']
+    predict = demo_model.predict_config('base', 'adapter', 'data', 'demo_lora', 'out')
+    assert predict['do_predict'] and predict['do_sample'] is False
+    assert predict['per_device_eval_batch_size'] == 1
+    _strict_parser().parse_dict(dict(predict, use_cpu=True), allow_extra_keys=False)
+
+
+def test_cache_key_follows_recipe_and_data(rows):
+    lora = rows[:10]
+    key = demo_model.cache_key(Recipe(), rows, lora, ROOT)
+    assert key == demo_model.cache_key(Recipe(), rows, lora, ROOT)
+    assert key != demo_model.cache_key(Recipe(hidden_size=96), rows, lora, ROOT)
+    assert key != demo_model.cache_key(Recipe(), rows[:-1], lora, ROOT)
+
+
+def test_a_cached_model_is_reused_without_training(tmp_path, monkeypatch):
+    recipe = Recipe(extra_rows=0, train_rows=4, lora_rows=0)
+    rows = demo_model.training_rows(recipe, ROOT)
+    key = demo_model.cache_key(recipe, rows, demo_model.shipped_rows(recipe, ROOT), ROOT)
+    directory = tmp_path / key
+    for name, marker in (('base', 'config.json'), ('adapter', 'adapter_config.json')):
+        (directory / name).mkdir(parents=True)
+        (directory / name / marker).write_text('{}')
+    (directory / demo_model.DONE_FILE).write_text(json.dumps({'train_seconds': 12.5}))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError('trained although cached')
+    monkeypatch.setattr(demo_model, 'run_llamafactory', no_training)
+    lines = []
+    model = demo_model.train_demo_model(recipe, str(tmp_path), ROOT, echo=lines.append)
+    assert model.cached and model.train_seconds == 12.5
+    assert model.base == str(directory / 'base') and model.adapter == str(directory / 'adapter')
+    assert 'reusing' in lines[0]
