@@ -1,0 +1,290 @@
+"""
+``make demo``: the whole pipeline on CPU with a small model it trains itself.
+
+1. makes the data set if ``training/data`` lacks it (``cli make-dataset``);
+2. trains the demo model with ``llamafactory-cli train`` (:mod:`robot_llm_planner.demo_model`;
+   cached in ``.cache/demo_model``, so a second run skips this);
+3. starts the built ``planner_node`` with base + adapter, on its own random ROS_DOMAIN_ID;
+4. sends sample commands through ``plan_client``: training-like ones, unseen ones (held-out
+   objects, places and phrasings of ``training/data/dataset_meta.json``) and a nonsense one,
+   and prints each plan as a table;
+5. prints the held-out test split's plan exact match (the README's figure, same code);
+6. stops the node with SIGINT and waits for it.
+
+Run with ``make demo`` (or, in a sourced workspace, ``python -m robot_llm_planner.demo``).
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+from robot_llm_planner import demo_model
+from robot_llm_planner.plan import parse_plan
+
+NONSENSE = '紫色的大象今天会唱歌吗？'
+READY_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 15.0
+
+
+def _say(text: str = '') -> None:
+    print(text, flush=True)
+
+
+def ensure_dataset(root: str) -> None:
+    """Make the data set when the shipped files are missing (nothing downloads)."""
+    needed = [os.path.join(demo_model.data_dir(root), name) for name in (
+        'task2_prompt0_train.json', 'task2_prompt0_test.json', 'dataset_meta.json')]
+    if all(os.path.isfile(path) for path in needed):
+        return
+    _say('data set missing: python3 -m robot_llm_planner.cli make-dataset')
+    subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'make-dataset'],
+                   cwd=root, check=True)
+
+
+def sample_commands(root: str) -> List[Tuple[str, str, Optional[str]]]:
+    """
+    Return (kind, command, label or None) for the demo.
+
+    Training-like commands come from the training split, unseen ones from the test split: the
+    first rows that contain each kind of held-out item listed in dataset_meta.json.
+    """
+    with open(os.path.join(demo_model.data_dir(root), 'dataset_meta.json'),
+              encoding='utf-8') as stream:
+        heldout = json.load(stream)['heldout']
+    train = demo_model.split_rows('train', root)
+    test = demo_model.split_rows('test', root)
+    samples = [('seed example', '帮我拿一瓶水。', None)]
+    manual = {row['input']: row['output'] for row in demo_model.split_rows('manual', root)}
+    samples[0] = ('seed example', '帮我拿一瓶水。', manual.get('帮我拿一瓶水。'))
+    for row in [r for r in train if len(r['output']) <= 60][:3]:
+        samples.append(('training', row['input'], row['output']))
+    places = heldout['rooms'] + heldout['furniture']
+    # a phrasing is found by its literal parts: '把{loc}的{obj}取过来' -> 把, 的, 取过来
+    phrasings = [[part for part in re.split(r'\{[^}]*\}', template) if part]
+                 for template in heldout['templates'].values()]
+    by_length = sorted(test, key=lambda row: len(row['input']))
+    for kind, patterns, count in (('held-out object', [[w] for w in heldout['objects']], 3),
+                                  ('held-out place', [[p] for p in places], 3),
+                                  ('held-out phrasing', phrasings, 3)):
+        chosen = 0
+        for parts in patterns:
+            row = next((r for r in by_length if all(part in r['input'] for part in parts)
+                        and all(r['input'] != s[1] for s in samples)), None)
+            if row is not None:
+                samples.append((kind, row['input'], row['output']))
+                chosen += 1
+            if chosen == count:
+                break
+    samples.append(('nonsense', NONSENSE, None))
+    return samples
+
+
+# --- the ROS side -----------------------------------------------------------------------------
+
+def _ros_environment(domain_id: int) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+               HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_DATASETS_OFFLINE='1',
+               PYTHONUNBUFFERED='1')
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    return env
+
+
+def _executable(name: str) -> List[str]:
+    """Return the command of an installed executable of this package (colcon build)."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+        path = os.path.join(get_package_prefix('robot_llm_planner'), 'lib',
+                            'robot_llm_planner', name)
+        if os.access(path, os.X_OK):
+            return [path]
+    except Exception:  # not in a sourced workspace: run the module
+        pass
+    return [sys.executable, '-m', 'robot_llm_planner.' + name]
+
+
+def start_node(model: demo_model.DemoModel, env: Dict[str, str], log_path: str):
+    """Start planner_node serving the demo model; return the process."""
+    from robot_llm_planner.skills import package_share_path
+    params = package_share_path('config', 'planner.yaml')
+    overrides = {
+        'model.path': model.base, 'model.adapter_path': model.adapter, 'model.device': 'cpu',
+        'prompt.instruction': "''", 'generation.max_new_tokens': '256',
+    }
+    command = _executable('planner_node') + ['--ros-args', '--params-file', params]
+    for name, value in overrides.items():
+        command += ['-p', '%s:=%s' % (name, value)]
+    _say('starting planner_node (ROS_DOMAIN_ID=%s, log %s):' % (env['ROS_DOMAIN_ID'], log_path))
+    _say('  ' + ' '.join(command))
+    log = open(log_path, 'w', encoding='utf-8')
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_ready(process, env: Dict[str, str], timeout: float = READY_TIMEOUT_S) -> dict:
+    """Wait until planner_node's status says ready (or error); return the last status."""
+    os.environ['ROS_DOMAIN_ID'] = env['ROS_DOMAIN_ID']
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = env['ROS_AUTOMATIC_DISCOVERY_RANGE']
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from robot_llm_planner.planner_node import status_qos
+    from std_msgs.msg import String
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    last: dict = {}
+    try:
+        node = rclpy.create_node('planner_demo_%d' % os.getpid(), context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+
+        def on_status(msg):
+            try:
+                last.update(json.loads(msg.data))
+            except ValueError:
+                pass
+        node.create_subscription(String, '/planner_status', on_status, status_qos())
+        deadline = time.monotonic() + timeout
+        shown = None
+        while time.monotonic() < deadline and process.poll() is None:
+            executor.spin_once(timeout_sec=0.2)
+            state = last.get('state')
+            if state != shown and state:
+                _say('  planner_node: %s' % state)
+                shown = state
+            if state in ('ready', 'error'):
+                break
+        node.destroy_node()
+    finally:
+        context.try_shutdown()
+    return last
+
+
+def send_commands(commands: List[str], env: Dict[str, str], timeout: float) -> List[dict]:
+    """Send the commands with plan_client --json; return the answers in order."""
+    command = _executable('plan_client') + list(commands)
+    command += ['--json', '--timeout', str(timeout)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    answers = {}
+    for line in done.stdout.splitlines():
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue
+        answers.setdefault(answer.get('command'), answer)
+    if done.returncode not in (0, 1, 3, 4) or not answers:
+        _say('plan_client exited with %d: %s' % (done.returncode, done.stderr.strip()))
+    return [answers.get(text, {}) for text in commands]
+
+
+def stop_node(process, timeout: float = STOP_TIMEOUT_S) -> int:
+    """Stop planner_node with SIGINT (then SIGTERM, then SIGKILL); return its exit status."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if process.poll() is not None:
+            break
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _say('  planner_node did not stop within %g s after %s' % (timeout, sig.name))
+    if process.poll() is None:
+        process.kill()
+    return process.wait()
+
+
+# --- printing ---------------------------------------------------------------------------------
+
+def format_plan_table(kind: str, command: str, label: Optional[str], answer: dict) -> str:
+    """Return one answer as a readable block: command, status, latency, steps."""
+    from robot_llm_planner.plan_client import format_table
+    timing = answer.get('timing') or {}
+    status = answer.get('status', 'no answer')
+    facts = ['status %s' % status]
+    if 'total_ms' in timing:
+        facts.append('latency %.0f ms (inference %.0f ms, %d tokens)' % (
+            timing['total_ms'], timing.get('inference_ms', 0.0),
+            timing.get('tokens_generated', 0)))
+    same = None
+    if label is not None and answer:
+        same = parse_plan(answer.get('raw_output', '')).steps == parse_plan(label).steps
+        facts.append('matches the label' if same else 'differs from the label')
+    lines = ['[%s] %s' % (kind, command), '    ' + ', '.join(facts)]
+    steps = answer.get('steps') or []
+    if steps:
+        rows = [['#', 'action', 'target', 'location']]
+        rows += [[str(number), step.get('action', ''), step.get('target', ''),
+                  step.get('location', '')] for number, step in enumerate(steps, start=1)]
+        lines += ['    ' + line for line in format_table(rows)]
+    for error in answer.get('errors') or []:
+        lines.append('    error %s: %s' % (error.get('code'), error.get('message')))
+    if same is False:
+        lines.append('    model: %s' % answer.get('raw_output', ''))
+        lines.append('    label: %s' % label)
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the demo; return 0 when every step worked."""
+    parser = argparse.ArgumentParser(prog='python -m robot_llm_planner.demo',
+                                     description=__doc__.split('\n')[1])
+    parser.add_argument('--root', default=os.getcwd() if os.path.isdir('training')
+                        else demo_model.ROOT, help='repository root (default: here)')
+    parser.add_argument('--skip-accuracy', action='store_true',
+                        help='do not measure the held-out test split')
+    args = parser.parse_args(argv)
+    # idle OpenMP threads sleep instead of spinning (a shared 2-core machine); before torch
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    root = os.path.abspath(args.root)
+    started = time.perf_counter()
+    ensure_dataset(root)
+    _say('== 1. the demo model (LLaMA-Factory on CPU; cached after the first run)')
+    try:
+        model = demo_model.train_demo_model(root=root)
+    except demo_model.DemoModelError as exc:
+        _say('demo: %s' % exc)
+        return 1
+    _say('   base %s\n   adapter %s' % (model.base, model.adapter))
+    domain_id = random.SystemRandom().randint(1, 100)
+    env = _ros_environment(domain_id)
+    log_path = os.path.join(model.directory, 'planner_node.log')
+    _say('\n== 2. planner_node with base + adapter')
+    process = start_node(model, env, log_path)
+    code = 0
+    try:
+        status = wait_ready(process, env)
+        if status.get('state') != 'ready':
+            _say('planner_node is not ready (%s); its log %s:' % (
+                status.get('error') or 'exited with %s' % process.poll(), log_path))
+            with open(log_path, encoding='utf-8', errors='replace') as stream:
+                _say(''.join(stream.readlines()[-20:]))
+            return 1
+        samples = sample_commands(root)
+        _say('\n== 3. %d sample commands through plan_client' % len(samples))
+        answers = send_commands([command for _, command, _ in samples], env, 120.0)
+        for (kind, command, label), answer in zip(samples, answers):
+            _say(format_plan_table(kind, command, label, answer) + '\n')
+            code = code or (0 if answer else 1)
+        if not args.skip_accuracy:
+            _say('== 4. held-out test split (plan exact match, greedy, same code as README)')
+            planner = demo_model.load_planner(model)
+            metrics = demo_model.heldout_accuracy(planner, 'test', root)
+            _say('   exact match %.1f %% of %d commands (format valid %.1f %%, skill valid '
+                 '%.1f %%; %.0f s)' % (
+                     100 * metrics['exact_match'], metrics['labelled'],
+                     100 * metrics['format_valid'], 100 * metrics['skill_valid'],
+                     metrics['seconds']))
+    finally:
+        _say('\n== 5. stopping planner_node (SIGINT)')
+        status_code = stop_node(process)
+        _say('   planner_node exited with %s' % status_code)
+    _say('demo done in %.0f s' % (time.perf_counter() - started))
+    return code or (0 if status_code == 0 else 1)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

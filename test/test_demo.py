@@ -1,0 +1,45 @@
+"""make demo's pieces that need no model: sample commands, plan tables, stopping the node."""
+
+import os
+import subprocess
+import sys
+
+from robot_llm_planner import demo, demo_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_samples_cover_training_heldout_and_nonsense():
+    samples = demo.sample_commands(ROOT)
+    kinds = [kind for kind, _, _ in samples]
+    for kind in ('training', 'held-out object', 'held-out place', 'held-out phrasing'):
+        assert kinds.count(kind) >= 2, kinds
+    assert kinds[-1] == 'nonsense' and samples[-1][2] is None
+    assert len(samples) <= 16  # planner_node's default queue.max_size: none is rejected
+    test = {row['input']: row['output'] for row in demo_model.split_rows('test', ROOT)}
+    for kind, command, label in samples:
+        if kind.startswith('held-out'):
+            assert test[command] == label
+
+
+def test_plan_table_shows_steps_status_latency_and_label():
+    answer = {'status': 'ok', 'raw_output': '寻找一瓶水；拿起一瓶水。寻找物体，一瓶水；拿起物体，一瓶水',
+              'timing': {'total_ms': 812.0, 'inference_ms': 800.0, 'tokens_generated': 30},
+              'steps': [{'action': '寻找物体', 'target': '一瓶水', 'location': ''},
+                        {'action': '拿起物体', 'target': '一瓶水', 'location': ''}]}
+    text = demo.format_plan_table('seed example', '帮我拿一瓶水。', answer['raw_output'], answer)
+    assert '帮我拿一瓶水。' in text and 'status ok' in text and '812 ms' in text
+    assert 'matches the label' in text and '拿起物体' in text
+    wrong = demo.format_plan_table('x', '帮我拿一瓶水。', '去厨房。移动到，厨房', answer)
+    assert 'differs from the label' in wrong and 'label: 去厨房' in wrong
+    assert 'no answer' in demo.format_plan_table('x', '去厨房', None, {})
+
+
+def test_stop_node_interrupts_and_waits():
+    script = ('import signal, sys, time\n'
+              'signal.signal(signal.SIGINT, lambda *a: sys.exit(0))\n'
+              'print("up", flush=True)\n'
+              'time.sleep(60)\n')
+    process = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE)
+    assert process.stdout.readline().strip() == b'up'
+    assert demo.stop_node(process, timeout=10) == 0
