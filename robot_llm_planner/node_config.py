@@ -96,8 +96,9 @@ PARAMETERS: Tuple[Parameter, ...] = (
               'ones are rejected (command_too_long).', 'max_command_chars', minimum=1),
     Parameter('cache.size', int, 'Recent plans remembered per command text (greedy decoding '
               'only; 0 = no cache).', 'cache_size', minimum=0),
-    Parameter('qos.command_depth', int, 'History depth of the command subscription (reliable, '
-              'volatile).', default=64, minimum=1),
+    Parameter('qos.command_depth', int, 'History of the command subscription (reliable, '
+              'volatile): 0 keeps all (no command is dropped by DDS in a burst; the queue '
+              'answers the excess queue_full), N keeps the last N.', default=0, minimum=0),
     Parameter('qos.plan_depth', int, 'History depth of the plan publisher (reliable, transient '
               'local): answers kept for slow or late-matching subscribers.', default=64,
               minimum=1),
@@ -127,7 +128,7 @@ class NodeConfig:
     queue_max_size: int = 16
     queue_policy: str = 'fifo'
     queue_max_batch: int = 1
-    command_depth: int = 64
+    command_depth: int = 0
     plan_depth: int = 64
 
 

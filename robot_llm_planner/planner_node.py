@@ -42,12 +42,22 @@ STATES = ('loading', 'ready', 'busy', 'error')
 STATUS_PERIOD_S = 1.0
 # On shutdown, how long the batch being planned may take to finish before it is answered
 # rejected (launch escalates SIGINT to SIGTERM after 5 s).
-SHUTDOWN_GRACE_S = 3.0
-FLUSH_TIMEOUT_S = 2.0
+SHUTDOWN_GRACE_S = 2.0
+# A model load that failed for a reason that may pass (a remote server down or overloaded) is
+# retried after these many seconds, doubling up to the maximum.
+LOAD_RETRY_S = 1.0
+LOAD_RETRY_MAX_S = 30.0
+# Each publisher gets this long to have its last messages acknowledged before the node exits
+# (grace + 2 flushes + teardown stay under launch's 5 s before it escalates to SIGKILL).
+FLUSH_TIMEOUT_S = 0.75
 
 
 def command_qos(depth: int) -> QoSProfile:
-    """Return the QoS of the command subscription (and of command publishers)."""
+    """Return the QoS of the command subscription (and of command publishers); 0: keep all."""
+    if depth == 0:
+        return QoSProfile(history=HistoryPolicy.KEEP_ALL, depth=1,
+                          reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
@@ -92,6 +102,7 @@ class PlannerNode(Node):
         self._lock = threading.RLock()      # state, counts, in-flight batch, answered flags
         self._publish_lock = threading.Lock()
         self._closing = False
+        self._stopping = threading.Event()  # set at shutdown: ends load retries at once
         self._closed = False
         self._state = 'loading'
         self._error = ''
@@ -336,22 +347,45 @@ class PlannerNode(Node):
     def _load(self) -> None:
         from robot_llm_planner.settings import build_planner
         started = time.monotonic()
-        try:
-            planner = build_planner(self._config.settings)
-            with self._lock:
-                self._model = planner.backend.describe()
-            self._checker = planner
-            planner.load()
-        except Exception as exc:  # EngineError, SkillError, ValueError or a library failure
-            detail = str(exc) if isinstance(exc, (EngineError, ValueError)) \
-                else '%s: %s' % (type(exc).__name__, exc)
-            self._fail('cannot load the model: %s' % detail, 'model_load_failed')
-            self.publish_status()
-            return
+        retry_s = LOAD_RETRY_S
+        while True:
+            try:
+                planner = build_planner(self._config.settings)
+                with self._lock:
+                    self._model = planner.backend.describe()
+                self._checker = planner
+                planner.load()
+                break
+            except Exception as exc:  # EngineError, SkillError, ValueError or a library failure
+                detail = str(exc) if isinstance(exc, (EngineError, ValueError)) \
+                    else '%s: %s' % (type(exc).__name__, exc)
+                if not getattr(exc, 'transient', False):
+                    self._fail('cannot load the model: %s' % detail, 'model_load_failed')
+                    self.publish_status()
+                    return
+                # e.g. the remote server is down: say so, answer commands error, try again
+                self._fail('cannot load the model: %s; retrying in %.0f s' % (detail, retry_s),
+                           'model_load_failed')
+                self._answer_waiting_with_error()
+                self.publish_status()
+                if self._stopping.wait(retry_s):
+                    return
+                retry_s = min(2 * retry_s, LOAD_RETRY_MAX_S)
         self._planner = planner
         self.get_logger().info('model loaded in %.1f s: %s'
                                % (time.monotonic() - started, self._describe_model()))
+        with self._lock:
+            self._state, self._error, self._error_code = 'ready', '', ''
         self._set_state('ready')
+
+    def _answer_waiting_with_error(self) -> None:
+        # Commands queued while loading are not kept waiting through the retries.
+        while True:
+            batch = self._queue.get_batch(self._queue.max_size, timeout=0)
+            if not batch:
+                return
+            for command in batch:
+                self._answer_error(command)
 
     def _plan(self, batch: List[Command]) -> None:
         if self._state == 'error':
@@ -396,6 +430,7 @@ class PlannerNode(Node):
     def begin_shutdown(self) -> None:
         """Refuse new commands and answer the queued ones rejected (node_shutting_down)."""
         self._closing = True
+        self._stopping.set()
         for command in self._queue.close():
             self._reject(command, SHUTTING_DOWN, 'the planner node shut down before planning '
                          'this command')

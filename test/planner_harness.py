@@ -224,8 +224,8 @@ class FakeServer:
     to fail with; other commands get :data:`OK_PLAN`.
     """
 
-    def __init__(self, hold_s=20.0):
-        """Start serving in a thread; the gate starts open."""
+    def __init__(self, hold_s=20.0, port=0):
+        """Start serving on ``port`` (0: any free one) in a thread; the gate starts open."""
         self.gate = threading.Event()
         self.gate.set()
         self.hold_s = hold_s
@@ -239,11 +239,14 @@ class FakeServer:
 
             def _send(self, code, body):
                 data = json.dumps(body, ensure_ascii=False).encode('utf-8')
-                self.send_response(code)
-                self.send_header('Content-Type', 'application/json')
-                self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(code)
+                    self.send_header('Content-Type', 'application/json')
+                    self.send_header('Content-Length', str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a timeout test)
 
             def do_GET(self):
                 self._send(200, {'object': 'list', 'data': [{'id': 'fake', 'object': 'model'}]})
@@ -263,7 +266,7 @@ class FakeServer:
                                               'finish_reason': 'stop'}],
                                  'usage': {'prompt_tokens': 20, 'completion_tokens': 12}})
 
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', port), Handler)
         self.httpd.daemon_threads = True
         self.url = 'http://127.0.0.1:%d/v1' % self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
