@@ -72,6 +72,7 @@ def _postprocess(args: argparse.Namespace) -> int:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options that choose and configure the model (shared by subcommands)."""
+    from robot_llm_planner.grammar import REMOTE_FIELDS
     from robot_llm_planner.settings import BACKENDS, PlannerSettings
     defaults = PlannerSettings()
     group = parser.add_argument_group('model')
@@ -101,6 +102,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        'variable holding the API key')
     group.add_argument('--timeout', type=float, default=defaults.remote_timeout_s,
                        help='openai backend: request timeout in seconds')
+    group.add_argument('--remote-grammar-field', default=defaults.remote_grammar_field,
+                       choices=REMOTE_FIELDS,
+                       help='openai backend: how --constrained sends the grammar (vLLM >= 0.10.2: '
+                       'structured_outputs; older vLLM: guided_grammar)')
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -112,7 +117,8 @@ def settings_from_args(args: argparse.Namespace):
         max_new_tokens=args.max_new_tokens, constrained=args.constrained,
         fast_path=args.fast_path, draft_tokens=args.draft_tokens, skills_file=args.skills,
         remote_base_url=args.base_url, remote_model=args.remote_model,
-        remote_api_key_env=args.api_key_env, remote_timeout_s=args.timeout)
+        remote_api_key_env=args.api_key_env, remote_timeout_s=args.timeout,
+        remote_grammar_field=args.remote_grammar_field)
 
 
 def _plan(args: argparse.Namespace) -> int:

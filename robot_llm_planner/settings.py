@@ -30,11 +30,12 @@ class PlannerSettings:
     remote_api_key_env: str = ''         # remote.api_key_env
     remote_timeout_s: float = 30.0       # remote.timeout_s
     remote_retries: int = 2              # remote.retries
+    remote_grammar_field: str = 'structured_outputs'  # remote.grammar_field (grammar.py)
     system: str = SYSTEM_PROMPT          # prompt.system
     instruction: str = ''                # prompt.instruction
     max_new_tokens: int = 128            # generation.max_new_tokens
     do_sample: bool = False              # generation.do_sample
-    constrained: bool = False            # generation.constrained
+    constrained: bool = True             # generation.constrained
     fast_path: str = 'auto'              # generation.fast_path
     draft_tokens: int = 0                # generation.draft_tokens (prompt lookup)
     skills_file: str = ''                # skills_file ('' = the installed config/skills.yaml)
@@ -47,7 +48,7 @@ def build_backend(settings: PlannerSettings, skills: SkillSet) -> Backend:
     grammar = None
     if settings.constrained:
         from robot_llm_planner.grammar import PlanGrammar
-        grammar = PlanGrammar(skills)
+        grammar = PlanGrammar(skills, remote_field=settings.remote_grammar_field)
     if settings.backend == 'transformers':
         from robot_llm_planner.transformers_backend import TransformersBackend
         return TransformersBackend(

@@ -158,7 +158,8 @@ class TransformersBackend(Backend):
                                  'token to stop on' % (self.model_path, IM_END))
         self.model, self.tokenizer, self.device = model, tokenizer, device
         if self.grammar is not None:
-            self.grammar.compile(tokenizer, len(tokenizer), model.config.vocab_size)
+            self.grammar.compile(tokenizer, len(tokenizer), model.config.vocab_size,
+                                 stop_ids=self.stop_ids)
         if self._use_fast_path():
             from robot_llm_planner.decoding import StaticCacheDecoder
             self.decoder = StaticCacheDecoder(

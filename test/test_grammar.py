@@ -1,0 +1,487 @@
+"""
+Grammar-constrained decoding (robot_llm_planner.grammar) on the tiny models.
+
+With random weights and the grammar on, every plan parses and validates against the skills;
+with it off, the same check fails (so the check can fail). Both decode paths (generate() with a
+logits processor, the static-cache fast path with and without prompt-lookup drafts) give the
+same constrained output. A remote server gets the grammar in its request; llamafactory-cli api
+ignores it.
+"""
+
+import glob
+import http.server
+import itertools
+import json
+import os
+import shutil
+import threading
+
+from hypothesis import given, HealthCheck, settings, strategies as st
+import pytest
+
+from robot_llm_planner.backend import EngineError, GenerationConfig, ModelLoadError
+from robot_llm_planner.grammar import GrammarError, PlanGrammar, REMOTE_FIELDS
+from robot_llm_planner.openai_backend import OpenAIBackend
+from robot_llm_planner.plan import format_plan, parse_plan, SEPARATORS
+from robot_llm_planner.planner import Planner
+from robot_llm_planner.prompt import PromptBuilder
+from robot_llm_planner.skills import SkillSet
+from robot_llm_planner.transformers_backend import TransformersBackend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKILLS = SkillSet.load()
+PROMPT = PromptBuilder()
+# Enough tokens for the longest plan the grammar allows: every constrained plan completes.
+MAX_NEW = PlanGrammar(SKILLS).max_plan_tokens()
+COMPLETE = GenerationConfig(max_new_tokens=MAX_NEW)
+
+_OBJECTS = ['一瓶水', '红色的杯子', '遥控器', '那本蓝色的书', '苹果', '充电器', '毛巾', '钥匙']
+_PLACES = ['厨房', '客厅', '卧室', '餐厅的桌子上', '沙发旁边', '冰箱里', '阳台']
+_TEMPLATES = ['帮我拿{o}', '把{o}放到{p}', '去{p}', '打开{p}的门', '能不能把{o}拿给爸爸',
+              '关上{p}的窗户吧', '在{p}找一下{o}', '请把{o}从{p}拿过来']
+_ODD = ['水', 'hello robot, bring me the remote', '？？？', '帮我拿一瓶水。然后去厨房；再关灯',
+        '把 手机 给我', '😀 拿苹果', '去客厅\n然后回来', '1234567890' * 5]
+
+
+def _commands(count=50):
+    pairs = itertools.cycle(itertools.product(_OBJECTS, _PLACES))
+    commands = list(_ODD)
+    for index in itertools.count():
+        if len(commands) >= count:
+            break
+        obj, place = next(pairs)
+        command = _TEMPLATES[index % len(_TEMPLATES)].format(o=obj, p=place)
+        if command not in commands:
+            commands.append(command)
+    return commands
+
+
+COMMANDS = _commands()
+
+
+def _load(model, adapter='', grammar=True, **kwargs):
+    backend = TransformersBackend(model, adapter, device='cpu',
+                                  grammar=PlanGrammar(SKILLS) if grammar is True else grammar,
+                                  **kwargs)
+    backend.load()
+    return backend
+
+
+def _problems(results):
+    """Return what keeps each planner result from being an executable plan."""
+    problems = []
+    for result in results:
+        plan = result.plan
+        errors = [e.code for e in plan.errors + result.errors] + SKILLS.validate(plan)
+        if result.status != 'ok' or errors or not plan.steps:
+            problems.append((result.command, result.status, errors, plan.raw_output[:80]))
+            continue
+        for step in plan.steps:
+            skill = SKILLS.skills.get(step.action)
+            count = len(step.arguments())
+            if skill is None or not len(skill.required) <= count <= skill.max_arguments \
+                    or not step.description:
+                problems.append((result.command, 'bad step', step, plan.raw_output[:80]))
+    return problems
+
+
+@pytest.fixture(scope='module')
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope='module')
+def grammar(tokenizer):
+    compiled = PlanGrammar(SKILLS)
+    compiled.compile(tokenizer)
+    return compiled
+
+
+@pytest.fixture(scope='module')
+def constrained(tiny_model):
+    """Return the random-weight tiny model with the grammar, generate() path (CPU default)."""
+    return _load(tiny_model, fast_path='off', max_new_tokens=MAX_NEW)
+
+
+# ------------------------------------------------------------------ the grammar itself
+def test_grammar_text_has_every_skill_and_step_count():
+    grammar = PlanGrammar(SKILLS, max_steps=5, max_text_chars=7)
+    for skill in SKILLS:
+        assert json.dumps(skill.name, ensure_ascii=False) in grammar.ebnf
+    assert grammar.ebnf.count('plan') == 2 * 5 and 'plan5 ::=' in grammar.ebnf
+    assert 'char{1,7}' in grammar.ebnf
+
+
+@pytest.mark.parametrize('kwargs', [{'max_steps': 0}, {'max_text_chars': 0},
+                                    {'remote_field': 'guided_json'}])
+def test_bad_parameters(kwargs):
+    with pytest.raises(ValueError):
+        PlanGrammar(SKILLS, **kwargs)
+
+
+def test_every_training_label_is_accepted(grammar, tokenizer):
+    labels = []
+    for path in sorted(glob.glob(os.path.join(ROOT, 'training', 'data', 'task2_prompt0_*.json'))):
+        with open(path, encoding='utf-8') as stream:
+            labels += [row['output'] for row in json.load(stream)]
+    assert len(labels) > 1000
+    refused = [label for label in labels if not grammar.accepts(label)]
+    assert refused == []
+    # token by token too, as decoding feeds it, ending with the stop token
+    for label in labels[:200]:
+        matcher = grammar.matcher()
+        for token in tokenizer.encode(label, add_special_tokens=False):
+            matcher.accept(token)
+        assert not matcher.is_complete()
+        matcher.accept(grammar.stop_ids[0])
+        assert matcher.is_complete()
+
+
+@pytest.mark.parametrize('text', [
+    '',                                            # nothing
+    '寻找水；拿起水。寻找物体，水',                # 2 descriptions, 1 action
+    '寻找水。寻找物体，水；拿起物体，水',          # 1 description, 2 actions
+    '寻找水',                                      # no output2 (a task1 answer)
+    '飞过去。飞，厨房',                            # not a skill
+    '去厨房。移动到，厨房，桌子',                  # 移动到 takes no location
+    '拿。拿起物体',                                # missing target
+    '拿。拿起物体，水，厨房，桌子',                # three arguments
+    '拿。拿起物体，，厨房',                        # empty target
+    '拿。拿起物体，水。',                          # trailing section separator
+    '拿。拿起物体，水；',                          # trailing step separator
+    '拿；。拿起物体，水',                          # empty description
+    '拿;取。拿起物体，水;拿起物体，水',            # ASCII separators
+    '拿 水。拿起物体，水',                         # whitespace
+    '拿\n水。拿起物体，水',                        # newline
+    '拿\x07。拿起物体，水',                        # control character
+    '拿。拿起物体，' + '水' * 25,                  # text over 24 characters
+    '；'.join(['拿'] * 13) + '。' + '；'.join(['拿起物体，水'] * 13),  # 13 steps
+])
+def test_refused(grammar, text):
+    assert not grammar.accepts(text)
+
+
+def test_limits_are_parameters(tokenizer):
+    small = PlanGrammar(SKILLS, max_steps=2, max_text_chars=3)
+    small.compile(tokenizer)
+    assert small.accepts('拿水；给我。拿起物体，水；递给，我')
+    assert not small.accepts('拿水；给我；走。拿起物体，水；递给，我；移动到，门')
+    assert small.accepts('拿水杯。拿起物体，水杯子')
+    assert not small.accepts('拿水杯。拿起物体，水杯子们')
+
+
+_CLEAN = st.text(st.sampled_from('水杯子厨房abc1、！'), min_size=1, max_size=6)
+_DIRTY = st.one_of(_CLEAN, st.text(st.sampled_from('水杯 。；，;,\n\t\x00\u3000'), max_size=4),
+                   st.sampled_from(['x' * 25, '寻找物体', '移动到，厨房']))
+_ACTIONS = st.sampled_from(SKILLS.names() + ['飞', '寻找', '寻找物体 ', ''])
+
+
+@st.composite
+def _plans(draw):
+    """Return (description, action, arguments) triples, often valid, often not."""
+    steps = []
+    for _ in range(draw(st.integers(0, 14))):
+        args = draw(st.lists(draw(st.sampled_from([_CLEAN, _DIRTY])), max_size=3))
+        steps.append((draw(draw(st.sampled_from([_CLEAN, _DIRTY]))), draw(_ACTIONS), args))
+    return steps
+
+
+def _clean(text, limit=24):
+    bad = set(SEPARATORS) | {chr(c) for c in range(0x21)} | {'\x7f', '\u3000'}
+    return 1 <= len(text) <= limit and not set(text) & bad
+
+
+def _valid(description, action, args):
+    skill = SKILLS.skills.get(action)
+    return (_clean(description) and skill is not None and all(_clean(a) for a in args)
+            and len(skill.required) <= len(args) <= skill.max_arguments)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=_plans())
+def test_accepts_exactly_the_valid_plans(grammar, steps):
+    text = '；'.join(d for d, _, _ in steps) + '。' + '；'.join(
+        '，'.join([action] + args) for _, action, args in steps)
+    if 1 <= len(steps) <= grammar.max_steps and all(_valid(*step) for step in steps):
+        assert grammar.accepts(text), text
+    if grammar.accepts(text):  # whatever it accepts is a valid, canonical plan
+        plan = parse_plan(text)
+        assert plan.ok and SKILLS.validate(plan) == [], text
+        assert format_plan(plan.steps) == text and len(plan.steps) <= grammar.max_steps
+        assert all(_valid(s.description, s.action, s.arguments()) for s in plan.steps)
+
+
+# ------------------------------------------------------------------ the random-weight model
+
+
+def _plan_all(backend, config=COMPLETE, commands=COMMANDS):
+    planner = Planner(backend, SKILLS, PROMPT, config, cache_size=0)
+    return planner.plan_batch(commands)
+
+
+def test_fifty_commands_give_valid_plans_with_the_grammar(constrained):
+    assert len(set(COMMANDS)) == 50
+    results = _plan_all(constrained)
+    assert _problems(results) == []
+    assert all(r.status == 'ok' and not r.errors and r.plan.ok for r in results)
+
+
+@pytest.mark.parametrize('grammar_on', [True, False])
+def test_fifty_commands_on_the_fast_path(tiny_model, grammar_on):
+    backend = _load(tiny_model, grammar=grammar_on or None, fast_path='on', draft_tokens=4,
+                    max_new_tokens=MAX_NEW)
+    if grammar_on:
+        assert _problems(_plan_all(backend)) == []
+    else:  # the same check fails without the grammar, and not just for running out of tokens
+        results = _plan_all(backend, GenerationConfig(max_new_tokens=96))
+        wrong = [p for p in _problems(results) if set(p[2]) - {'truncated_output'}]
+        assert len(wrong) >= 45
+
+
+@pytest.fixture(scope='module')
+def generate_outputs(tiny_model, tiny_adapter):
+    """Return generate()'s constrained outputs (computed once) by (adapter, max_new_tokens)."""
+    backends, outputs = {}, {}
+
+    def outputs_for(adapter, max_new):
+        if adapter not in backends:
+            backends[adapter] = _load(tiny_model, adapter, fast_path='off',
+                                      max_new_tokens=MAX_NEW)
+        if (adapter, max_new) not in outputs:
+            config = GenerationConfig(max_new_tokens=max_new)
+            outputs[adapter, max_new] = [(g.text, g.tokens, g.finished) for g in
+                                         backends[adapter].generate(EQUAL, PROMPT, config)]
+        return outputs[adapter, max_new], backends[adapter]
+    return outputs_for
+
+
+EQUAL = COMMANDS[::10]
+
+
+@pytest.mark.parametrize('draft_tokens', [0, 1, 4])
+def test_fast_path_equals_generate_with_the_grammar(tiny_model, tiny_adapter, generate_outputs,
+                                                    draft_tokens):
+    for adapter in ('', tiny_adapter):
+        fast = _load(tiny_model, adapter, fast_path='on', draft_tokens=draft_tokens,
+                     max_new_tokens=MAX_NEW)
+        for max_new in (5, 40, MAX_NEW):
+            expected, slow = generate_outputs(adapter, max_new)
+            config = GenerationConfig(max_new_tokens=max_new)
+            assert [(g.text, g.tokens, g.finished)
+                    for g in fast.generate(EQUAL, PROMPT, config)] == expected
+        assert all(finished for _, _, finished in expected)
+        if draft_tokens == 0 and not adapter:  # the batch equals one by one
+            assert [slow.generate([c], PROMPT, COMPLETE)[0].text for c in EQUAL] == \
+                [text for text, _, _ in expected]
+
+
+def test_grammar_changes_the_unconstrained_output(tiny_model, constrained):
+    free = _load(tiny_model, grammar=None, fast_path='off')
+    config = GenerationConfig(max_new_tokens=24)
+    assert [g.text for g in free.generate(COMMANDS[:4], PROMPT, config)] != \
+        [g.text for g in constrained.generate(COMMANDS[:4], PROMPT, config)]
+
+
+def test_sampling_with_the_grammar_gives_valid_plans(constrained):
+    config = GenerationConfig(max_new_tokens=MAX_NEW, do_sample=True, temperature=1.0,
+                              top_p=0.9)
+    assert _problems(_plan_all(constrained, config, COMMANDS[:6])) == []
+
+
+def test_compiled_once_at_load(tiny_model, monkeypatch):
+    grammar = PlanGrammar(SKILLS)
+    calls = []
+    original = grammar.compile
+    monkeypatch.setattr(grammar, 'compile', lambda *a, **k: calls.append(1) or original(*a, **k))
+    backend = _load(tiny_model, grammar=grammar, fast_path='on')
+    backend.warm_up(PROMPT)
+    backend.generate(COMMANDS[:2], PROMPT, GenerationConfig(max_new_tokens=8))
+    assert calls == [1] and grammar.compile_ms > 0
+    assert grammar.vocab_size == backend.model.config.vocab_size
+    assert grammar.stop_ids == backend.stop_ids
+
+
+def test_grammar_that_does_not_compile_fails_at_load(tiny_model):
+    grammar = PlanGrammar(SKILLS)
+    grammar.ebnf = 'root ::= ("unclosed"'
+    with pytest.raises(GrammarError, match='generation.constrained: cannot compile') as info:
+        _load(tiny_model, grammar=grammar)
+    assert isinstance(info.value, ModelLoadError)
+
+
+def test_matcher_before_compile_is_an_engine_error():
+    with pytest.raises(EngineError, match='not compiled'):
+        PlanGrammar(SKILLS).matcher()
+
+
+# ------------------------------------------------------------------ padded vocabulary
+def test_masks_cover_padding_beyond_the_tokenizer(grammar, tokenizer):
+    import torch
+    padded = PlanGrammar(SKILLS)
+    padded.compile(tokenizer, len(tokenizer), len(tokenizer) + 64)
+    assert padded.vocab_size == len(tokenizer) + 64
+    logits = torch.zeros(len(tokenizer) + 64)
+    logits[len(tokenizer):] = 1e4  # padding the model prefers
+    masked = padded.matcher().mask(logits.clone())
+    assert int(torch.argmax(masked)) < len(tokenizer)
+    assert torch.isinf(masked[len(tokenizer):]).all()
+    processor = padded.logits_processor(2)
+    scores = processor(torch.zeros(2, 3, dtype=torch.long), logits.repeat(2, 1))
+    assert torch.isinf(scores[:, len(tokenizer):]).all()
+
+
+def test_model_with_padded_embedding(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+    padded = str(tmp_path / 'padded')
+    shutil.copytree(tiny_model, padded)
+    model = AutoModelForCausalLM.from_pretrained(padded)
+    model.resize_token_embeddings(model.config.vocab_size + 64, mean_resizing=False)
+    model.save_pretrained(padded)
+    for fast_path in ('off', 'on'):
+        backend = _load(padded, fast_path=fast_path, max_new_tokens=MAX_NEW)
+        assert backend.grammar.vocab_size == backend.model.config.vocab_size \
+            > len(backend.tokenizer)
+        assert _problems(_plan_all(backend, commands=COMMANDS[:3])) == []
+
+
+# ------------------------------------------------------------------ remote servers
+def test_guided_request_fields():
+    assert PlanGrammar(SKILLS).guided_request() == {
+        'structured_outputs': {'grammar': PlanGrammar(SKILLS).ebnf}}
+    assert PlanGrammar(SKILLS, remote_field='guided_grammar').guided_request() == {
+        'guided_grammar': PlanGrammar(SKILLS).ebnf}
+    assert PlanGrammar(SKILLS, remote_field='none').guided_request() == {}
+    assert REMOTE_FIELDS == ('structured_outputs', 'guided_grammar', 'none')
+
+
+class _Recorder:
+    """A real HTTP server on 127.0.0.1 that answers one fixed plan and keeps request bodies."""
+
+    def __init__(self):
+        self.bodies = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get('Content-Length') or 0)
+                if length:
+                    recorder.bodies.append(json.loads(self.rfile.read(length)))
+                body = json.dumps({'data': [], 'choices': [{
+                    'message': {'role': 'assistant', 'content': '去。移动到，客厅'},
+                    'finish_reason': 'stop'}]}, ensure_ascii=False).encode('utf-8')
+                self.send_response(200)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = 'http://127.0.0.1:%d/v1' % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize('field', REMOTE_FIELDS)
+def test_remote_request_carries_the_grammar(field):
+    from robot_llm_planner.settings import build_planner, PlannerSettings
+    recorder = _Recorder()
+    try:
+        planner = build_planner(PlannerSettings(backend='openai', remote_base_url=recorder.url,
+                                                remote_model='tiny', remote_grammar_field=field))
+        planner.load()
+        result = planner.plan('去客厅')
+    finally:
+        recorder.httpd.shutdown()
+        recorder.httpd.server_close()
+    assert result.status == 'ok'
+    body = recorder.bodies[-1]
+    ebnf = planner.backend.grammar.ebnf
+    expected = {'structured_outputs': {'structured_outputs': {'grammar': ebnf}},
+                'guided_grammar': {'guided_grammar': ebnf}, 'none': {}}[field]
+    assert {k: body[k] for k in body if k in ('structured_outputs', 'guided_grammar')} == expected
+
+
+@pytest.mark.slow
+def test_llamafactory_api_ignores_the_grammar(tiny_model, tiny_adapter, tmp_path_factory):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, API_HOST='127.0.0.1', API_PORT=str(port), CUDA_VISIBLE_DEVICES='')
+    log = tmp_path_factory.mktemp('api') / 'api.log'
+    cli = os.path.join(os.path.dirname(sys.executable), 'llamafactory-cli')
+    with open(log, 'w') as stream:
+        process = subprocess.Popen(
+            [cli, 'api', '--model_name_or_path', tiny_model, '--adapter_name_or_path',
+             tiny_adapter, '--template', 'qwen', '--finetuning_type', 'lora',
+             '--infer_backend', 'huggingface'], env=env, stdout=stream, stderr=subprocess.STDOUT)
+    url = 'http://127.0.0.1:%d/v1' % port
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url + '/models', timeout=2).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    pytest.fail('llamafactory-cli api did not start:\n' + log.read_text()[-3000:])
+                time.sleep(0.5)
+        config = GenerationConfig(max_new_tokens=24)
+        answers = []
+        for field in REMOTE_FIELDS:
+            backend = OpenAIBackend(url, 'tiny', grammar=PlanGrammar(SKILLS, remote_field=field))
+            backend.load()
+            answers.append([g.text for g in backend.generate(COMMANDS[:3], PROMPT, config)])
+        plain = OpenAIBackend(url, 'tiny')
+        assert answers == [[g.text for g in plain.generate(COMMANDS[:3], PROMPT, config)]] * 3
+        assert all(answers[0])
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+# ------------------------------------------------------------------ settings
+def test_constrained_is_the_default():
+    from robot_llm_planner.cli import build_parser, settings_from_args
+    from robot_llm_planner.settings import build_backend, PlannerSettings
+    assert PlannerSettings().constrained is True
+    args = build_parser().parse_args(['plan', 'x'])
+    assert settings_from_args(args).constrained is True
+    args = build_parser().parse_args(['plan', '--no-constrained', '--remote-grammar-field',
+                                      'guided_grammar', 'x'])
+    settings_ = settings_from_args(args)
+    assert settings_.constrained is False and settings_.remote_grammar_field == 'guided_grammar'
+    assert build_backend(settings_, SKILLS).grammar is None
+    backend = build_backend(PlannerSettings(remote_grammar_field='none'), SKILLS)
+    assert isinstance(backend.grammar, PlanGrammar) and backend.grammar.remote_field == 'none'
+
+
+# ------------------------------------------------------------------ a trained model
+@pytest.mark.slow
+def test_trained_model_valid_outputs_are_unchanged(trained_model):
+    commands = [row['input'] for row in trained_model.rows]
+    model, adapter = trained_model.base, trained_model.adapter
+    free = Planner(_load(model, adapter, grammar=None, fast_path='off', max_new_tokens=256),
+                   SKILLS, PROMPT, GenerationConfig(max_new_tokens=256), cache_size=0)
+    valid = [(r.command, r.plan.raw_output) for r in free.plan_batch(commands)
+             if r.status == 'ok']
+    assert len(valid) >= len(commands) // 2, 'the trained model should answer most correctly'
+    assert {c: trained_model.labels[c] for c in trained_model.correct}.items() <= set(valid)
+    for fast_path, draft_tokens in (('off', 0), ('on', 0), ('on', 4)):
+        backend = _load(model, adapter, fast_path=fast_path, draft_tokens=draft_tokens,
+                        max_new_tokens=256)
+        planner = Planner(backend, SKILLS, PROMPT, GenerationConfig(max_new_tokens=256),
+                          cache_size=0)
+        results = planner.plan_batch([command for command, _ in valid])
+        assert [(r.command, r.plan.raw_output) for r in results] == valid
+        assert all(r.status == 'ok' for r in results)
+
