@@ -485,3 +485,19 @@ def test_trained_model_valid_outputs_are_unchanged(trained_model):
         assert [(r.command, r.plan.raw_output) for r in results] == valid
         assert all(r.status == 'ok' for r in results)
 
+
+# ------------------------------------------------------------------ the benchmark
+def test_overhead_benchmark_smoke(tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'grammar_overhead.py'), '--config',
+         'tiny', '--device', 'cpu', '--runs', '1', '--commands', '2', '--max-new-tokens', '8',
+         '--labels', '5', '--out', str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'grammar_overhead.json').read_text())
+    assert len(report['paths']) == 2 and report['compile_ms'] > 0
+    for path in report['paths'].values():
+        assert path['ms_per_token_with'] > 0 and path['ms_per_token_without'] > 0
+    assert report['mask_alone']['tokens'] > 0 and report['label_mask_alone']['tokens'] > 0
+    assert '| fast path (static cache) |' in (tmp_path / 'grammar_overhead.md').read_text()

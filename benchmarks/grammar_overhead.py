@@ -1,0 +1,430 @@
+"""
+Grammar overhead: decode time per token with and without the plan grammar, same run.
+
+Builds a random-weight model (``--config tiny`` on CPU, ``--config qwen1.5-7b`` on a GPU) with
+a matching tokenizer (tiny: the byte-level BPE the tests use; qwen1.5-7b: a synthetic
+151,646-token byte-level BPE with Qwen's special-token layout, logits padded to 151,936 like
+Qwen1.5), or loads a model directory (``--model``, ``--adapter`` merged at load). Nothing
+downloads. Then, batch 1, for each of ``--commands`` commands:
+
+- fast path (:class:`robot_llm_planner.decoding.StaticCacheDecoder`, CUDA graphs on CUDA): one
+  constrained decode (grammar matcher, stops when the plan is complete or at
+  ``--max-new-tokens``), and an unconstrained decode of exactly as many forward passes;
+- ``generate()`` path (default on CPU; ``--paths fast generate`` on CUDA): the same with the
+  grammar's logits processor;
+- the mask alone: the constrained tokens, and the shipped test split's plans (``--labels``),
+  replayed through fresh matchers, timing bitmask fill, mask application on the logits'
+  device and token acceptance. ``--mask-only`` skips the model (compile time and this only).
+
+Reported: ms per decode step without/with the grammar and the difference (median over
+``--runs`` runs of every command), the mask-alone µs per token, grammar compile time. JSON
+and markdown go to ``--out``.
+
+    python3 benchmarks/grammar_overhead.py --config tiny --device cpu --out /tmp/g   # CPU
+    python3 benchmarks/grammar_overhead.py --config qwen1.5-7b --mask-only --out /tmp/g
+    python3 benchmarks/grammar_overhead.py --config qwen1.5-7b --device cuda --out $OUT
+    python3 benchmarks/grammar_overhead.py --model /models/Qwen1.5-7B --adapter /lora --out .
+"""
+
+import argparse
+import glob
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from a checkout (the GPU machine has no colcon install)
+
+from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402, I100
+from robot_llm_planner.grammar import PlanGrammar  # noqa: E402
+from robot_llm_planner.prompt import ENDOFTEXT, IM_END, IM_START, PromptBuilder  # noqa: E402
+from robot_llm_planner.skills import SkillSet  # noqa: E402
+import torch  # noqa: E402
+
+CONFIGS = {
+    # Qwen1.5-7B's config.json (the fields that shape compute and memory).
+    'qwen1.5-7b': {'vocab_size': 151936, 'hidden_size': 4096, 'intermediate_size': 11008,
+                   'num_hidden_layers': 32, 'num_attention_heads': 32,
+                   'num_key_value_heads': 32, 'max_position_embeddings': 32768,
+                   'rope_theta': 1000000.0, 'tie_word_embeddings': False},
+    # The test fixture's shape (test/conftest.py tiny_model).
+    'tiny': {'vocab_size': 600, 'hidden_size': 64, 'intermediate_size': 128,
+             'num_hidden_layers': 2, 'num_attention_heads': 4, 'num_key_value_heads': 2,
+             'max_position_embeddings': 4096, 'tie_word_embeddings': True},
+}
+QWEN_REGULAR_TOKENS = 151643  # Qwen1.5: 151,643 BPE tokens, then <|endoftext|> and friends
+COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅', '打开冰箱门',
+            '能不能帮我把遥控器拿给爸爸', '关上卧室的窗户吧', '在书房找一下那本蓝色的书',
+            '请把充电器从沙发旁边拿过来']
+
+
+def _version(package):
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return 'unknown'
+
+
+def synchronize(device):
+    """Wait for queued device work (timers read the host clock)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _project_texts():
+    from robot_llm_planner.prompt import SYSTEM_PROMPT
+    texts = COMMANDS + [SYSTEM_PROMPT] + SkillSet.load().names()
+    for path in sorted(glob.glob(os.path.join(ROOT, 'training', 'data',
+                                              'task*_prompt0_*.json'))):
+        with open(path, encoding='utf-8') as stream:
+            for row in json.load(stream)[:2000]:
+                texts += [row.get('input', ''), row.get('output', '')]
+    return [text for text in texts if text]
+
+
+def _byte_alphabet():
+    printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
+                 + list(range(ord('®'), ord('ÿ') + 1)))
+    mapping, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def synthetic_qwen_tokenizer(directory):
+    """
+    Save and return a byte-level BPE shaped like Qwen1.5's tokenizer (vocabulary sizes only).
+
+    151,643 regular tokens (the 256 bytes, every CJK character, then random character pairs)
+    and <|endoftext|>, <|im_start|>, <|im_end|> at 151643..151645, as in Qwen1.5.
+    """
+    import random
+    from tokenizers import decoders, models, pre_tokenizers, Regex, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+    alphabet = _byte_alphabet()
+    vocab = {alphabet[byte]: index for index, byte in enumerate(sorted(alphabet))}
+    merges = []
+
+    def encode(text):
+        return ''.join(alphabet[b] for b in text.encode('utf-8'))
+
+    def add(left, right):
+        if left + right not in vocab:
+            vocab[left + right] = len(vocab)
+            merges.append((left, right))
+
+    characters = [chr(code) for code in range(0x4E00, 0x9FA6)]
+    for character in characters:
+        spelled = encode(character)
+        add(spelled[0], spelled[1])
+        add(spelled[:2], spelled[2])
+    rng = random.Random(0)
+    while len(vocab) < QWEN_REGULAR_TOKENS:
+        add(encode(rng.choice(characters)), encode(rng.choice(characters)))
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior='isolated', invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=ENDOFTEXT,
+                                        pad_token=ENDOFTEXT,
+                                        additional_special_tokens=[IM_START, IM_END])
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def build_tokenizer(args):
+    """Return the tokenizer of ``--model``, or the one made for ``--config``."""
+    from transformers import AutoTokenizer
+    if args.model:
+        return AutoTokenizer.from_pretrained(args.model)
+    directory = tempfile.mkdtemp(prefix='grammar_overhead_')
+    if args.config == 'tiny':
+        from robot_llm_planner.tiny_qwen import build_tokenizer as build_tiny
+        return build_tiny(_project_texts(), directory, vocab_size=600)
+    return synthetic_qwen_tokenizer(directory)
+
+
+def logits_width(args, tokenizer):
+    """Return the model's vocab_size (its logits width) without building it."""
+    if args.model:
+        from transformers import AutoConfig
+        return AutoConfig.from_pretrained(args.model).vocab_size
+    return max(CONFIGS[args.config]['vocab_size'], len(tokenizer))
+
+
+def build_model(args, tokenizer, device, dtype):
+    """Return the model of ``--model`` (adapter merged) or a random-weight ``--config`` one."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    if args.model:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        if args.adapter:
+            from peft import PeftModel
+            model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
+        model.to(device)
+    else:
+        shape = dict(CONFIGS[args.config], vocab_size=logits_width(args, tokenizer))
+        config = Qwen2Config(**shape, eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+                             pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(0)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = Qwen2ForCausalLM(config)
+        finally:
+            torch.set_default_dtype(default)
+    model.eval()
+    synchronize(device)
+    return model
+
+
+def label_tokens(tokenizer, limit):
+    """Return the token ids of the first ``limit`` plans of the shipped test split."""
+    path = os.path.join(ROOT, 'training', 'data', 'task2_prompt0_test.json')
+    with open(path, encoding='utf-8') as stream:
+        labels = [row['output'] for row in json.load(stream)][:limit]
+    return [tokenizer.encode(label, add_special_tokens=False) for label in labels]
+
+
+def fast_path(decoder, grammar, prompts, max_new, runs, device):
+    """Time the fast path with and without the grammar on the same forward passes."""
+    stop_ids = decoder.stop_ids
+    with_ms, without_ms, tokens = [], [], []
+    for ids in prompts:
+        for _ in range(runs):
+            decoder.stop_ids = stop_ids
+            constrained = decoder.decode(ids, max_new, grammar.matcher())
+            passes = constrained.stats['decode_passes']
+            if passes == 0:
+                continue
+            decoder.stop_ids = set()  # never stops: exactly as many passes, no grammar
+            free = decoder.decode(ids, len(constrained.tokens) + 1)
+            with_ms.append(constrained.stats['decode_ms'] / passes)
+            without_ms.append(free.stats['decode_ms'] / max(1, free.stats['decode_passes']))
+            tokens.append(len(constrained.tokens) + constrained.finished)
+    decoder.stop_ids = stop_ids
+    return _summary(without_ms, with_ms, tokens)
+
+
+def generate_path(model, grammar, prompts, stop_ids, pad_id, max_new, runs, device):
+    """Time generate() with and without the grammar's logits processor, same token counts."""
+    with_ms, without_ms, tokens = [], [], []
+    for ids in prompts:
+        prompt = torch.tensor([ids], device=device)
+        common = {'attention_mask': torch.ones_like(prompt), 'do_sample': False,
+                  'temperature': None, 'top_p': None, 'top_k': None, 'pad_token_id': pad_id,
+                  'repetition_penalty': 1.0}
+        for _ in range(runs):
+            synchronize(device)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(prompt, max_new_tokens=max_new, eos_token_id=stop_ids,
+                                     logits_processor=[grammar.logits_processor(1)], **common)
+            synchronize(device)
+            constrained_ms = (time.perf_counter() - started) * 1000.0
+            count = out.shape[1] - prompt.shape[1]
+            started = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(prompt, max_new_tokens=count, min_new_tokens=count,
+                                     eos_token_id=None, **common)
+            synchronize(device)
+            free_ms = (time.perf_counter() - started) * 1000.0
+            with_ms.append(constrained_ms / count)
+            without_ms.append(free_ms / count)
+            tokens.append(count)
+    return _summary(without_ms, with_ms, tokens)
+
+
+def _summary(without_ms, with_ms, tokens):
+    without, with_ = statistics.median(without_ms), statistics.median(with_ms)
+    return {'ms_per_token_without': round(without, 4), 'ms_per_token_with': round(with_, 4),
+            'overhead_ms_per_token': round(with_ - without, 4),
+            'overhead_pct': round(100.0 * (with_ - without) / without, 2),
+            'samples': len(with_ms), 'tokens_per_plan_median': statistics.median(tokens)}
+
+
+def mask_alone(grammar, token_lists, vocab_size, device, dtype):
+    """Replay constrained outputs through fresh matchers; return µs per token per stage."""
+    logits = torch.randn(1, vocab_size, device=device).to(dtype)
+    fill, apply, accept = [], [], []
+    from robot_llm_planner.grammar import apply_bitmask
+    import xgrammar as xgr
+    bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+    buffers = {}
+    for tokens in token_lists:
+        matcher = grammar.matcher()
+        for token in tokens:
+            started = time.perf_counter()
+            needed = matcher.fill(bitmask)
+            filled = time.perf_counter()
+            if needed:
+                apply_bitmask(logits, bitmask, vocab_size, buffers)
+                synchronize(device)
+            applied = time.perf_counter()
+            matcher.accept(token)
+            accepted = time.perf_counter()
+            fill.append(filled - started)
+            apply.append(applied - filled)
+            accept.append(accepted - applied)
+    stages = {'fill_bitmask_us': fill, 'apply_mask_us': apply, 'accept_token_us': accept}
+    result = {name: round(1e6 * statistics.mean(values), 2) for name, values in stages.items()}
+    result['total_us'] = round(sum(result.values()), 2)
+    result['tokens'] = len(fill)
+    return result
+
+
+def markdown(report):
+    """Return the report as markdown."""
+    lines = ['Device: %s; torch %s; transformers %s; xgrammar %s; Python %s; %s; %s' % (
+        report['device'], report['torch'], report['transformers'], report['xgrammar'],
+        report['python'], report['model'], report['date']), '',
+        'Tokenizer %d tokens, logits width %d; grammar: at most %d steps and %d characters '
+        'per text; compiled in %.0f ms.' % (
+            report['tokenizer_size'], report['vocab_size'], report['max_steps'],
+            report['max_text_chars'], report['compile_ms'])]
+    if report['paths']:
+        lines += ['', 'Batch 1, %d commands x %d runs, at most %d new tokens, %d draft tokens; '
+                  'median ms per decode step, the same number of steps with and without.'
+                  % (report['commands'], report['runs'], report['max_new_tokens'],
+                     report['draft_tokens']), '',
+                  '| path | ms/token without grammar | with grammar | overhead ms/token | '
+                  'overhead |', '|---|---|---|---|---|']
+        for name, path in report['paths'].items():
+            lines.append('| %s | %.3f | %.3f | %.3f | %+.1f %% |' % (
+                name, path['ms_per_token_without'], path['ms_per_token_with'],
+                path['overhead_ms_per_token'], path['overhead_pct']))
+    lines.append('')
+    for key, what in (('mask_alone', "the model's constrained outputs"),
+                      ('label_mask_alone', 'shipped test-split plans')):
+        if key in report:
+            mask = report[key]
+            lines.append('Mask alone, %s replayed (%d tokens): fill bitmask %.1f µs + apply on '
+                         '%s %.1f µs + accept %.1f µs = %.1f µs per token.' % (
+                             what, mask['tokens'], mask['fill_bitmask_us'],
+                             report['device_type'], mask['apply_mask_us'],
+                             mask['accept_token_us'], mask['total_us']))
+    return '\n'.join(lines) + '\n'
+
+
+def run_model(args, report, model, tokenizer, grammar, stop_ids, device, dtype):
+    """Time the decode paths with and without the grammar; add the results to ``report``."""
+    vocab_size = model.config.vocab_size
+    prompts = [PromptBuilder().token_ids(tokenizer, command)
+               for command in COMMANDS[:report['commands']]]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    decoder = StaticCacheDecoder(model, stop_ids, pad_id, max_prompt_tokens=256,
+                                 max_new_tokens=args.max_new_tokens,
+                                 draft_tokens=args.draft_tokens,
+                                 compile_steps=device.type == 'cuda')
+    started = time.perf_counter()
+    for _ in range(2):  # warm-up (compiles the step on CUDA)
+        decoder.decode(prompts[0], args.max_new_tokens, grammar.matcher())
+    synchronize(device)
+    report['warmup_s'] = round(time.perf_counter() - started, 2)
+    token_lists = [decoder.decode(ids, args.max_new_tokens, grammar.matcher()).tokens
+                   for ids in prompts]
+    if 'fast' in args.paths:
+        report['paths']['fast path (static cache%s)' % (
+            ', CUDA graphs' if device.type == 'cuda' else '')] = fast_path(
+            decoder, grammar, prompts, args.max_new_tokens, args.runs, device)
+    if 'generate' in args.paths:
+        report['paths']['generate() (dynamic cache)'] = generate_path(
+            model, grammar, prompts, stop_ids, pad_id, args.max_new_tokens, args.runs, device)
+    for name, path in report['paths'].items():
+        print('%-36s %8.3f -> %8.3f ms/token (%+.1f %%), %s tokens per plan' % (
+            name, path['ms_per_token_without'], path['ms_per_token_with'],
+            path['overhead_pct'], path['tokens_per_plan_median']), flush=True)
+    report['mask_alone'] = mask_alone(grammar, token_lists, vocab_size, device, dtype)
+    report['plans'] = [tokenizer.decode(tokens) for tokens in token_lists]
+
+
+def main(argv=None):
+    """Run the benchmark; return 0."""
+    parser = argparse.ArgumentParser(description=__doc__.strip().split('\n')[0])
+    parser.add_argument('--config', choices=sorted(CONFIGS), default='tiny')
+    parser.add_argument('--model', help='a model directory (with its tokenizer) instead')
+    parser.add_argument('--adapter', default='', help='LoRA adapter merged into --model')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', default='auto')
+    parser.add_argument('--commands', type=int, default=4)
+    parser.add_argument('--runs', type=int, default=3)
+    parser.add_argument('--max-new-tokens', type=int, default=64)
+    parser.add_argument('--draft-tokens', type=int, default=0)
+    parser.add_argument('--paths', nargs='+', choices=('fast', 'generate'),
+                        help='decode paths to time (default: both on CPU, the fast path on '
+                        'CUDA, where generate() would not fit the time limit of the GPU run)')
+    parser.add_argument('--max-steps', type=int, default=PlanGrammar(SkillSet.load()).max_steps)
+    parser.add_argument('--max-text-chars', type=int,
+                        default=PlanGrammar(SkillSet.load()).max_text_chars)
+    parser.add_argument('--labels', type=int, default=100,
+                        help='shipped test-split plans replayed through the mask alone')
+    parser.add_argument('--mask-only', action='store_true',
+                        help='no model: compile time and the mask alone (replayed labels)')
+    parser.add_argument('--out', default='.')
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.paths is None:
+        args.paths = ['fast'] if device.type == 'cuda' else ['fast', 'generate']
+    dtype = {'auto': torch.bfloat16 if device.type == 'cuda' else torch.float32,
+             'bfloat16': torch.bfloat16, 'float16': torch.float16,
+             'float32': torch.float32}[args.dtype]
+    import transformers
+    started = time.perf_counter()
+    tokenizer = build_tokenizer(args)
+    vocab_size = logits_width(args, tokenizer)
+    stop_ids = [tokenizer.convert_tokens_to_ids(IM_END)]
+    grammar = PlanGrammar(SkillSet.load(), max_steps=args.max_steps,
+                          max_text_chars=args.max_text_chars)
+    grammar.compile(tokenizer, len(tokenizer), vocab_size, stop_ids=stop_ids)
+    report = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda'
+              else 'CPU (%s, %d threads)' % (platform.processor() or platform.machine(),
+                                             torch.get_num_threads()),
+              'device_type': device.type, 'torch': torch.__version__,
+              'transformers': transformers.__version__, 'xgrammar': _version('xgrammar'),
+              'python': platform.python_version(),
+              'date': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+              'model': args.model or ('no model (mask only), %s tokenizer' % args.config
+                                      if args.mask_only
+                                      else 'random weights, %s shape' % args.config),
+              'dtype': str(dtype).replace('torch.', ''),
+              'tokenizer_size': len(tokenizer), 'vocab_size': vocab_size,
+              'max_steps': grammar.max_steps, 'max_text_chars': grammar.max_text_chars,
+              'compile_ms': round(grammar.compile_ms, 1),
+              'commands': min(args.commands, len(COMMANDS)), 'runs': args.runs,
+              'max_new_tokens': args.max_new_tokens, 'draft_tokens': args.draft_tokens,
+              'paths': {}}
+    print('tokenizer %d tokens, logits %d; grammar compiled in %.0f ms' % (
+        len(tokenizer), vocab_size, grammar.compile_ms), flush=True)
+    report['label_mask_alone'] = mask_alone(grammar, label_tokens(tokenizer, args.labels),
+                                            vocab_size, device, dtype)
+    print('mask alone on %d label tokens: %.1f us per token' % (
+        report['label_mask_alone']['tokens'], report['label_mask_alone']['total_us']),
+        flush=True)
+    if not args.mask_only:
+        model = build_model(args, tokenizer, device, dtype)
+        report['build_s'] = round(time.perf_counter() - started, 2)
+        run_model(args, report, model, tokenizer, grammar, stop_ids, device, dtype)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'grammar_overhead.json'), 'w', encoding='utf-8') as stream:
+        json.dump(report, stream, indent=1, ensure_ascii=False)
+    text = markdown(report)
+    with open(os.path.join(args.out, 'grammar_overhead.md'), 'w', encoding='utf-8') as stream:
+        stream.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
