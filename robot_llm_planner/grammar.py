@@ -129,12 +129,12 @@ class PlanGrammar:
         exceed ``tokenizer_size`` (``len(tokenizer)``, a padded embedding): the padding ids are
         never allowed. ``stop_ids`` are the tokens that end a plan (default ``<|im_end|>``).
         """
-        started = time.perf_counter()
         try:
             import xgrammar as xgr
         except ImportError as exc:
             raise GrammarError('generation.constrained is on but xgrammar cannot be imported '
                                '(pip install -r requirements.txt): %s' % exc) from exc
+        started = time.perf_counter()
         tokenizer_size = int(tokenizer_size or len(tokenizer))
         vocab_size = int(vocab_size or tokenizer_size)
         if stop_ids is None:
