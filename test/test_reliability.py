@@ -289,7 +289,7 @@ def test_exception_inside_generation_answers_error_and_the_next_command_succeeds
         assert 'IndexError' in answer['errors'][0]['message']
         fine = client.send(works, 'works')
         assert wait_for_answers(client, [fine])[fine]['status'] in ('ok', 'invalid')
-        assert status.latest()['state'] == 'ready'
+        status.wait_for(lambda s: s['state'] == 'ready')  # published right after the answer
         assert node.stop(signal.SIGTERM) == 0
     finally:
         node.kill()
