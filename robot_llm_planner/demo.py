@@ -236,6 +236,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         else demo_model.ROOT, help='repository root (default: here)')
     parser.add_argument('--skip-accuracy', action='store_true',
                         help='do not measure the held-out test split')
+    parser.add_argument('--cache', default=None, help='model cache folder (default: '
+                        '<root>/%s)' % demo_model.DEFAULT_CACHE)
     args = parser.parse_args(argv)
     # idle OpenMP threads sleep instead of spinning (a shared 2-core machine); before torch
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
@@ -244,7 +246,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ensure_dataset(root)
     _say('== 1. the demo model (LLaMA-Factory on CPU; cached after the first run)')
     try:
-        model = demo_model.train_demo_model(root=root)
+        model = demo_model.train_demo_model(cache_dir=args.cache, root=root)
     except demo_model.DemoModelError as exc:
         _say('demo: %s' % exc)
         return 1
