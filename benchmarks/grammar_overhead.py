@@ -39,23 +39,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout (the GPU machine has no colcon install)
 
-from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402, I100
+from bench_models import build_model, SHAPES, synchronize  # noqa: E402, I100
+from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402
 from robot_llm_planner.grammar import PlanGrammar  # noqa: E402
 from robot_llm_planner.prompt import ENDOFTEXT, IM_END, IM_START, PromptBuilder  # noqa: E402
 from robot_llm_planner.skills import SkillSet  # noqa: E402
 import torch  # noqa: E402
 
-CONFIGS = {
-    # Qwen1.5-7B's config.json (the fields that shape compute and memory).
-    'qwen1.5-7b': {'vocab_size': 151936, 'hidden_size': 4096, 'intermediate_size': 11008,
-                   'num_hidden_layers': 32, 'num_attention_heads': 32,
-                   'num_key_value_heads': 32, 'max_position_embeddings': 32768,
-                   'rope_theta': 1000000.0, 'tie_word_embeddings': False},
-    # The test fixture's shape (test/conftest.py tiny_model).
-    'tiny': {'vocab_size': 600, 'hidden_size': 64, 'intermediate_size': 128,
-             'num_hidden_layers': 2, 'num_attention_heads': 4, 'num_key_value_heads': 2,
-             'max_position_embeddings': 4096, 'tie_word_embeddings': True},
-}
 QWEN_REGULAR_TOKENS = 151643  # Qwen1.5: 151,643 BPE tokens, then <|endoftext|> and friends
 COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅', '打开冰箱门',
             '能不能帮我把遥控器拿给爸爸', '关上卧室的窗户吧', '在书房找一下那本蓝色的书',
@@ -68,12 +58,6 @@ def _version(package):
         return version(package)
     except PackageNotFoundError:
         return 'unknown'
-
-
-def synchronize(device):
-    """Wait for queued device work (timers read the host clock)."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def _project_texts():
@@ -160,33 +144,15 @@ def logits_width(args, tokenizer):
     if args.model:
         from transformers import AutoConfig
         return AutoConfig.from_pretrained(args.model).vocab_size
-    return max(CONFIGS[args.config]['vocab_size'], len(tokenizer))
+    return max(SHAPES[args.config]['vocab_size'], len(tokenizer))
 
 
-def build_model(args, tokenizer, device, dtype):
+def load_model(args, tokenizer, device, dtype):
     """Return the model of ``--model`` (adapter merged) or a random-weight ``--config`` one."""
-    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
-    if args.model:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-        if args.adapter:
-            from peft import PeftModel
-            model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
-        model.to(device)
-    else:
-        shape = dict(CONFIGS[args.config], vocab_size=logits_width(args, tokenizer))
-        config = Qwen2Config(**shape, eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
-                             pad_token_id=tokenizer.pad_token_id)
-        torch.manual_seed(0)
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                model = Qwen2ForCausalLM(config)
-        finally:
-            torch.set_default_dtype(default)
-    model.eval()
-    synchronize(device)
-    return model
+    return build_model(device, dtype, args.config, args.model, args.adapter,
+                       vocab_size=logits_width(args, tokenizer),
+                       eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+                       pad_token_id=tokenizer.pad_token_id)
 
 
 def label_tokens(tokenizer, limit):
@@ -352,7 +318,7 @@ def run_model(args, report, model, tokenizer, grammar, stop_ids, device, dtype):
 def main(argv=None):
     """Run the benchmark; return 0."""
     parser = argparse.ArgumentParser(description=__doc__.strip().split('\n')[0])
-    parser.add_argument('--config', choices=sorted(CONFIGS), default='tiny')
+    parser.add_argument('--config', choices=sorted(SHAPES), default='tiny')
     parser.add_argument('--model', help='a model directory (with its tokenizer) instead')
     parser.add_argument('--adapter', default='', help='LoRA adapter merged into --model')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -413,7 +379,7 @@ def main(argv=None):
         report['label_mask_alone']['tokens'], report['label_mask_alone']['total_us']),
         flush=True)
     if not args.mask_only:
-        model = build_model(args, tokenizer, device, dtype)
+        model = load_model(args, tokenizer, device, dtype)
         report['build_s'] = round(time.perf_counter() - started, 2)
         run_model(args, report, model, tokenizer, grammar, stop_ids, device, dtype)
     os.makedirs(args.out, exist_ok=True)

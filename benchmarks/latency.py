@@ -34,25 +34,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout (the GPU machine has no colcon install)
 
-from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402, I100
+from bench_models import build_model, SHAPES, synchronize  # noqa: E402, I100
+from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402
 import torch  # noqa: E402
-
-CONFIGS = {
-    # Qwen1.5-7B's config.json (the fields that shape compute and memory).
-    'qwen1.5-7b': {'vocab_size': 151936, 'hidden_size': 4096, 'intermediate_size': 11008,
-                   'num_hidden_layers': 32, 'num_attention_heads': 32,
-                   'num_key_value_heads': 32, 'max_position_embeddings': 32768,
-                   'rope_theta': 1000000.0, 'tie_word_embeddings': False},
-    'tiny': {'vocab_size': 600, 'hidden_size': 64, 'intermediate_size': 128,
-             'num_hidden_layers': 2, 'num_attention_heads': 4, 'num_key_value_heads': 2,
-             'max_position_embeddings': 1024, 'tie_word_embeddings': True},
-}
-
-
-def synchronize(device):
-    """Wait for queued device work (timers read the host clock)."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def copy_bandwidth(device, megabytes):
@@ -68,31 +52,6 @@ def copy_bandwidth(device, megabytes):
         target.copy_(source)
     synchronize(device)
     return 2 * source.numel() * repeats / (time.perf_counter() - started)
-
-
-def build_model(args, device, dtype):
-    """Return (model, seconds) for a random-weight config or a model directory."""
-    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
-    started = time.perf_counter()
-    if args.model:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-        if args.adapter:
-            from peft import PeftModel
-            model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
-        model.to(device)
-    else:
-        torch.manual_seed(0)
-        config = Qwen2Config(**CONFIGS[args.config], eos_token_id=0, pad_token_id=0)
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                model = Qwen2ForCausalLM(config)
-        finally:
-            torch.set_default_dtype(default)
-    model.eval()
-    synchronize(device)
-    return model, time.perf_counter() - started
 
 
 def percentiles(values):
@@ -217,7 +176,7 @@ def markdown(report):
 def main(argv=None):
     """Run the benchmark; return 0."""
     parser = argparse.ArgumentParser(description=__doc__.strip().split('\n')[0])
-    parser.add_argument('--config', choices=sorted(CONFIGS), default='qwen1.5-7b')
+    parser.add_argument('--config', choices=sorted(SHAPES), default='qwen1.5-7b')
     parser.add_argument('--model', help='a model directory instead of random weights')
     parser.add_argument('--adapter', default='', help='LoRA adapter merged into --model')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -249,7 +208,10 @@ def main(argv=None):
               'runs': args.runs, 'paths': {}}
     bandwidth = copy_bandwidth(device, 2048 if device.type == 'cuda' else 256)
     report['copy_tb_s'] = round(bandwidth / 1e12, 4)
-    model, report['build_s'] = build_model(args, device, dtype)
+    started = time.perf_counter()
+    model = build_model(device, dtype, args.config, args.model, args.adapter, eos_token_id=0,
+                        pad_token_id=0)
+    report['build_s'] = round(time.perf_counter() - started, 2)
     params = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
