@@ -43,11 +43,28 @@ def _prompt(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from robot_llm_planner.evaluate import evaluate_files
+    from robot_llm_planner.backend import EngineError
+    from robot_llm_planner.evaluate import evaluate_files, plan_split
+    from robot_llm_planner.settings import build_planner
     from robot_llm_planner.skills import SkillSet
+    runs, names = list(args.runs), list(args.names or [])
     try:
-        _, table = evaluate_files(args.runs, args.out, args.names, SkillSet.load(args.skills))
-    except (OSError, ValueError) as exc:
+        if args.split:
+            if not args.model and args.backend == 'transformers':
+                raise ValueError('--split runs the planner: give --model (and --adapter)')
+            planner = build_planner(settings_from_args(args))
+            planner.load()
+            name = args.run_name or os.path.splitext(os.path.basename(args.split))[0]
+            output = os.path.join(args.out, name + '.jsonl')
+            rows = plan_split(planner, args.split, output, args.batch)
+            print('planned %d commands of %s: %s' % (len(rows), args.split, output))
+            runs.append(output)
+            names = names + [name] if names else names
+        if not runs:
+            raise ValueError('nothing to evaluate: give RUN files and/or --split')
+        skills = SkillSet.load(args.skills or None)
+        _, table = evaluate_files(runs, args.out, names or None, skills)
+    except (OSError, ValueError, EngineError) as exc:
         print('evaluate: %s' % exc, file=sys.stderr)
         return 2
     print(table, end='')
@@ -180,12 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.set_defaults(run=_prompt)
 
     evaluate = sub.add_parser('evaluate', help='plan metrics of prediction runs side by side')
-    evaluate.add_argument('runs', nargs='+', metavar='RUN', help='generated_predictions.jsonl '
+    evaluate.add_argument('runs', nargs='*', metavar='RUN', help='generated_predictions.jsonl '
                           'or JSONL rows {"command", "predict", "label"[, "latency_ms"]}')
-    evaluate.add_argument('--names', nargs='+', help='one display name per run')
+    evaluate.add_argument('--names', nargs='+', help='one display name per RUN file')
     evaluate.add_argument('--out', default=os.path.join('.cache', 'evaluation'),
                           help='folder for results.md/csv/png (default: %(default)s)')
-    evaluate.add_argument('--skills', help='skills YAML (default: config/skills.yaml)')
+    evaluate.add_argument('--split', help='also run the planner (model options below) over '
+                          'this alpaca split, e.g. training/data/task2_prompt0_test.json, and '
+                          'evaluate that run beside the RUN files')
+    evaluate.add_argument('--run-name', help='name of the --split run (default: the split '
+                          "file's name); its rows go to OUT/NAME.jsonl")
+    evaluate.add_argument('--batch', type=int, default=1, help='--split: commands per '
+                          'planner batch (1 gives per-command latencies)')
+    add_model_arguments(evaluate)
     evaluate.set_defaults(run=_evaluate)
     return parser
 

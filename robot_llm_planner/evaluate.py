@@ -60,6 +60,39 @@ class EvaluationError(ValueError):
     """A run file is missing or malformed, or the arguments do not fit."""
 
 
+def plan_split(planner, split: str, output: str, batch_size: int = 1) -> List[dict]:
+    """
+    Run ``planner`` over the commands of an alpaca split and write a run file.
+
+    Each row of ``output`` (JSONL) is ``{"command", "predict", "label", "latency_ms",
+    "status"}``; ``latency_ms`` is the planner's total time for the command (with
+    ``batch_size`` > 1, the time of its whole batch). Return the rows.
+    """
+    try:
+        with open(split, encoding='utf-8') as stream:
+            examples = json.load(stream)
+    except OSError as exc:
+        raise EvaluationError('cannot read %s: %s' % (split, exc.strerror)) from exc
+    except ValueError as exc:
+        raise EvaluationError('%s is not JSON: %s' % (split, exc)) from exc
+    if not isinstance(examples, list) or not all(
+            isinstance(row, dict) and isinstance(row.get('input'), str) for row in examples):
+        raise EvaluationError('%s: expected an alpaca JSON list of rows with "input"' % split)
+    rows = []
+    for start in range(0, len(examples), max(1, batch_size)):
+        chunk = examples[start:start + max(1, batch_size)]
+        for example, result in zip(chunk, planner.plan_batch([row['input'] for row in chunk])):
+            rows.append({'command': example['input'], 'predict': result.plan.raw_output,
+                         'label': str(example.get('output', '')),
+                         'latency_ms': round(result.timing.get('total_ms', 0.0), 3),
+                         'status': result.status})
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'w', encoding='utf-8') as stream:
+        for row in rows:
+            stream.write(json.dumps(row, ensure_ascii=False) + '\n')
+    return rows
+
+
 def load_rows(path: str) -> List[dict]:
     """Read a run file into rows ``{"command", "predict", "label"[, "latency_ms"]}``."""
     try:

@@ -176,3 +176,30 @@ def test_names_must_match_runs(tmp_path):
     run = _write_jsonl(tmp_path / 'a.jsonl', ROWS)
     result = _evaluate(str(run), '--names', 'a', 'b', '--out', str(tmp_path / 'out'))
     assert result.returncode == 2 and 'got 2 names for 1 runs' in result.stderr
+
+
+@pytest.mark.slow
+def test_planner_run_over_a_split_side_by_side(tmp_path, trained_model):
+    split = tmp_path / 'train_split.json'
+    split.write_text(json.dumps([{'instruction': '', 'input': row['input'],
+                                  'output': row['output']} for row in trained_model.rows],
+                                ensure_ascii=False), encoding='utf-8')
+    earlier = _write_jsonl(tmp_path / 'earlier.jsonl', ROWS)
+    out = tmp_path / 'out'
+    result = _evaluate(str(earlier), '--split', str(split), '--model', trained_model.base,
+                       '--adapter', trained_model.adapter, '--device', 'cpu',
+                       '--run-name', 'trained', '--out', str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = len(trained_model.correct) / len(trained_model.rows)
+    assert '| metric | earlier | trained |' in result.stdout
+    assert '| plan exact match | 25.0%% | %.1f%% |' % (100 * expected) in result.stdout
+    rows = load_rows(str(out / 'trained.jsonl'))
+    assert [row['command'] for row in rows] == [row['input'] for row in trained_model.rows]
+    assert all(row['latency_ms'] > 0 for row in rows)
+
+
+def test_split_without_a_model_is_a_clear_error(tmp_path):
+    split = tmp_path / 's.json'
+    split.write_text('[{"instruction": "", "input": "去客厅", "output": ""}]', encoding='utf-8')
+    result = _evaluate('--split', str(split), '--out', str(tmp_path / 'out'))
+    assert result.returncode == 2 and 'give --model' in result.stderr
