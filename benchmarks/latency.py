@@ -240,6 +240,7 @@ def main(argv=None):
     engine(args.new_tokens)
     synchronize(device)
     report['engine_warmup_s'] = round(time.perf_counter() - started, 2)
+    report['engine_compile_error'] = decoder.compile_error  # '' when the step compiled
     report['paths']['engine_fast_path'] = measure(
         'engine_fast_path', engine, device, args.new_tokens, args.runs)
     report['greedy_agreement'] = agreement(model, decoder, prompt, device, args.new_tokens)

@@ -90,9 +90,24 @@ class StaticCacheDecoder:
         # occur); the per-token steps are compiled: with CUDA graphs their launch overhead is
         # gone, and their shapes ([1, 1] or [1, 1 + draft_tokens]) never change.
         self._step = self._forward_eager
+        self.compile_error = ''  # why the compiled step was given up, if it was
         if compile_steps:
             self._step = torch.compile(self._forward_eager, mode='reduce-overhead',
                                        fullgraph=True, dynamic=False)
+
+    def _run_step(self, ids: torch.Tensor, positions: torch.Tensor,
+                  position: int) -> torch.Tensor:
+        try:
+            return self._step(ids, positions)
+        except Exception as exc:
+            if self._step == self._forward_eager:
+                raise
+            # A torch/transformers combination that cannot compile this step must not stop
+            # the robot: decode eagerly (slower, same output) and say why.
+            self.compile_error = '%s: %s' % (type(exc).__name__, str(exc).splitlines()[0][:300])
+            self._step = self._forward_eager
+            self._rewind(position)
+            return self._step(ids, positions)
 
     def _rewind(self, position: int) -> None:
         # transformers 5 static cache layers append at their own write counter; point it at
@@ -181,7 +196,7 @@ class StaticCacheDecoder:
             step = torch.tensor([[out[-1]] + draft], dtype=torch.long, device=self.device)
             positions = torch.arange(position, position + step.shape[1], device=self.device)
             self._rewind(position)
-            logits = self._step(step, positions)
+            logits = self._run_step(step, positions, position)
             passes += 1
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)

@@ -9,6 +9,7 @@ told to sample. Several commands are generated as one left-padded batch with
 """
 
 import json
+import logging
 import os
 import threading
 import time
@@ -187,6 +188,10 @@ class TransformersBackend(Backend):
             # The fast path compiles its step on first use; run it again so that the CUDA
             # graph is recorded and replayed now, not on a user's command.
             self.generate([WARMUP_COMMAND], prompt, config)
+            if self.decoder.compile_error:
+                logging.getLogger(__name__).warning(
+                    'fast path: the decode step could not be compiled (%s); decoding eagerly',
+                    self.decoder.compile_error)
         self.load_seconds += time.perf_counter() - started
 
     # --------------------------------------------------------------- generating

@@ -199,3 +199,20 @@ def test_ngram_index_drafts_what_followed_the_suffix():
     assert index.draft(2) == []  # 1 never occurred before
     index.extend([5])
     assert index.draft(4) == [6, 7, 8, 9]  # the 1-gram (5,) matches
+
+
+@pytest.mark.slow
+def test_compiled_step_equals_generate(merged):
+    # The CUDA fast path compiles its step (torch.compile, fullgraph); inductor compiles the
+    # same graph on the CPU, so the traced step is checked here against plain generate().
+    from robot_llm_planner.decoding import StaticCacheDecoder
+    ids = merged.encode('把红色的杯子放到厨房的桌子上', PROMPT)
+    expected = merged.generate(['把红色的杯子放到厨房的桌子上'], PROMPT,
+                               GenerationConfig(max_new_tokens=20))[0]
+    for draft_tokens in (0, 3):
+        decoder = StaticCacheDecoder(merged.model, merged.stop_ids, merged.tokenizer.pad_token_id,
+                                     128, 20, draft_tokens=draft_tokens, compile_steps=True)
+        result = decoder.decode(ids, 20)
+        assert decoder.compile_error == ''
+        assert merged.tokenizer.decode(result.tokens, skip_special_tokens=True) == expected.text
+        assert decoder.decode(ids, 20).tokens == result.tokens  # replayed, same answer
