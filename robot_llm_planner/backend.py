@@ -45,7 +45,7 @@ class RemoteError(EngineError):
 class GenerationConfig:
     """How to decode: greedy unless ``do_sample``; at most ``max_new_tokens`` tokens."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = 256
     do_sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.9

@@ -100,6 +100,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--device', default=defaults.device, help='auto | cpu | cuda | cuda:N')
     group.add_argument('--dtype', default=defaults.dtype,
                        help='auto | bfloat16 | float16 | float32')
+    group.add_argument('--quantization', choices=('none', 'int8'),
+                       default=defaults.quantization, help='int8: weight-only int8 layers')
     group.add_argument('--system', default=defaults.system, help='system prompt (default: '
                        'LLaMA-Factory >= 0.9.3 qwen default)')
     group.add_argument('--instruction', default='', help='alpaca instruction the model was '
@@ -130,7 +132,8 @@ def settings_from_args(args: argparse.Namespace):
     from robot_llm_planner.settings import PlannerSettings
     return PlannerSettings(
         backend=args.backend, model_path=args.model, adapter_path=args.adapter,
-        device=args.device, dtype=args.dtype, system=args.system, instruction=args.instruction,
+        device=args.device, dtype=args.dtype, quantization=args.quantization,
+        system=args.system, instruction=args.instruction,
         max_new_tokens=args.max_new_tokens, constrained=args.constrained,
         fast_path=args.fast_path, draft_tokens=args.draft_tokens, skills_file=args.skills,
         remote_base_url=args.base_url, remote_model=args.remote_model,

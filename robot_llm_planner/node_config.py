@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 from robot_llm_planner.command_queue import POLICIES
-from robot_llm_planner.settings import BACKENDS, PlannerSettings
+from robot_llm_planner.settings import BACKENDS, PlannerSettings, QUANTIZATION
 
 DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
 FAST_PATHS = ('auto', 'on', 'off')
@@ -47,6 +47,9 @@ PARAMETERS: Tuple[Parameter, ...] = (
               'device'),
     Parameter('model.dtype', str, 'auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16 or '
               'float32.', 'dtype', choices=DTYPES),
+    Parameter('model.quantization', str, 'none, or int8 (weight-only int8 for the decoder '
+              'layers: half the weight bytes of bf16; check the quality effect first).',
+              'quantization', choices=QUANTIZATION),
     Parameter('model.max_prompt_tokens', int, 'Longest prompt served, in tokens (LLaMA-Factory '
               'cutoff_len); longer commands are rejected.', 'max_prompt_tokens', minimum=1),
     Parameter('remote.base_url', str, 'openai backend: server URL, e.g. http://gpu:8000/v1.',

@@ -13,6 +13,7 @@ from robot_llm_planner.prompt import PromptBuilder, SYSTEM_PROMPT
 from robot_llm_planner.skills import SkillSet
 
 BACKENDS = ('transformers', 'openai')
+QUANTIZATION = ('none', 'int8')
 
 
 @dataclass
@@ -24,6 +25,7 @@ class PlannerSettings:
     adapter_path: str = ''               # model.adapter_path (comma-separated for several)
     device: str = 'auto'                 # model.device
     dtype: str = 'auto'                  # model.dtype
+    quantization: str = 'none'           # model.quantization
     max_prompt_tokens: int = 512         # model.max_prompt_tokens (LLaMA-Factory cutoff_len)
     remote_base_url: str = 'http://127.0.0.1:8000/v1'  # remote.base_url
     remote_model: str = ''               # remote.model
@@ -33,7 +35,7 @@ class PlannerSettings:
     remote_grammar_field: str = 'structured_outputs'  # remote.grammar_field (grammar.py)
     system: str = SYSTEM_PROMPT          # prompt.system
     instruction: str = ''                # prompt.instruction
-    max_new_tokens: int = 128            # generation.max_new_tokens
+    max_new_tokens: int = 256            # generation.max_new_tokens
     do_sample: bool = False              # generation.do_sample
     constrained: bool = True             # generation.constrained
     fast_path: str = 'auto'              # generation.fast_path
@@ -53,7 +55,8 @@ def build_backend(settings: PlannerSettings, skills: SkillSet) -> Backend:
         from robot_llm_planner.transformers_backend import TransformersBackend
         return TransformersBackend(
             settings.model_path, settings.adapter_path, device=settings.device,
-            dtype=settings.dtype, fast_path=settings.fast_path,
+            dtype=settings.dtype, quantization=settings.quantization,
+            fast_path=settings.fast_path,
             draft_tokens=settings.draft_tokens, max_prompt_tokens=settings.max_prompt_tokens,
             max_new_tokens=settings.max_new_tokens, grammar=grammar)
     if settings.backend == 'openai':

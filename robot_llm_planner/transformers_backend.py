@@ -37,7 +37,8 @@ class TransformersBackend(Backend):
     name = 'transformers'
 
     def __init__(self, model_path: str, adapter_path: str = '', device: str = 'auto',
-                 dtype: str = 'auto', fast_path: str = 'auto', draft_tokens: int = 0,
+                 dtype: str = 'auto', quantization: str = 'none', fast_path: str = 'auto',
+                 draft_tokens: int = 0,
                  max_prompt_tokens: int = 512, max_new_tokens: int = 128,
                  grammar=None) -> None:
         """
@@ -50,6 +51,7 @@ class TransformersBackend(Backend):
         self.adapters = split_adapters(adapter_path)
         self.device_setting = device
         self.dtype_setting = dtype
+        self.quantization = quantization
         self.fast_path_setting = fast_path
         self.draft_tokens = draft_tokens
         self.max_prompt_tokens = max_prompt_tokens
@@ -66,7 +68,11 @@ class TransformersBackend(Backend):
     # ------------------------------------------------------------------ loading
     def describe(self) -> Dict[str, str]:
         """Return the backend, base model and adapter(s) served."""
-        return {'backend': self.name, 'base': self.model_path, 'adapter': ','.join(self.adapters)}
+        described = {'backend': self.name, 'base': self.model_path,
+                     'adapter': ','.join(self.adapters)}
+        if self.quantization != 'none':
+            described['quantization'] = self.quantization
+        return described
 
     def _resolve_device(self):
         setting = (self.device_setting or 'auto').strip().lower()
@@ -124,6 +130,9 @@ class TransformersBackend(Backend):
         self._check_paths()
         device = self._resolve_device()
         dtype = self._resolve_dtype(device)
+        if self.quantization not in ('none', 'int8'):
+            raise ModelLoadError('model.quantization must be none or int8, got %r'
+                                 % self.quantization)
         if self.fast_path_setting not in FAST_PATH:
             raise ModelLoadError('generation.fast_path must be auto, on or off, got %r'
                                  % self.fast_path_setting)
@@ -146,6 +155,9 @@ class TransformersBackend(Backend):
             model = _merge_adapter(model, adapter, self.model_path)
         try:
             model.to(device)
+            if self.quantization == 'int8':
+                from robot_llm_planner.quantize import quantize_int8
+                quantize_int8(model)  # after merging: the adapters are in the weights
         except torch.cuda.OutOfMemoryError as exc:
             raise ModelLoadError(_oom_message(self.model_path, device, exc)) from exc
         model.eval()
