@@ -122,3 +122,20 @@ def trained_model(tmp_path_factory):
     # One command per call: the same unpadded prompts as LLaMA-Factory's predictions.
     planned = plan_rows(load_planner(model), rows, batch_size=1)
     return TrainedModel(model, rows, {row['command']: row['predict'] for row in planned})
+
+
+@pytest.fixture
+def ros():
+    """Yield a ROS session (test/planner_harness.py) on a fresh ROS_DOMAIN_ID for one test."""
+    from planner_harness import ros_session  # rclpy only for the tests that use ROS
+    with ros_session() as session:
+        yield session
+
+
+@pytest.fixture
+def server():
+    """Yield an OpenAI-compatible FakeServer (test/planner_harness.py), closed afterwards."""
+    from planner_harness import FakeServer
+    fake = FakeServer()
+    yield fake
+    fake.close()

@@ -14,8 +14,8 @@ import signal
 import threading
 import time
 
-from planner_harness import (assert_exactly_one_answer, fake_server_parameters, FakeServer,
-                             NodeProcess, ros_session, schema_validator, wait_for_answers)
+from planner_harness import (assert_exactly_one_answer, fake_server_parameters, NodeProcess,
+                             ros_session, schema_validator, wait_for_answers)
 import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -244,20 +244,6 @@ def test_sigint_stops_the_node_cleanly(tiny):
 
 
 # ---------------------------------------------------------------------- own nodes
-@pytest.fixture
-def ros():
-    """Yield a ROS session on a fresh ROS_DOMAIN_ID for one test."""
-    with ros_session() as session:
-        yield session
-
-
-@pytest.fixture
-def server():
-    fake = FakeServer()
-    yield fake
-    fake.close()
-
-
 def _start(ros, tmp_path, parameters, overrides=()):
     status = ros.status()
     client = ros.client()

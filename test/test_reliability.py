@@ -15,7 +15,7 @@ import threading
 import time
 
 from planner_harness import (assert_exactly_one_answer, fake_server_parameters, FakeServer,
-                             NodeProcess, ros_session, schema_validator, wait_for_answers)
+                             NodeProcess, schema_validator, wait_for_answers)
 import psutil
 import pytest
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -75,19 +75,6 @@ def _tiny_parameters(model, adapter='', **extra):
                   'generation.max_new_tokens': 32, 'generation.constrained': True}
     parameters.update(extra)
     return parameters
-
-
-@pytest.fixture
-def ros():
-    with ros_session() as session:
-        yield session
-
-
-@pytest.fixture
-def server():
-    fake = FakeServer()
-    yield fake
-    fake.close()
 
 
 def _ready(status, node, timeout=180):
