@@ -9,6 +9,7 @@ give it, with the tiny model, answering the installed plan_client.
 
 import ast
 import os
+import re
 import signal
 import subprocess
 
@@ -110,7 +111,8 @@ def test_installed_params_file_with_overrides_answers_plan_client(tiny_model, ti
             assert result.returncode in (0, 1), result.stderr + node.stderr()[-3000:]
             out = result.stdout
             assert '帮我拿一瓶水。  [id launch-1]' in out and 'latency:' in out
-            assert '#  action' in out  # the plan's steps, as a table
+            # the random tiny model's plan: its steps as a table (column widths vary), or errors
+            assert re.search(r'^ +# +action +target', out, re.M) or 'errors:' in out, out
             log = node.stderr()
             assert 'model.path = %r' % tiny_model in log  # a DEBUG line: log_level applied
             assert 'commands on /robot1/command, plans on /robot1/action_plan' in log
