@@ -21,3 +21,23 @@ def test_latency_benchmark_smoke(tmp_path):
     assert report['floor_ms_per_token'] > 0 and report['copy_tb_s'] > 0
     assert set(report['verify_ms_per_pass']) == {'0', '2'}
     assert '| engine_fast_path |' in (tmp_path / 'latency.md').read_text()
+
+
+def test_demo_curve_smoke(tmp_path):
+    recipe = {'hidden_size': 32, 'layers': 2, 'heads': 2, 'kv_heads': 2,
+              'intermediate_size': 64, 'extra_rows': 0, 'train_rows': 40}
+    out = tmp_path / 'curve.jsonl'
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'demo_curve.py'), '--recipe',
+         json.dumps(recipe), '--epochs', '1', '--batch', '8', '--eval-every', '2', '--limit',
+         '8', '--threads', '1', '--model-dir', str(tmp_path / 'model'), '--out', str(out)],
+        capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line['step'] for line in lines] == [2, 4, 5]  # every 2 steps and the last (40/8)
+    assert lines[-1]['rows_seen'] == 40 and lines[-1]['epochs'] == 1.0
+    for line in lines:
+        assert 0.0 <= line['exact_match'] <= 1.0 and line['loss'] > 0
+        assert set(line['by_kind']) == {'object', 'location', 'template', 'none'}
+    assert lines[0]['loss'] > lines[-1]['loss']  # it trains
+    assert result.stdout.splitlines()[-1] == out.read_text().splitlines()[-1]
