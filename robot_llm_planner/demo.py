@@ -199,6 +199,9 @@ def stop_node(process, timeout: float = STOP_TIMEOUT_S) -> int:
 
 # --- printing ---------------------------------------------------------------------------------
 
+MAX_SHOWN_CHARS = 160  # of a model output printed in full otherwise
+
+
 def format_plan_table(kind: str, command: str, label: Optional[str], answer: dict) -> str:
     """Return one answer as a readable block: command, status, latency, steps."""
     from robot_llm_planner.plan_client import format_table
@@ -215,15 +218,18 @@ def format_plan_table(kind: str, command: str, label: Optional[str], answer: dic
         facts.append('matches the label' if same else 'differs from the label')
     lines = ['[%s] %s' % (kind, command), '    ' + ', '.join(facts)]
     steps = answer.get('steps') or []
-    if steps:
+    if any(step.get('action') for step in steps):  # not a table of empty rows
         rows = [['#', 'action', 'target', 'location']]
         rows += [[str(number), step.get('action', ''), step.get('target', ''),
                   step.get('location', '')] for number, step in enumerate(steps, start=1)]
         lines += ['    ' + line for line in format_table(rows)]
     for error in answer.get('errors') or []:
         lines.append('    error %s: %s' % (error.get('code'), error.get('message')))
+    raw = answer.get('raw_output', '')
+    if same is False or (label is None and raw and status != 'ok'):
+        lines.append('    model: %s' % (raw if len(raw) <= MAX_SHOWN_CHARS
+                                          else raw[:MAX_SHOWN_CHARS] + ' ...'))
     if same is False:
-        lines.append('    model: %s' % answer.get('raw_output', ''))
         lines.append('    label: %s' % label)
     return '\n'.join(lines)
 

@@ -35,6 +35,18 @@ def test_plan_table_shows_steps_status_latency_and_label():
     assert 'no answer' in demo.format_plan_table('x', '去厨房', None, {})
 
 
+def test_plan_table_of_an_invalid_answer_shows_the_model_output_not_empty_rows():
+    raw = '紫色；' * 100  # output1 steps only, cut at max_new_tokens
+    answer = {'status': 'invalid', 'raw_output': raw,
+              'steps': [{'action': '', 'target': '', 'location': ''}] * 100,
+              'errors': [{'code': 'no_actions', 'message': 'the output has no output2 section'}]}
+    text = demo.format_plan_table('nonsense', '紫色的大象今天会唱歌吗？', None, answer)
+    assert '#  action' not in text and 'error no_actions' in text
+    shown = text.split('model: ')[1]
+    assert shown.startswith('紫色；') and shown.endswith(' ...')
+    assert len(shown) == demo.MAX_SHOWN_CHARS + 4
+
+
 def test_stop_node_interrupts_and_waits():
     script = ('import signal, sys, time\n'
               'signal.signal(signal.SIGINT, lambda *a: sys.exit(0))\n'
