@@ -227,8 +227,8 @@ def format_plan_table(kind: str, command: str, label: Optional[str], answer: dic
         lines.append('    error %s: %s' % (error.get('code'), error.get('message')))
     raw = answer.get('raw_output', '')
     if same is False or (label is None and raw and status != 'ok'):
-        lines.append('    model: %s' % (raw if len(raw) <= MAX_SHOWN_CHARS
-                                          else raw[:MAX_SHOWN_CHARS] + ' ...'))
+        shown = raw if len(raw) <= MAX_SHOWN_CHARS else raw[:MAX_SHOWN_CHARS] + ' ...'
+        lines.append('    model: %s' % shown)
     if same is False:
         lines.append('    label: %s' % label)
     return '\n'.join(lines)
