@@ -19,13 +19,14 @@ phrasing, none). One JSON line per measurement on stdout (and in ``--out``)::
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
 import sys
 import time
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -105,10 +106,9 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def run(args) -> List[dict]:
-    """Train from the recipe's random weights; return the measurements (also printed)."""
+def run(args, emit: Callable[[str], None] = print) -> List[dict]:
+    """Train from the recipe's random weights; return the measurements, each also emitted."""
     import torch
-    from robot_llm_planner.tiny_qwen import build_model, build_tokenizer
     from transformers import AutoTokenizer, Qwen2ForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -117,12 +117,8 @@ def run(args) -> List[dict]:
     torch.set_num_threads(args.threads)
     recipe = demo_model.Recipe(**json.loads(args.recipe))
     rows = demo_model.training_rows(recipe)
-    folder = args.model_dir
-    build_tokenizer(demo_model.tokenizer_texts(rows, recipe), folder, vocab_size=100000,
-                    split_han=True)
-    build_model(folder, folder, hidden_size=recipe.hidden_size, layers=recipe.layers,
-                heads=recipe.heads, kv_heads=recipe.kv_heads,
-                intermediate_size=recipe.intermediate_size, seed=recipe.seed)
+    folder = demo_model.build_initial_model(
+        recipe, demo_model.tokenizer_texts(rows, recipe), args.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = Qwen2ForCausalLM.from_pretrained(folder)
     train = encode_rows(tokenizer, rows, recipe.system)
@@ -130,18 +126,22 @@ def run(args) -> List[dict]:
     test = encode_rows(tokenizer, test[:args.limit] if args.limit else test, recipe.system)
     pad_id = tokenizer.pad_token_id
 
-    steps = int(math.ceil(len(train) / args.batch) * args.epochs)
-    warmup = int(args.warmup * steps) if args.warmup < 1 else int(args.warmup)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    # the recipe's full-SFT settings unless given
+    epochs = recipe.full_epochs if args.epochs is None else args.epochs
+    batch_size = recipe.full_batch_size if args.batch is None else args.batch
+    learning_rate = recipe.full_learning_rate if args.lr is None else args.lr
+    warmup = recipe.full_warmup if args.warmup is None else args.warmup
+    steps = int(math.ceil(len(train) / batch_size) * epochs)
+    warmup = int(warmup * steps) if warmup < 1 else int(warmup)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps, warmup, args.schedule))
     rng = random.Random(recipe.seed)
     lengths = [len(prompt) + len(label) for prompt, label in train]
     results, losses, step, train_seconds = [], [], 0, 0.0
     clock = time.perf_counter()
-    out = open(args.out, 'w', encoding='utf-8') if args.out else None
     while step < steps:
-        for batch in length_batches(lengths, args.batch, rng):
+        for batch in length_batches(lengths, batch_size, rng):
             if step >= steps:
                 break
             ids, labels, mask = collate([train[index] for index in batch], pad_id)
@@ -157,20 +157,14 @@ def run(args) -> List[dict]:
                 continue
             train_seconds += time.perf_counter() - clock  # measuring is not training
             overall, by_kind = exact_match(model, test, pad_id)
-            result = {'step': step, 'rows_seen': step * args.batch,
-                      'epochs': round(step * args.batch / len(train), 3),
+            result = {'step': step, 'rows_seen': step * batch_size,
+                      'epochs': round(step * batch_size / len(train), 3),
                       'train_seconds': round(train_seconds, 1),
                       'loss': round(sum(losses[-50:]) / len(losses[-50:]), 4),
                       'exact_match': round(overall, 3), 'by_kind': by_kind}
             results.append(result)
-            line = json.dumps(result, ensure_ascii=False)
-            print(line, flush=True)
-            if out:
-                out.write(line + '\n')
-                out.flush()
+            emit(json.dumps(result, ensure_ascii=False))
             clock = time.perf_counter()
-    if out:
-        out.close()
     return results
 
 
@@ -178,12 +172,13 @@ def main(argv=None) -> int:
     """Parse the arguments and run."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip())
     parser.add_argument('--recipe', default='{}', help='JSON object of Recipe fields')
-    parser.add_argument('--epochs', type=float, default=1.0)
-    parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--lr', type=float, default=2e-3)
+    parser.add_argument('--epochs', type=float, help="default: the recipe's full_epochs")
+    parser.add_argument('--batch', type=int, help="default: the recipe's full_batch_size")
+    parser.add_argument('--lr', type=float, help="default: the recipe's full_learning_rate")
     parser.add_argument('--schedule', choices=('cosine', 'constant'), default='cosine')
-    parser.add_argument('--warmup', type=float, default=0.05,
-                        help='warm-up steps, or a fraction of all steps when < 1')
+    parser.add_argument('--warmup', type=float,
+                        help='warm-up steps, or a fraction of all steps when < 1 '
+                        "(default: the recipe's full_warmup)")
     parser.add_argument('--eval-every', type=int, default=500, help='steps between measures')
     parser.add_argument('--limit', type=int, default=0, help='first N test rows only')
     parser.add_argument('--threads', type=int, default=2, help='torch threads')
@@ -191,8 +186,15 @@ def main(argv=None) -> int:
                         help='where the tokenizer and random model are written')
     parser.add_argument('--out', default='', help='also write the JSON lines here')
     args = parser.parse_args(argv)
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-    run(args)
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # as demo_model; before torch
+    with (open(args.out, 'w', encoding='utf-8') if args.out
+          else contextlib.nullcontext()) as out:
+        def emit(line: str) -> None:
+            print(line, flush=True)
+            if out is not None:
+                out.write(line + '\n')
+                out.flush()
+        run(args, emit)
     return 0
 
 

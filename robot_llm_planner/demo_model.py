@@ -527,6 +527,21 @@ def _load_done(directory: str) -> Optional[dict]:
     return info
 
 
+def build_initial_model(recipe: Recipe, texts: Sequence[str], folder: str) -> str:
+    """
+    Write the recipe's tokenizer (trained on ``texts``) and random-weight Qwen2 to ``folder``.
+
+    Return ``folder``: the model the first training stage starts from.
+    """
+    from robot_llm_planner.tiny_qwen import build_model, build_tokenizer
+    build_tokenizer(texts, folder, vocab_size=100000, split_han=True)
+    build_model(folder, folder, hidden_size=recipe.hidden_size, layers=recipe.layers,
+                heads=recipe.heads, kv_heads=recipe.kv_heads,
+                intermediate_size=recipe.intermediate_size, max_positions=1024,
+                seed=recipe.seed)
+    return folder
+
+
 def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] = None,
                      root: str = ROOT, echo: Optional[Callable[[str], None]] = print,
                      force: bool = False) -> DemoModel:
@@ -536,7 +551,6 @@ def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] =
     ``cache_dir`` defaults to ``<root>/.cache/demo_model``; ``echo`` receives progress lines
     (None: quiet). Raise :class:`DemoModelError` naming the failed stage and its log.
     """
-    from robot_llm_planner.tiny_qwen import build_model, build_tokenizer
     recipe = recipe or Recipe()
     say = echo or (lambda line: None)
     rows = training_rows(recipe, root)
@@ -560,14 +574,9 @@ def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] =
     say('  %d training rows (%d for the LoRA stage); %d-layer Qwen2, hidden %d'
         % (len(rows), len(lora_rows), recipe.layers, recipe.hidden_size))
     _write_data(directory, rows, lora_rows, warmup_rows)
-    init = os.path.join(directory, 'init')
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar between our lines
-    build_tokenizer(texts, init, vocab_size=100000, split_han=True)
-    build_model(init, init, hidden_size=recipe.hidden_size, layers=recipe.layers,
-                heads=recipe.heads, kv_heads=recipe.kv_heads,
-                intermediate_size=recipe.intermediate_size, max_positions=1024,
-                seed=recipe.seed)
+    build_initial_model(recipe, texts, os.path.join(directory, 'init'))
     timings = {}
     stages = [('full', 'full SFT'), ('lora', 'LoRA SFT')]
     if warmup_rows:
