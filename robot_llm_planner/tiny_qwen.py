@@ -8,7 +8,7 @@ model. The tokenizer is a byte-level BPE (Qwen2's pre-tokenizer and decoder) tra
 """
 
 import os
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from robot_llm_planner.prompt import ENDOFTEXT, IM_END, IM_START
 
@@ -63,8 +63,14 @@ def build_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 600,
 
 def build_model(tokenizer_dir: str, out_dir: str, hidden_size: int = 64, layers: int = 2,
                 heads: int = 4, kv_heads: int = 2, intermediate_size: Optional[int] = None,
-                max_positions: int = 1024, seed: int = 0):
-    """Create a random-weight Qwen2 model sized for the tokenizer and save it in ``out_dir``."""
+                max_positions: int = 1024, seed: int = 0, rope_theta: float = 10000.0,
+                initialize: Optional[Callable] = None):
+    """
+    Create a random-weight Qwen2 model sized for the tokenizer and save it in ``out_dir``.
+
+    ``initialize(model)``, when given, changes the random weights in place before saving
+    (e.g. :func:`robot_llm_planner.copy_circuit.plant_copy_circuit`).
+    """
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
@@ -73,11 +79,13 @@ def build_model(tokenizer_dir: str, out_dir: str, hidden_size: int = 64, layers:
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads,
         intermediate_size=intermediate_size or 2 * hidden_size,
-        max_position_embeddings=max_positions, tie_word_embeddings=True,
+        max_position_embeddings=max_positions, rope_theta=rope_theta, tie_word_embeddings=True,
         bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
+    if initialize is not None:
+        initialize(model)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return model
