@@ -107,6 +107,9 @@ class Recipe:
     extra_rows: int = 8400
     extra_seed: int = 1
     name_substitution: float = 0.5
+    # of a random name's characters, the share the data never uses (the rest: characters of
+    # real names, so that known characters in new combinations must be copied too)
+    fresh_share: float = 0.8
     # stage 0 (optional): copy warm-up, full SFT from the random weights on ``copy_rows``
     # synthetic rows whose answer repeats the command, a random string of the tokenizer's
     # Chinese characters (derived from training/config/full_sft.yaml like stage 1)
@@ -239,27 +242,38 @@ def training_rows(recipe: Recipe, root: str = ROOT) -> List[dict]:
             taken.add(key)
             extra.append({'instruction': '', 'input': example.command,
                           'output': format_plan(example.steps)})
-    _substitute_names(extra, rows, recipe)
+    _substitute_names(extra, rows, recipe, taken)
     combined = rows + extra
     random.Random(recipe.seed).shuffle(combined)
     return combined
 
 
-def _substitute_names(extra: List[dict], shipped: List[dict], recipe: Recipe) -> None:
-    """Replace names in ``extra`` (in place) by random characters the data never uses."""
+def _substitute_names(extra: List[dict], shipped: List[dict], recipe: Recipe,
+                      taken: set) -> None:
+    """
+    Replace names in ``extra`` (in place) by random ones.
+
+    A random name's characters are, with probability ``recipe.fresh_share``, GB2312 level-1
+    characters the data never uses, else characters of the names the training split may use
+    (never of a held-out name). A row keeps its names when the new command would show a
+    held-out name or repeat a command of ``taken`` (the command keys of every shipped split
+    and of the rows so far), to which each new command is added.
+    """
     if recipe.name_substitution <= 0:
         return
+    from robot_llm_planner import dataset
     pattern, replaceable = _name_pattern()
+    heldout = dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS + dataset.HELDOUT_FURNITURE
     used = set()
     for row in shipped + extra:
         used.update(row['input'] + row['output'])
     fresh = [char for char in gb2312_level1() if char not in used]
-    name_chars = sorted({char for name in replaceable for char in name})
+    name_chars = sorted({char for name in replaceable - set(heldout) for char in name})
     rng = random.Random(recipe.extra_seed)
 
     def new_name() -> str:
         length = rng.choice((1, 2, 2, 2, 3, 3))
-        return ''.join(rng.choice(fresh) if rng.random() < 0.8 else rng.choice(name_chars)
+        return ''.join(rng.choice(fresh if rng.random() < recipe.fresh_share else name_chars)
                        for _ in range(length))
 
     for row in extra:
@@ -271,8 +285,12 @@ def _substitute_names(extra: List[dict], shipped: List[dict], recipe: Recipe) ->
         if any(old != new for old, new in mapping.items()):
             def replace(match, mapping=mapping):
                 return mapping.get(match.group(0), match.group(0))
-            row['input'] = pattern.sub(replace, row['input'])
-            row['output'] = pattern.sub(replace, row['output'])
+            command = pattern.sub(replace, row['input'])
+            if _command_key(command) not in taken and \
+                    not any(name in command for name in heldout):
+                taken.add(_command_key(command))
+                row['input'] = command
+                row['output'] = pattern.sub(replace, row['output'])
 
 
 def tokenizer_texts(rows: Sequence[dict], recipe: Recipe, root: str = ROOT) -> List[str]:

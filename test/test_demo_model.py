@@ -102,6 +102,20 @@ def test_extra_rows_keep_labels_consistent_and_no_heldout_item(rows):
     assert substituted > 100
 
 
+def test_fresh_share_sets_how_many_random_name_characters_are_new():
+    shipped_chars = set()
+    for row in demo_model.split_rows('train', ROOT):
+        shipped_chars.update(row['input'] + row['output'])
+
+    def new_characters(share):
+        rows = demo_model.training_rows(Recipe(extra_rows=600, fresh_share=share), ROOT)
+        return sum(char not in shipped_chars for row in rows for char in row['input'])
+
+    none, half, every = new_characters(0.0), new_characters(0.5), new_characters(1.0)
+    assert none < half < every
+    assert none < every / 10  # with 0.0 the random names reuse the names' characters
+
+
 def _strict_parser():
     return HfArgumentParser([ModelArguments, DataArguments, TrainingArguments,
                              FinetuningArguments, GeneratingArguments])
