@@ -116,6 +116,19 @@ def test_fresh_share_sets_how_many_random_name_characters_are_new():
     assert none < every / 10  # with 0.0 the random names reuse the names' characters
 
 
+@pytest.mark.parametrize('planted', [False, True])
+def test_the_initial_model_copies_only_with_the_copy_circuit(planted, rows, tmp_path):
+    from robot_llm_planner.copy_circuit import copy_accuracy
+    from transformers import Qwen2ForCausalLM
+    recipe = Recipe(copy_circuit=planted, rope_theta=1.0e6 if planted else 10000.0)
+    folder = demo_model.build_initial_model(
+        recipe, demo_model.tokenizer_texts(rows[:300], recipe), str(tmp_path))
+    model = Qwen2ForCausalLM.from_pretrained(folder)
+    assert model.config.rope_parameters['rope_theta'] == recipe.rope_theta
+    accuracy = copy_accuracy(model)
+    assert accuracy > 0.9 if planted else accuracy < 0.05
+
+
 def _strict_parser():
     return HfArgumentParser([ModelArguments, DataArguments, TrainingArguments,
                              FinetuningArguments, GeneratingArguments])
