@@ -30,7 +30,7 @@ into the token dimensions, where the tied embeddings make it the top logit.
 """
 
 import math
-from typing import List
+from typing import List, Tuple
 
 
 class CopyCircuitError(ValueError):
@@ -48,16 +48,20 @@ def _orthonormal_rows(rows: int, columns: int, generator):
     return q.T
 
 
-def rope_pairs(config, context: int) -> (List[int], List[int]):
+def rope_frequencies(config) -> List[float]:
+    """Return the angle (radians per position) of each RoPE pair of one head."""
+    half = config.hidden_size // config.num_attention_heads // 2
+    return [_rope_theta(config) ** (-i / half) for i in range(half)]
+
+
+def rope_pairs(config, context: int) -> Tuple[List[int], List[int]]:
     """
     Return (slow, fast) RoPE pair indexes of one head.
 
     Slow pairs turn by less than half a radian over ``context`` positions; fast pairs by more
     than 0.05 radian per position.
     """
-    head_dim = config.hidden_size // config.num_attention_heads
-    half = head_dim // 2
-    frequencies = [_rope_theta(config) ** (-i / half) for i in range(half)]
+    frequencies = rope_frequencies(config)
     slow = [i for i, f in enumerate(frequencies) if f * context < 0.5]
     fast = [i for i, f in enumerate(frequencies) if f > 0.05]
     return slow, fast
@@ -103,7 +107,7 @@ def plant_copy_circuit(model, embedding_std: float = 0.2, key_scale: float = 3.0
         embeddings[:, content:] = 0.0
 
         # Layer 0, head 0: look one position back, write that token to [content, +head_dim).
-        frequencies = [_rope_theta(config) ** (-i / half) for i in range(half)]
+        frequencies = rope_frequencies(config)
         query_bias = torch.zeros(head_dim)
         key_bias = torch.zeros(head_dim)
         for i in fast:  # key pair = query pair turned by one position: the score peaks there

@@ -22,12 +22,12 @@ The planner then serves base + adapter exactly like Qwen1.5-7B + its LoRA adapte
 
 The training rows are the shipped split (``task2_prompt0_train``) plus more rows from the
 project's own generator (:func:`robot_llm_planner.dataset.generate`, another seed; no command
-of the shipped validation, test or manual splits is used) in half of which object, place and
-person names are replaced by random names, mostly made of characters of other names (so that
-copying, not recalling a known word, is the only way to get those rows right), and seen once:
-new rows beat a second epoch over the same ones. Measured (README, "The demo model";
-benchmarks/RESULTS.md): 55 % of the held-out test split right after 254 s of training on two
-CPU cores, far from what a pretrained base would get.
+of the shipped validation, test or manual splits is used) in three quarters of which object,
+place and person names are replaced by random names, mostly of characters the data never uses,
+some of characters of other names (so that copying, not recalling a known word, is the only way
+to get those rows right), all seen once: new rows beat a second epoch over the same ones.
+Measured (README, "The demo model"; benchmarks/RESULTS.md): 55 % of the held-out test split
+right after 254 s of training on two CPU cores, far from what a pretrained base would get.
 
 Everything is written into ``.cache/demo_model/<key>/`` where ``key`` hashes the recipe, the
 training rows and the shipped configs: a second run with the same inputs reuses the model.
@@ -113,7 +113,7 @@ class Recipe:
     # ... plus rows generated with another seed, some names replaced by random characters
     extra_rows: int = 22000  # ~21,060 after de-duplication: 24,061 rows, seen once
     extra_seed: int = 1
-    name_substitution: float = 0.75
+    name_substitution: float = 0.75  # share of the generated rows whose names are replaced
     # of a random name's characters, the share the data never uses (the rest: characters of
     # real names, so that known characters in new combinations must be copied too)
     fresh_share: float = 0.8

@@ -3,9 +3,8 @@
 import pytest
 from robot_llm_planner.copy_circuit import (copy_accuracy, CopyCircuitError,
                                             plant_copy_circuit, rope_pairs)
-
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
+import torch
+import transformers
 
 
 def qwen2(layers=2, hidden=128, heads=4, rope_theta=1.0e6, seed=0):
