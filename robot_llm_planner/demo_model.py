@@ -13,8 +13,7 @@ the real deployment's, scaled down:
    in it (:mod:`robot_llm_planner.copy_circuit`; ``Recipe.copy_circuit``), without which the
    model does not learn to copy held-out names within the budget;
 3. ``llamafactory-cli train`` with a config derived from ``training/config/full_sft.yaml``:
-   full SFT from those weights gives the base model (optionally after a copy warm-up stage
-   on random strings, ``Recipe.copy_rows``; off by default: it did not help);
+   full SFT from those weights gives the base model;
 4. ``llamafactory-cli train`` with a config derived from ``training/config/lora_sft.yaml``:
    LoRA SFT on that base gives the adapter.
 
@@ -25,9 +24,11 @@ project's own generator (:func:`robot_llm_planner.dataset.generate`, another see
 of the shipped validation, test or manual splits is used) in three quarters of which object,
 place and person names are replaced by random names, mostly of characters the data never uses,
 some of characters of other names (so that copying, not recalling a known word, is the only way
-to get those rows right), all seen once: new rows beat a second epoch over the same ones.
-Measured (README, "The demo model"; benchmarks/RESULTS.md): 55 % of the held-out test split
-right after 254 s of training on two CPU cores, far from what a pretrained base would get.
+to get those rows right), and in half of the 把/将 frames the verb is replaced by a random
+character (so that the frame names the action), all seen once: new rows beat a second epoch
+over the same ones. Measured (README, "The demo model"; benchmarks/RESULTS.md): 62 % of the
+held-out test split right after 254 s of training on two CPU cores, far from what a
+pretrained base would get.
 
 Everything is written into ``.cache/demo_model/<key>/`` where ``key`` hashes the recipe, the
 training rows and the shipped configs: a second run with the same inputs reuses the model.
@@ -72,7 +73,6 @@ ROOT = find_root()
 DEFAULT_CACHE = os.path.join('.cache', 'demo_model')
 TRAIN_FILE_NAME = 'demo_train.json'
 LORA_FILE_NAME = 'demo_lora.json'
-COPY_FILE_NAME = 'demo_copy.json'
 DONE_FILE = 'demo_model.json'
 # The dataset columns of every alpaca file here (as in training/data/dataset_info.json).
 ALPACA = {'formatting': 'alpaca',
@@ -117,14 +117,10 @@ class Recipe:
     # of a random name's characters, the share the data never uses (the rest: characters of
     # real names, so that known characters in new combinations must be copied too)
     fresh_share: float = 0.8
-    # stage 0 (optional): copy warm-up, full SFT from the random weights on ``copy_rows``
-    # synthetic rows whose answer repeats the command, a random string of the tokenizer's
-    # Chinese characters (derived from training/config/full_sft.yaml like stage 1)
-    copy_rows: int = 0
-    copy_epochs: float = 1.0
-    copy_learning_rate: float = 2.0e-3
-    copy_batch_size: int = 16
-    copy_max_chars: int = 16
+    # share of the verbs of 把/将 sentence frames whose action the frame decides (把 X 放到 /
+    # 放在 / 收到 Y: put; 把 X 拿给 / 递给 P, 送到 P 那里: bring; 把 X 拿过来: fetch)
+    # replaced by a random character, so that the frame, not the verb, names the action
+    verb_substitution: float = 0.5
     # stage 1: full SFT of the (warmed-up) random weights, from training/config/full_sft.yaml
     full_epochs: float = 1.0  # new rows beat a second epoch over the same ones (RESULTS.md)
     full_learning_rate: float = 2.0e-3  # the planted circuit's large embeddings want more
@@ -249,32 +245,30 @@ def training_rows(recipe: Recipe, root: str = ROOT) -> List[dict]:
             taken.add(key)
             extra.append({'instruction': '', 'input': example.command,
                           'output': format_plan(example.steps)})
-    _substitute_names(extra, rows, recipe, taken)
+    used = {char for row in rows + extra for char in row['input'] + row['output']}
+    fresh = [char for char in gb2312_level1() if char not in used]
+    _substitute_names(extra, fresh, recipe, taken)
+    _substitute_frame_verbs(extra, fresh, recipe, taken)
     combined = rows + extra
     random.Random(recipe.seed).shuffle(combined)
     return combined
 
 
-def _substitute_names(extra: List[dict], shipped: List[dict], recipe: Recipe,
-                      taken: set) -> None:
+def _substitute_names(extra: List[dict], fresh: List[str], recipe: Recipe, taken: set) -> None:
     """
     Replace names in ``extra`` (in place) by random ones.
 
-    A random name's characters are, with probability ``recipe.fresh_share``, GB2312 level-1
-    characters the data never uses, else characters of the names the training split may use
-    (never of a held-out name). A row keeps its names when the new command would show a
-    held-out name or repeat a command of ``taken`` (the command keys of every shipped split
-    and of the rows so far), to which each new command is added.
+    A random name's characters are, with probability ``recipe.fresh_share``, characters of
+    ``fresh`` (the GB2312 level-1 characters the rows do not use), else characters of the
+    names the training split may use (never of a held-out name). A row keeps its names when
+    the new command would show a held-out name or repeat a command of ``taken`` (the command
+    keys of every shipped split and of the rows so far), to which each new command is added.
     """
     if recipe.name_substitution <= 0:
         return
     from robot_llm_planner import dataset
     pattern, replaceable = _name_pattern()
     heldout = dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS + dataset.HELDOUT_FURNITURE
-    used = set()
-    for row in shipped + extra:
-        used.update(row['input'] + row['output'])
-    fresh = [char for char in gb2312_level1() if char not in used]
     name_chars = sorted({char for name in replaceable - set(heldout) for char in name})
     rng = random.Random(recipe.extra_seed)
 
@@ -300,6 +294,44 @@ def _substitute_names(extra: List[dict], shipped: List[dict], recipe: Recipe,
                 row['output'] = pattern.sub(replace, row['output'])
 
 
+# A verb whose 把/将 frame decides the action: the verb character and what follows it.
+_FRAME_VERB = re.compile('[放收拿递送](?=到|在|给|过来)')
+
+
+def _substitute_frame_verbs(extra: List[dict], fresh: List[str], recipe: Recipe,
+                            taken: set) -> None:
+    """
+    Replace (in place) the verbs of ``extra``'s 把/将 frames by random characters.
+
+    In a clause with 把 or 将, each verb of ``_FRAME_VERB`` is replaced with probability
+    ``recipe.verb_substitution`` by a character of ``fresh`` (as random names are made of)
+    that no held-out name or phrasing of the generator has; the plan stays the same. A
+    row keeps its verbs when the new command would repeat one of ``taken``.
+    """
+    if recipe.verb_substitution <= 0:
+        return
+    from robot_llm_planner import dataset
+    patterns = dataset.FETCH_TEMPLATES + dataset.BRING_TEMPLATES + dataset.PUT_TEMPLATES + \
+        dataset.GO_TEMPLATES + tuple(wrapper[:2] for wrapper in dataset.WRAPPERS)
+    banned = set(''.join(dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS +
+                         dataset.HELDOUT_FURNITURE))
+    banned.update(''.join(text for name, text in patterns if name in dataset.HELDOUT_TEMPLATES))
+    pool = [char for char in fresh if char not in banned]
+    rng = random.Random(recipe.extra_seed + 1)
+
+    def replace(match) -> str:
+        return rng.choice(pool) if rng.random() < recipe.verb_substitution else match.group(0)
+
+    for row in extra:
+        clauses = row['input'].split('，')
+        command = '，'.join(_FRAME_VERB.sub(replace, clause)
+                           if '把' in clause or '将' in clause else clause
+                           for clause in clauses)
+        if command != row['input'] and _command_key(command) not in taken:
+            taken.add(_command_key(command))
+            row['input'] = command
+
+
 def tokenizer_texts(rows: Sequence[dict], recipe: Recipe, root: str = ROOT) -> List[str]:
     """Return the texts the tokenizer is trained on: system prompts, skills, training rows."""
     from robot_llm_planner.skills import SkillSet
@@ -317,17 +349,6 @@ def tokenizer_texts(rows: Sequence[dict], recipe: Recipe, root: str = ROOT) -> L
         raise DemoModelError("recipe.charset must be 'data', 'shipped' or 'gb2312', got %r"
                              % recipe.charset)
     return [text for text in texts if text]
-
-
-def copy_rows(recipe: Recipe, texts: Sequence[str]) -> List[dict]:
-    """Return the copy warm-up rows: a random string of the texts' Chinese characters, twice."""
-    pool = sorted({char for text in texts for char in text if '\u4e00' <= char <= '\u9fff'})
-    rng = random.Random(recipe.seed)
-    rows = []
-    for _ in range(recipe.copy_rows if pool else 0):
-        text = ''.join(rng.choice(pool) for _ in range(rng.randint(2, recipe.copy_max_chars)))
-        rows.append({'instruction': '', 'input': text, 'output': text})
-    return rows
 
 
 # --- LLaMA-Factory configs -------------------------------------------------------------------
@@ -362,19 +383,11 @@ def cpu_config(config: dict, **overrides) -> dict:
 
 
 def stage_configs(recipe: Recipe, directory: str, root: str = ROOT) -> Dict[str, dict]:
-    """Return the training configs (copy warm-up, full, lora) from full_sft / lora_sft.yaml."""
+    """Return the training configs (full, lora) from full_sft.yaml and lora_sft.yaml."""
     data = os.path.join(directory, 'data')
-    warmup = cpu_config(
-        shipped_config('full_sft.yaml', root),
-        model_name_or_path=os.path.join(directory, 'init'),
-        dataset_dir=data, dataset='demo_copy', output_dir=os.path.join(directory, 'warmup'),
-        per_device_train_batch_size=recipe.copy_batch_size, gradient_accumulation_steps=1,
-        learning_rate=recipe.copy_learning_rate, num_train_epochs=recipe.copy_epochs,
-        warmup_steps=recipe.full_warmup, logging_steps=20, seed=recipe.seed)
-    warmup.update(recipe.extra.get('copy', {}))
     full = cpu_config(
         shipped_config('full_sft.yaml', root),
-        model_name_or_path=os.path.join(directory, 'warmup' if recipe.copy_rows else 'init'),
+        model_name_or_path=os.path.join(directory, 'init'),
         dataset_dir=data, dataset='demo_train', output_dir=os.path.join(directory, 'base'),
         per_device_train_batch_size=recipe.full_batch_size, gradient_accumulation_steps=1,
         learning_rate=recipe.full_learning_rate, num_train_epochs=recipe.full_epochs,
@@ -390,9 +403,9 @@ def stage_configs(recipe: Recipe, directory: str, root: str = ROOT) -> Dict[str,
         seed=recipe.seed)
     lora.update(recipe.extra.get('lora', {}))
     if recipe.system != SYSTEM_PROMPT:  # LLaMA-Factory's own default needs no setting
-        for config in (warmup, full, lora):
+        for config in (full, lora):
             config['default_system'] = recipe.system
-    return {'copy': warmup, 'full': full, 'lora': lora}
+    return {'full': full, 'lora': lora}
 
 
 def predict_config(base: str, adapter: str, dataset_dir: str, dataset: str, output_dir: str,
@@ -499,12 +512,12 @@ def run_llamafactory(config_path: str, log_path: str, label: str,
 # --- the model -------------------------------------------------------------------------------
 
 def cache_key(recipe: Recipe, rows: Sequence[dict], lora_rows: Sequence[dict],
-              root: str = ROOT, warmup_rows: Sequence[dict] = ()) -> str:
+              root: str = ROOT) -> str:
     """Return the hash of everything that decides the model."""
     digest = hashlib.sha256()
     digest.update(('v%d\n' % RECIPE_CODE_VERSION).encode())
     digest.update(recipe.to_json().encode('utf-8'))
-    for part in (rows, lora_rows) + ((warmup_rows,) if warmup_rows else ()):
+    for part in (rows, lora_rows):
         digest.update(json.dumps(list(part), ensure_ascii=False, sort_keys=True).encode())
     for name in ('full_sft.yaml', 'lora_sft.yaml'):
         with open(os.path.join(root, 'training', 'config', name), 'rb') as stream:
@@ -512,14 +525,12 @@ def cache_key(recipe: Recipe, rows: Sequence[dict], lora_rows: Sequence[dict],
     return digest.hexdigest()[:16]
 
 
-def _write_data(directory: str, rows: Sequence[dict], lora_rows: Sequence[dict],
-                warmup_rows: Sequence[dict] = ()) -> str:
+def _write_data(directory: str, rows: Sequence[dict], lora_rows: Sequence[dict]) -> str:
     data = os.path.join(directory, 'data')
     os.makedirs(data, exist_ok=True)
     info = {}
     for name, file_name, part in (('demo_train', TRAIN_FILE_NAME, rows),
-                                  ('demo_lora', LORA_FILE_NAME, lora_rows),
-                                  ('demo_copy', COPY_FILE_NAME, warmup_rows)):
+                                  ('demo_lora', LORA_FILE_NAME, lora_rows)):
         with open(os.path.join(data, file_name), 'w', encoding='utf-8') as stream:
             json.dump(list(part), stream, ensure_ascii=False, indent=1)
         info[name] = dict(ALPACA, file_name=file_name)
@@ -584,8 +595,7 @@ def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] =
     lora_rows = shipped_rows(recipe, root)
     lora_rows = lora_rows[:recipe.lora_rows] if recipe.lora_rows else lora_rows
     texts = tokenizer_texts(rows, recipe, root)
-    warmup_rows = copy_rows(recipe, texts)
-    key = cache_key(recipe, rows, lora_rows, root, warmup_rows)
+    key = cache_key(recipe, rows, lora_rows, root)
     directory = os.path.join(cache_dir or os.path.join(root, DEFAULT_CACHE), key)
     info = None if force else _load_done(directory)
     if info is not None:
@@ -600,15 +610,12 @@ def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] =
     say('demo model: training into %s' % directory)
     say('  %d training rows (%d for the LoRA stage); %d-layer Qwen2, hidden %d'
         % (len(rows), len(lora_rows), recipe.layers, recipe.hidden_size))
-    _write_data(directory, rows, lora_rows, warmup_rows)
+    _write_data(directory, rows, lora_rows)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar between our lines
     build_initial_model(recipe, texts, os.path.join(directory, 'init'))
     timings = {}
-    stages = [('full', 'full SFT'), ('lora', 'LoRA SFT')]
-    if warmup_rows:
-        stages.insert(0, ('copy', 'copy warm-up'))
-    for stage, label in stages:
+    for stage, label in (('full', 'full SFT'), ('lora', 'LoRA SFT')):
         config = stage_configs(recipe, directory, root)[stage]
         path = write_config(config, os.path.join(directory, 'configs', stage + '.yaml'))
         say('  %s: llamafactory-cli train %s' % (label, path))

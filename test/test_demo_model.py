@@ -116,6 +116,30 @@ def test_fresh_share_sets_how_many_random_name_characters_are_new():
     assert none < every / 10  # with 0.0 the random names reuse the names' characters
 
 
+def test_verb_substitution_swaps_only_frame_verbs_and_keeps_every_plan(rows):
+    from robot_llm_planner import dataset
+    plain = demo_model.training_rows(Recipe(extra_rows=600, verb_substitution=0.0), ROOT)
+    swapped = demo_model.training_rows(Recipe(extra_rows=600, verb_substitution=1.0), ROOT)
+    outputs = [row['output'] for row in plain]
+    assert [row['output'] for row in swapped] == outputs == [row['output'] for row in rows]
+    heldout_chars = set(''.join(dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS +
+                                dataset.HELDOUT_FURNITURE + ('取', '搁', '带', '前往')))
+    changed = 0
+    for before, after in zip(plain, swapped):
+        old, new = before['input'], after['input']
+        assert len(old) == len(new)
+        differences = [i for i in range(len(old)) if old[i] != new[i]]
+        changed += bool(differences)
+        for i in differences:
+            clause = old[:i].split('，')[-1]
+            assert old[i] in '放收拿递送' and old[i + 1] in '到在给过', (old, new)
+            assert '把' in clause or '将' in clause, (old, new)
+            assert new[i] not in heldout_chars, (old, new)
+    assert changed > 100
+    # the default (0.5) swaps some of them: fewer commands differ from the plain rows
+    assert 0 < sum(a['input'] != b['input'] for a, b in zip(plain, rows)) < changed
+
+
 @pytest.mark.parametrize('planted', [False, True])
 def test_the_initial_model_copies_only_with_the_copy_circuit(planted, rows, tmp_path):
     from robot_llm_planner.copy_circuit import copy_accuracy
