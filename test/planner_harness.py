@@ -220,8 +220,9 @@ class FakeServer:
     An OpenAI-compatible chat server on 127.0.0.1 whose answers can be held back.
 
     While ``gate`` is clear, chat requests wait (at most ``hold_s``); ``requests`` lists the
-    commands received. ``answers`` maps a command to its reply text, or to an int HTTP status
-    to fail with; other commands get :data:`OK_PLAN`.
+    commands received and ``bodies`` their JSON request bodies. ``answers`` maps a command
+    to its reply text, or to an int HTTP status to fail with; other commands get
+    :data:`OK_PLAN`.
     """
 
     def __init__(self, hold_s=20.0, port=0):
@@ -230,6 +231,7 @@ class FakeServer:
         self.gate.set()
         self.hold_s = hold_s
         self.requests = []
+        self.bodies = []
         self.answers = {}
         server = self
 
@@ -255,6 +257,7 @@ class FakeServer:
                 length = int(self.headers.get('Content-Length', 0))
                 body = json.loads(self.rfile.read(length).decode('utf-8'))
                 command = body['messages'][-1]['content'].split('\n')[-1]
+                server.bodies.append(body)
                 server.requests.append(command)
                 server.gate.wait(server.hold_s)
                 answer = server.answers.get(command, OK_PLAN)

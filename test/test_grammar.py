@@ -9,12 +9,10 @@ ignores it.
 """
 
 import glob
-import http.server
 import itertools
 import json
 import os
 import shutil
-import threading
 
 from hypothesis import given, HealthCheck, settings, strategies as st
 import pytest
@@ -355,51 +353,15 @@ def test_guided_request_fields():
     assert REMOTE_FIELDS == ('structured_outputs', 'guided_grammar', 'none')
 
 
-class _Recorder:
-    """A real HTTP server on 127.0.0.1 that answers one fixed plan and keeps request bodies."""
-
-    def __init__(self):
-        self.bodies = []
-        recorder = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self):
-                length = int(self.headers.get('Content-Length') or 0)
-                if length:
-                    recorder.bodies.append(json.loads(self.rfile.read(length)))
-                body = json.dumps({'data': [], 'choices': [{
-                    'message': {'role': 'assistant', 'content': '去。移动到，客厅'},
-                    'finish_reason': 'stop'}]}, ensure_ascii=False).encode('utf-8')
-                self.send_response(200)
-                self.send_header('Content-Type', 'application/json')
-                self.send_header('Content-Length', str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.url = 'http://127.0.0.1:%d/v1' % self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 @pytest.mark.parametrize('field', REMOTE_FIELDS)
-def test_remote_request_carries_the_grammar(field):
+def test_remote_request_carries_the_grammar(field, server):
     from robot_llm_planner.settings import build_planner, PlannerSettings
-    recorder = _Recorder()
-    try:
-        planner = build_planner(PlannerSettings(backend='openai', remote_base_url=recorder.url,
-                                                remote_model='tiny', remote_grammar_field=field))
-        planner.load()
-        result = planner.plan('去客厅')
-    finally:
-        recorder.httpd.shutdown()
-        recorder.httpd.server_close()
+    planner = build_planner(PlannerSettings(backend='openai', remote_base_url=server.url,
+                                            remote_model='tiny', remote_grammar_field=field))
+    planner.load()
+    result = planner.plan('去客厅')
     assert result.status == 'ok'
-    body = recorder.bodies[-1]
+    body = server.bodies[-1]
     ebnf = planner.backend.grammar.ebnf
     expected = {'structured_outputs': {'structured_outputs': {'grammar': ebnf}},
                 'guided_grammar': {'guided_grammar': ebnf}, 'none': {}}[field]
