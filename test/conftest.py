@@ -8,6 +8,11 @@ the same ``from_pretrained`` paths as the real Qwen1.5-7B. Nothing downloads.
 import glob
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 import yaml
@@ -122,6 +127,50 @@ def trained_model(tmp_path_factory):
     # One command per call: the same unpadded prompts as LLaMA-Factory's predictions.
     planned = plan_rows(load_planner(model), rows, batch_size=1)
     return TrainedModel(model, rows, {row['command']: row['predict'] for row in planned})
+
+
+# The API key `llamafactory-cli api` is started with (its API_KEY variable).
+API_KEY = 'sk-test-secret-0123456789'
+
+
+@pytest.fixture(scope='session')
+def llamafactory_api(tiny_model, tiny_adapter, tmp_path_factory):
+    """Start `llamafactory-cli api` on 127.0.0.1 with the tiny model + adapter; yield its URL."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, API_HOST='127.0.0.1', API_PORT=str(port), API_KEY=API_KEY,
+               CUDA_VISIBLE_DEVICES='')
+    log = tmp_path_factory.mktemp('api') / 'api.log'
+    cli = os.path.join(os.path.dirname(sys.executable), 'llamafactory-cli')
+    with open(log, 'w') as stream:
+        process = subprocess.Popen(
+            [cli, 'api', '--model_name_or_path', tiny_model, '--adapter_name_or_path',
+             tiny_adapter, '--template', 'qwen', '--finetuning_type', 'lora',
+             '--infer_backend', 'huggingface'], env=env, stdout=stream, stderr=subprocess.STDOUT)
+    url = 'http://127.0.0.1:%d/v1' % port
+    deadline = time.time() + 180
+    while True:
+        try:
+            request = urllib.request.Request(url + '/models',
+                                             headers={'Authorization': 'Bearer ' + API_KEY})
+            urllib.request.urlopen(request, timeout=2).read()
+            break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail('llamafactory-cli api did not start:\n' + log.read_text()[-3000:])
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    """Return the name of an environment variable that holds the API server's key."""
+    monkeypatch.setenv('PLANNER_TEST_KEY', API_KEY)
+    return 'PLANNER_TEST_KEY'
 
 
 @pytest.fixture

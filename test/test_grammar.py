@@ -369,46 +369,17 @@ def test_remote_request_carries_the_grammar(field, server):
 
 
 @pytest.mark.slow
-def test_llamafactory_api_ignores_the_grammar(tiny_model, tiny_adapter, tmp_path_factory):
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, API_HOST='127.0.0.1', API_PORT=str(port), CUDA_VISIBLE_DEVICES='')
-    log = tmp_path_factory.mktemp('api') / 'api.log'
-    cli = os.path.join(os.path.dirname(sys.executable), 'llamafactory-cli')
-    with open(log, 'w') as stream:
-        process = subprocess.Popen(
-            [cli, 'api', '--model_name_or_path', tiny_model, '--adapter_name_or_path',
-             tiny_adapter, '--template', 'qwen', '--finetuning_type', 'lora',
-             '--infer_backend', 'huggingface'], env=env, stdout=stream, stderr=subprocess.STDOUT)
-    url = 'http://127.0.0.1:%d/v1' % port
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url + '/models', timeout=2).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    pytest.fail('llamafactory-cli api did not start:\n' + log.read_text()[-3000:])
-                time.sleep(0.5)
-        config = GenerationConfig(max_new_tokens=24)
-        answers = []
-        for field in REMOTE_FIELDS:
-            backend = OpenAIBackend(url, 'tiny', grammar=PlanGrammar(SKILLS, remote_field=field))
-            backend.load()
-            answers.append([g.text for g in backend.generate(COMMANDS[:3], PROMPT, config)])
-        plain = OpenAIBackend(url, 'tiny')
-        assert answers == [[g.text for g in plain.generate(COMMANDS[:3], PROMPT, config)]] * 3
-        assert all(answers[0])
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+def test_llamafactory_api_ignores_the_grammar(llamafactory_api, api_key):
+    config = GenerationConfig(max_new_tokens=24)
+    answers = []
+    for field in REMOTE_FIELDS:
+        backend = OpenAIBackend(llamafactory_api, 'tiny', api_key,
+                                grammar=PlanGrammar(SKILLS, remote_field=field))
+        backend.load()
+        answers.append([g.text for g in backend.generate(COMMANDS[:3], PROMPT, config)])
+    plain = OpenAIBackend(llamafactory_api, 'tiny', api_key)
+    assert answers == [[g.text for g in plain.generate(COMMANDS[:3], PROMPT, config)]] * 3
+    assert all(answers[0])
 
 
 # ------------------------------------------------------------------ settings

@@ -9,12 +9,10 @@ import http.server
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
+from conftest import API_KEY
 import pytest
 
 from robot_llm_planner.backend import GenerationConfig, RemoteError
@@ -25,50 +23,12 @@ from robot_llm_planner.skills import SkillSet
 from robot_llm_planner.transformers_backend import TransformersBackend
 
 COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅']
-KEY = 'sk-test-secret-0123456789'
 
 
 def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope='module')
-def llamafactory_api(tiny_model, tiny_adapter, tmp_path_factory):
-    """Start `llamafactory-cli api` on 127.0.0.1 serving the tiny model + adapter."""
-    port = free_port()
-    env = dict(os.environ, API_HOST='127.0.0.1', API_PORT=str(port), API_KEY=KEY,
-               CUDA_VISIBLE_DEVICES='')
-    log = tmp_path_factory.mktemp('api') / 'api.log'
-    cli = os.path.join(os.path.dirname(sys.executable), 'llamafactory-cli')
-    with open(log, 'w') as stream:
-        process = subprocess.Popen(
-            [cli, 'api', '--model_name_or_path', tiny_model, '--adapter_name_or_path',
-             tiny_adapter, '--template', 'qwen', '--finetuning_type', 'lora',
-             '--infer_backend', 'huggingface'], env=env, stdout=stream, stderr=subprocess.STDOUT)
-    url = 'http://127.0.0.1:%d/v1' % port
-    deadline = time.time() + 180
-    while True:
-        try:
-            request = urllib.request.Request(url + '/models',
-                                             headers={'Authorization': 'Bearer ' + KEY})
-            urllib.request.urlopen(request, timeout=2).read()
-            break
-        except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                process.kill()
-                pytest.fail('llamafactory-cli api did not start:\n' + log.read_text()[-3000:])
-            time.sleep(0.5)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-
-
-@pytest.fixture
-def api_key(monkeypatch):
-    monkeypatch.setenv('PLANNER_TEST_KEY', KEY)
-    return 'PLANNER_TEST_KEY'
 
 
 @pytest.mark.slow
@@ -169,7 +129,7 @@ def test_request_body_and_key_header(server, api_key):
     assert generation.text == PLAN and generation.tokens == 9
     method, path, headers, body = srv.requests[0]
     assert (method, path) == ('POST', '/v1/chat/completions')
-    assert headers['Authorization'] == 'Bearer ' + KEY
+    assert headers['Authorization'] == 'Bearer ' + API_KEY
     body = json.loads(body)
     assert body['model'] == 'lora-task2' and body['temperature'] == 0.0
     assert body['messages'][1] == {'role': 'user', 'content': '去客厅'}
