@@ -121,7 +121,7 @@ class Recipe:
     # 放在 / 收到 Y: put; 把 X 拿给 / 递给 P, 送到 P 那里: bring; 把 X 拿过来: fetch)
     # replaced by a random character, so that the frame, not the verb, names the action
     verb_substitution: float = 0.5
-    # stage 1: full SFT of the (warmed-up) random weights, from training/config/full_sft.yaml
+    # stage 1: full SFT of the (planted) random weights, from training/config/full_sft.yaml
     full_epochs: float = 1.0  # new rows beat a second epoch over the same ones (RESULTS.md)
     full_learning_rate: float = 2.0e-3  # the planted circuit's large embeddings want more
     full_batch_size: int = 8
