@@ -9,7 +9,9 @@ output convention of :mod:`robot_llm_planner.plan`::
 - 1 to ``max_steps`` steps, the same number in output1 and output2 (one alternative per count);
 - every action is a skill, with exactly its required arguments and at most its optional ones;
 - free text (descriptions, targets, locations) is 1 to ``max_text_chars`` characters without
-  the convention's separators (``。；，;,``), whitespace or control characters;
+  the convention's separators (``。；，;,``), whitespace or control characters, except that a
+  description may hold the part separators (``，,``) after its first character: output1 is
+  not split on them, and the planner's validation accepts such a description;
 - the stop token (``<|im_end|>``) is allowed only where a plan is complete.
 
 The local backend compiles it once at load with xgrammar against the model's tokenizer
@@ -27,7 +29,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from robot_llm_planner.backend import EngineError, ModelLoadError
-from robot_llm_planner.plan import PART_SEP, SECTION_SEP, SEPARATORS, STEP_SEP
+from robot_llm_planner.plan import PART_SEP, PART_SEPS, SECTION_SEP, SEPARATORS, STEP_SEP
 from robot_llm_planner.skills import SkillSet
 
 DEFAULT_MAX_STEPS = 12        # the data set's longest plans have 12 steps
@@ -44,6 +46,8 @@ REMOTE_FIELDS = ('structured_outputs', 'guided_grammar', 'none')
 _EXCLUDED = ([(0x00, 0x20), (0x7F, 0xA0), (0x1680, 0x1680), (0x2000, 0x200B),
               (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000),
               (0xFEFF, 0xFEFF)] + [(ord(sep), ord(sep)) for sep in SEPARATORS])
+# In a description the part separators are plain text: output1 steps have no parts.
+_EXCLUDED_IN_DESCRIPTIONS = [r for r in _EXCLUDED if chr(r[0]) not in PART_SEPS]
 
 
 class GrammarError(ModelLoadError):
@@ -113,7 +117,10 @@ class PlanGrammar:
             if skill.optional:
                 rule += ' (%s text){0,%d}' % (part, len(skill.optional))
             lines.append(rule)
-        lines.append('description ::= text')
+        # it starts with a text character: one of separators only would be no step at all
+        lines.append('description ::= char' + (' description_char{0,%d}' % (
+            self.max_text_chars - 1) if self.max_text_chars > 1 else ''))
+        lines.append('description_char ::= ' + _char_class(_EXCLUDED_IN_DESCRIPTIONS))
         lines.append('text ::= char{1,%d}' % self.max_text_chars)
         lines.append('char ::= ' + _char_class(_EXCLUDED))
         return '\n'.join(lines) + '\n'
