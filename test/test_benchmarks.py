@@ -1,4 +1,4 @@
-"""The latency benchmark runs end to end on CPU (a tiny config) as a smoke test."""
+"""The benchmarks run end to end on CPU (tiny configs) as smoke tests; the GPU script parses."""
 
 import json
 import os
@@ -41,3 +41,20 @@ def test_demo_curve_smoke(tmp_path):
         assert set(line['by_kind']) == {'object', 'location', 'template', 'none'}
     assert lines[0]['loss'] > lines[-1]['loss']  # it trains
     assert result.stdout.splitlines()[-1] == out.read_text().splitlines()[-1]
+
+
+def test_gpu_run_script_parses_and_passes_only_known_options():
+    # the one prepared GPU run cannot run here; a renamed option would only show on the GPU
+    script = os.path.join(ROOT, 'benchmarks', 'gpu_run.sh')
+    assert subprocess.run(['bash', '-n', script]).returncode == 0
+    text = open(script, encoding='utf-8').read().replace('\\\n', ' ')
+    calls = [line for line in text.splitlines() if 'python3 benchmarks/' in line]
+    assert len(calls) == 2  # latency.py, grammar_overhead.py
+    for line in calls:
+        name = line.split('python3 benchmarks/')[1].split()[0]
+        options = [word for word in line.split() if word.startswith('--')]
+        help_text = subprocess.run(
+            [sys.executable, os.path.join(ROOT, 'benchmarks', name), '--help'],
+            capture_output=True, text=True, cwd=ROOT).stdout
+        for option in options:
+            assert option in help_text, (name, option)
