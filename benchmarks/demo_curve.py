@@ -34,6 +34,7 @@ if ROOT not in sys.path:
 
 from robot_llm_planner import demo_model  # noqa: E402
 from robot_llm_planner.dataset import TEST_KINDS  # noqa: E402
+from robot_llm_planner.plan import NO_TASK  # noqa: E402
 from robot_llm_planner.prompt import IM_END, PromptBuilder  # noqa: E402
 
 Encoded = Tuple[List[int], List[int]]  # prompt ids, label ids
@@ -122,7 +123,9 @@ def run(args, emit: Callable[[str], None] = print) -> List[dict]:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = Qwen2ForCausalLM.from_pretrained(folder)
     train = encode_rows(tokenizer, rows, recipe.system)
-    test = demo_model.split_rows('test')
+    # the task commands (the kinds cycle over them), as in the curves measured before the
+    # split had commands without a task
+    test = [row for row in demo_model.split_rows('test') if row['output'] != NO_TASK]
     test = encode_rows(tokenizer, test[:args.limit] if args.limit else test, recipe.system)
     pad_id = tokenizer.pad_token_id
 

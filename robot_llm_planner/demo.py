@@ -6,8 +6,8 @@
    cached in ``.cache/demo_model``, so a second run skips this);
 3. starts the built ``planner_node`` with base + adapter, on its own random ROS_DOMAIN_ID;
 4. sends sample commands through ``plan_client``: training-like ones, unseen ones (held-out
-   objects, places and phrasings of ``training/data/dataset_meta.json``) and a nonsense one,
-   and prints each plan as a table;
+   objects, places and phrasings of ``training/data/dataset_meta.json``, a command without a
+   task) and a nonsense one, and prints each plan as a table;
 5. prints the held-out test split's plan exact match (the README's figure, same code);
 6. stops the node with SIGINT and waits for it.
 
@@ -26,7 +26,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from robot_llm_planner import demo_model
-from robot_llm_planner.plan import parse_plan
+from robot_llm_planner.plan import NO_TASK, parse_plan
 
 NONSENSE = '紫色的大象今天会唱歌吗？'
 READY_TIMEOUT_S = 300.0
@@ -82,6 +82,9 @@ def sample_commands(root: str) -> List[Tuple[str, str, Optional[str]]]:
                 chosen += 1
             if chosen == count:
                 break
+    no_task = next((row for row in test if row['output'] == NO_TASK), None)
+    if no_task is not None:  # the test split's first one has a held-out phrasing
+        samples.append(('held-out, no task', no_task['input'], no_task['output']))
     samples.append(('nonsense', NONSENSE, None))
     return samples
 
@@ -214,7 +217,8 @@ def format_plan_table(kind: str, command: str, label: Optional[str], answer: dic
             timing.get('tokens_generated', 0)))
     same = None
     if label is not None and answer:
-        same = parse_plan(answer.get('raw_output', '')).steps == parse_plan(label).steps
+        answered, expected = parse_plan(answer.get('raw_output', '')), parse_plan(label)
+        same = (answered.steps, answered.no_task) == (expected.steps, expected.no_task)
         facts.append('matches the label' if same else 'differs from the label')
     lines = ['[%s] %s' % (kind, command), '    ' + ', '.join(facts)]
     steps = answer.get('steps') or []
@@ -286,6 +290,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                      100 * metrics['exact_match'], metrics['labelled'],
                      100 * metrics['format_valid'], 100 * metrics['skill_valid'],
                      metrics['seconds']))
+            if metrics['no_task_labelled']:
+                _say('   without a task (无法执行): %d of %d refused; task commands refused: '
+                     '%.1f %%' % (round(metrics['no_task_recall'] * metrics['no_task_labelled']),
+                                  metrics['no_task_labelled'],
+                                  100 * metrics['false_refusals']))
     finally:
         _say('\n== 5. stopping planner_node (SIGINT)')
         status_code = stop_node(process)

@@ -113,6 +113,8 @@ class Recipe:
     # ... plus rows generated with another seed, some names replaced by random characters
     extra_rows: int = 22000  # ~21,060 after de-duplication: 24,061 rows, seen once
     extra_seed: int = 1
+    # share of the generator's commands without a task (无法执行) kept in the generated rows
+    extra_no_task: float = 1.0
     name_substitution: float = 0.75  # share of the generated rows whose names are replaced
     # of a random name's characters, the share the data never uses (the rest: characters of
     # real names, so that known characters in new combinations must be copied too)
@@ -239,7 +241,13 @@ def training_rows(recipe: Recipe, root: str = ROOT) -> List[dict]:
     generated = dataset.generate(SkillSet.load(), seed=recipe.extra_seed,
                                  size=recipe.extra_rows)['train']
     extra = []
+    no_task_credit = 0.0  # keeps every (1 / extra_no_task)-th command without a task
     for example in generated:
+        if example.category == dataset.NO_TASK:
+            no_task_credit += recipe.extra_no_task
+            if no_task_credit < 1.0:
+                continue
+            no_task_credit -= 1.0
         key = _command_key(example.command)
         if key not in taken:
             taken.add(key)
@@ -312,7 +320,8 @@ def _substitute_frame_verbs(extra: List[dict], fresh: List[str], recipe: Recipe,
         return
     from robot_llm_planner import dataset
     patterns = dataset.FETCH_TEMPLATES + dataset.BRING_TEMPLATES + dataset.PUT_TEMPLATES + \
-        dataset.GO_TEMPLATES + tuple(wrapper[:2] for wrapper in dataset.WRAPPERS)
+        dataset.GO_TEMPLATES + tuple(wrapper[:2] for wrapper in dataset.WRAPPERS) + \
+        tuple(template[:2] for template in dataset.NO_TASK_TEMPLATES)
     banned = set(''.join(dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS +
                          dataset.HELDOUT_FURNITURE))
     banned.update(''.join(text for name, text in patterns if name in dataset.HELDOUT_TEMPLATES))

@@ -5,10 +5,15 @@ A run is a JSONL file: LLaMA-Factory's ``generated_predictions.jsonl`` (``{"prom
 "predict", "label"}`` per line) or rows ``{"command", "predict", "label"[, "latency_ms"]}``
 such as a run of the planner itself writes. :func:`evaluate_rows` computes, per run:
 
-- ``format_valid``: share of predictions that parse with no errors (:func:`parse_plan`);
+- ``format_valid``: share of predictions that parse with no errors (:func:`parse_plan`), or
+  are the no-task answer ``无法执行``;
 - ``skill_valid``: share that also pass :meth:`SkillSet.validate` (what planner_node
-  publishes as ``ok``; a task1 output has no actions and is never skill-valid);
-- ``exact_match``: share of labelled rows whose normalized step list equals the label's;
+  publishes as ``ok``, or ``rejected``/``not_a_task``; a task1 output has no actions and is
+  never skill-valid);
+- ``exact_match``: share of labelled rows whose normalized step list equals the label's (a
+  no-task label is matched only by the no-task answer);
+- ``no_task_recall``: share of the rows labelled ``无法执行`` that the prediction refuses too;
+  ``false_refusals``: share of the rows labelled with a plan that it refuses;
 - ``description_*``: micro precision / recall / F1 of output1 step descriptions;
 - ``action_*``: the same for output2 ``(action, target, location)`` tuples (None when the
   labels have no output2, i.e. task1);
@@ -40,6 +45,9 @@ METRICS = (
     ('format_valid', 'format valid', 'rate'),
     ('skill_valid', 'skill valid', 'rate'),
     ('exact_match', 'plan exact match', 'rate'),
+    ('no_task_labelled', 'labelled no task', 'count'),
+    ('no_task_recall', 'no task refused', 'rate'),
+    ('false_refusals', 'task refused', 'rate'),
     ('description_precision', 'output1 step precision', 'rate'),
     ('description_recall', 'output1 step recall', 'rate'),
     ('description_f1', 'output1 step F1', 'rate'),
@@ -193,20 +201,30 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
     and latency only.
     """
     format_valid = skill_valid = labelled = exact = 0
+    no_task_labelled = refused = wrongly_refused = 0
     descriptions, actions = _Matches(), _Matches()
     label_has_actions = False
     latencies = []
     for row in rows:
         predicted = parse_plan(row.get('predict', ''), row.get('command', ''))
-        if predicted.ok:
+        if predicted.ok or predicted.no_task:
             format_valid += 1
             skill_valid += not skills.validate(predicted)
         if row.get('latency_ms') is not None:
             latencies.append(float(row['latency_ms']))
         expected = parse_plan(row.get('label', ''))
+        if expected.no_task:
+            labelled += 1
+            no_task_labelled += 1
+            refused += predicted.no_task
+            exact += predicted.no_task
+            descriptions.add(_descriptions(predicted), [])  # a plan where none was due
+            actions.add(_actions(predicted), [])
+            continue
         if not expected.steps:
             continue
         labelled += 1
+        wrongly_refused += predicted.no_task
         exact += _normalized(predicted) == _normalized(expected)
         descriptions.add(_descriptions(predicted), _descriptions(expected))
         if expected.has_output2:
@@ -217,6 +235,9 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
         'format_valid': _ratio(format_valid, len(rows)),
         'skill_valid': _ratio(skill_valid, len(rows)),
         'exact_match': _ratio(exact, labelled),
+        'no_task_labelled': no_task_labelled,
+        'no_task_recall': _ratio(refused, no_task_labelled),
+        'false_refusals': _ratio(wrongly_refused, labelled - no_task_labelled),
     }
     result.update(descriptions.metrics('description'))
     if label_has_actions:

@@ -12,6 +12,8 @@ output convention of :mod:`robot_llm_planner.plan`::
   the convention's separators (``。；，;,``), whitespace or control characters, except that a
   description may hold the part separators (``，,``) after its first character: output1 is
   not split on them, and the planner's validation accepts such a description;
+- or, instead of a plan, :data:`~robot_llm_planner.plan.NO_TASK` (``无法执行``) alone: the
+  answer to a command that asks for nothing the robot can do;
 - the stop token (``<|im_end|>``) is allowed only where a plan is complete.
 
 The local backend compiles it once at load with xgrammar against the model's tokenizer
@@ -29,7 +31,8 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from robot_llm_planner.backend import EngineError, ModelLoadError
-from robot_llm_planner.plan import PART_SEP, PART_SEPS, SECTION_SEP, SEPARATORS, STEP_SEP
+from robot_llm_planner.plan import (NO_TASK, PART_SEP, PART_SEPS, SECTION_SEP, SEPARATORS,
+                                    STEP_SEP)
 from robot_llm_planner.skills import SkillSet
 
 DEFAULT_MAX_STEPS = 12        # the data set's longest plans have 12 steps
@@ -102,7 +105,8 @@ class PlanGrammar:
         if not skills:
             raise ValueError('the skill set is empty: no plan can be valid')
         lines = ['root ::= ' + ' | '.join(
-            'plan%d' % count for count in range(1, self.max_steps + 1))]
+            ['no_task'] + ['plan%d' % count for count in range(1, self.max_steps + 1)]),
+            'no_task ::= ' + _literal(NO_TASK)]
         step, section, part = _literal(STEP_SEP), _literal(SECTION_SEP), _literal(PART_SEP)
         for count in range(1, self.max_steps + 1):
             more = ' (%s %%s){%d}' % (step, count - 1) if count > 1 else ''

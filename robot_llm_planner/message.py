@@ -11,7 +11,9 @@ Schema (also shipped as config/action_plan.schema.json)::
 - ``ok``: the plan parsed and every step is a skill of this robot with the right arguments;
 - ``invalid``: the model answered but the plan failed parsing or skill validation (see errors);
 - ``error``: the engine failed (model not loaded, generation failed, server unreachable);
-- ``rejected``: the command was not run (empty, too long, queue full, node shutting down).
+- ``rejected``: the command was not planned: not run (empty, too long, queue full, node
+  shutting down), or the model answered that it asks for nothing the robot can do
+  (``not_a_task``).
 """
 
 import json

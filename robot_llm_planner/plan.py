@@ -7,9 +7,12 @@ The fine-tuned model answers with one string::
     output1 = <step 1 description>；<step 2 description>；...
     output2 = <action>，<target>[，<location>]；<action>，<target>[，<location>]；...
 
-Task1 models emit output1 only. :func:`parse_plan` accepts what real models write (ASCII ``;``
-and ``,``, spaces around separators, trailing ``。``/``；``, empty segments) and never raises:
-anything malformed becomes a :class:`Plan` with precise :class:`PlanError` entries.
+A command that asks for nothing the robot can do (a question, chit-chat, an action it has no
+skill for) is answered with :data:`NO_TASK` (``无法执行``) alone, in both tasks: a plan of
+no steps. Task1 models emit output1 only. :func:`parse_plan` accepts what real models write
+(ASCII ``;`` and ``,``, spaces around separators, trailing ``。``/``；``, empty segments) and
+never raises: anything malformed becomes a :class:`Plan` with precise :class:`PlanError`
+entries.
 :func:`format_plan` is the inverse and is what the dataset generator labels with.
 
 This module uses only the standard library.
@@ -30,6 +33,9 @@ SEPARATORS = (SECTION_SEP,) + STEP_SEPS + PART_SEPS
 
 _STEP_SPLIT = re.compile('|'.join(re.escape(s) for s in STEP_SEPS))
 _PART_SPLIT = re.compile('|'.join(re.escape(s) for s in PART_SEPS))
+
+# The whole answer to a command that has no task for the robot: a plan of no steps.
+NO_TASK = '无法执行'
 
 # Parts of an output2 entry after the action, in order.
 ARGUMENTS = ('target', 'location')
@@ -67,13 +73,19 @@ class PlanError:
 
 @dataclass
 class Plan:
-    """A parsed plan: the command it answers, the model's raw text, its steps and errors."""
+    """
+    A parsed plan: the command it answers, the model's raw text, its steps and errors.
+
+    ``no_task`` is True when the model answered :data:`NO_TASK` (no steps, one
+    ``not_a_task`` error).
+    """
 
     command: str = ''
     raw_output: str = ''
     steps: List[Step] = field(default_factory=list)
     errors: List[PlanError] = field(default_factory=list)
     has_output2: bool = False
+    no_task: bool = False
 
     @property
     def ok(self) -> bool:
@@ -120,6 +132,12 @@ def parse_plan(text: str, command: str = '') -> Plan:
     if not isinstance(text, str):
         text = '' if text is None else str(text)
     plan = Plan(command=command, raw_output=text)
+    if text.strip().rstrip(SECTION_SEP + '.').strip() == NO_TASK:
+        plan.no_task = True
+        plan.errors.append(PlanError(
+            'not_a_task', 'the model answered %s: the command asks for nothing this robot '
+            'can do' % NO_TASK))
+        return plan
     sections = [s.strip() for s in text.split(SECTION_SEP)]
     sections = [s for s in sections if s] or ['']
     if len(sections) > 2:
@@ -153,8 +171,11 @@ def format_plan(steps: List[Step], with_output2: bool = True) -> str:
     """
     Write steps in the model's output convention (canonical full-width separators).
 
-    With ``with_output2`` False the task1 form (output1 only) is written.
+    With ``with_output2`` False the task1 form (output1 only) is written. No steps is
+    :data:`NO_TASK`, the answer to a command without a task.
     """
+    if not steps:
+        return NO_TASK
     output1 = STEP_SEP.join(step.description for step in steps)
     if not with_output2:
         return output1

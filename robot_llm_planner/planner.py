@@ -3,7 +3,8 @@ The planner: command → plan (prompt, generate, parse, validate against the ski
 
 ROS-free. :class:`Planner` never raises for a command: every command gets a
 :class:`PlanResult` with status ok, invalid (the model answered but the plan failed parsing or
-validation), error (the engine failed) or rejected (not run: empty or too long).
+validation), error (the engine failed) or rejected (not run: empty or too long; or the model
+answered :data:`~robot_llm_planner.plan.NO_TASK`, code ``not_a_task``).
 """
 
 from collections import OrderedDict
@@ -149,7 +150,10 @@ class Planner:
                 errors.append(PlanError(
                     'truncated_output', 'the model reached generation.max_new_tokens (%d) '
                     'before finishing the plan' % self.generation.max_new_tokens))
-            status = 'ok' if plan.ok and not errors else 'invalid'
+            if plan.no_task and generation.finished:
+                status = 'rejected'  # the model found nothing to do: a clear no, not a failure
+            else:
+                status = 'ok' if plan.ok and not errors else 'invalid'
             parse_ms = (time.perf_counter() - parse_started) * 1000.0
             timing = {'inference_ms': inference_ms, 'parse_ms': parse_ms,
                       'tokens_generated': generation.tokens, 'cached': False}

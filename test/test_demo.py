@@ -15,6 +15,7 @@ def test_samples_cover_training_heldout_and_nonsense():
     for kind in ('training', 'held-out object', 'held-out place', 'held-out phrasing'):
         assert kinds.count(kind) >= 2, kinds
     assert kinds[-1] == 'nonsense' and samples[-1][2] is None
+    assert samples[-2][0] == 'held-out, no task' and samples[-2][2] == '无法执行'
     assert len(samples) <= 16  # planner_node's default queue.max_size: none is rejected
     test = {row['input']: row['output'] for row in demo_model.split_rows('test', ROOT)}
     for kind, command, label in samples:
@@ -33,6 +34,20 @@ def test_plan_table_shows_steps_status_latency_and_label():
     wrong = demo.format_plan_table('x', '帮我拿一瓶水。', '去厨房。移动到，厨房', answer)
     assert 'differs from the label' in wrong and 'label: 去厨房' in wrong
     assert 'no answer' in demo.format_plan_table('x', '去厨房', None, {})
+
+
+def test_plan_table_of_a_command_without_a_task():
+    answer = {'status': 'rejected', 'raw_output': '无法执行', 'steps': [],
+              'timing': {'total_ms': 30.0, 'inference_ms': 29.0, 'tokens_generated': 5},
+              'errors': [{'code': 'not_a_task', 'message': 'the model answered 无法执行',
+                          'step': None}]}
+    text = demo.format_plan_table('held-out, no task', '月亮上有笔吗？', '无法执行', answer)
+    assert 'status rejected' in text and 'matches the label' in text
+    assert 'error not_a_task' in text and 'action' not in text
+    planned = demo.format_plan_table('x', '月亮上有笔吗？', '去厨房。移动到，厨房', answer)
+    assert 'differs from the label' in planned
+    empty = dict(answer, raw_output='')  # no steps either, but not the no-task answer
+    assert 'differs from the label' in demo.format_plan_table('x', '你好', '无法执行', empty)
 
 
 def test_plan_table_of_an_invalid_answer_shows_the_model_output_not_empty_rows():

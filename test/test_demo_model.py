@@ -11,7 +11,7 @@ from llamafactory.hparams import (DataArguments, FinetuningArguments, Generating
 import pytest
 from robot_llm_planner import demo_model
 from robot_llm_planner.demo_model import Recipe
-from robot_llm_planner.plan import parse_plan
+from robot_llm_planner.plan import NO_TASK, parse_plan
 from robot_llm_planner.prompt import PromptBuilder
 from transformers import AutoTokenizer, HfArgumentParser
 
@@ -91,15 +91,29 @@ def test_extra_rows_keep_labels_consistent_and_no_heldout_item(rows):
     shipped_chars = set()
     for row in demo_model.split_rows('train', ROOT):
         shipped_chars.update(row['input'] + row['output'])
-    substituted = 0
+    substituted = no_task = 0
     for row in rows:
         plan = parse_plan(row['output'])
-        assert plan.ok, row
+        no_task += plan.no_task
+        assert plan.ok or plan.no_task, row
         for step in plan.steps:  # names are still copied from the command
             assert step.target in row['input'] and step.location in row['input'], row
         assert not any(word in row['input'] for word in words), row
         substituted += not set(row['input']) <= shipped_chars
     assert substituted > 100
+    assert len(rows) // 25 < no_task < len(rows) // 15  # about one in 21 has no task
+
+
+def test_extra_no_task_sets_the_share_of_generated_commands_without_a_task():
+    shipped = sum(row['output'] == NO_TASK for row in demo_model.split_rows('train', ROOT))
+
+    def generated(share):
+        rows = demo_model.training_rows(Recipe(extra_rows=600, extra_no_task=share), ROOT)
+        return sum(row['output'] == NO_TASK for row in rows) - shipped
+
+    every, half, none = generated(1.0), generated(0.5), generated(0.0)
+    assert shipped == 150 and every >= 20 and none == 0
+    assert abs(half - every / 2) <= 1
 
 
 def test_fresh_share_sets_how_many_random_name_characters_are_new():

@@ -92,6 +92,24 @@ def test_empty_predictions_score_zero_not_undefined(skills):
         assert metrics[key + '_f1'] == 0.0
 
 
+def test_no_task_rows(skills):
+    rows = [{'command': '你好', 'label': '无法执行', 'predict': '无法执行'},
+            {'command': '唱首歌', 'label': '无法执行', 'predict': '去客厅。移动到，客厅'},
+            {'command': '去客厅', 'label': '去客厅。移动到，客厅', 'predict': '无法执行'},
+            {'command': '去厨房', 'label': '去厨房。移动到，厨房', 'predict': '去厨房。移动到，厨房'}]
+    metrics = evaluate_rows(rows, skills)
+    assert metrics['labelled'] == 4 and metrics['no_task_labelled'] == 2
+    assert metrics['exact_match'] == 0.5  # rows 1 and 4
+    assert metrics['no_task_recall'] == 0.5 and metrics['false_refusals'] == 0.5
+    assert metrics['format_valid'] == 1.0 and metrics['skill_valid'] == 1.0  # refusals too
+    # row 2's step counts against precision, row 3's refusal against recall
+    assert metrics['description_precision'] == 0.5 and metrics['description_recall'] == 0.5
+    assert metrics['action_precision'] == 0.5 and metrics['action_recall'] == 0.5
+    tasks_only = evaluate_rows(rows[3:], skills)
+    assert tasks_only['no_task_labelled'] == 0 and tasks_only['no_task_recall'] is None
+    assert tasks_only['false_refusals'] == 0.0
+
+
 def test_percentile_edges():
     assert percentile([7.0], 99) == 7.0
     assert percentile([3, 1, 2], 50) == 2

@@ -20,7 +20,7 @@ import pytest
 from robot_llm_planner.backend import EngineError, GenerationConfig, ModelLoadError
 from robot_llm_planner.grammar import GrammarError, PlanGrammar, REMOTE_FIELDS
 from robot_llm_planner.openai_backend import OpenAIBackend
-from robot_llm_planner.plan import format_plan, parse_plan, SEPARATORS
+from robot_llm_planner.plan import format_plan, NO_TASK, parse_plan, SEPARATORS
 from robot_llm_planner.planner import Planner
 from robot_llm_planner.prompt import PromptBuilder
 from robot_llm_planner.skills import SkillSet
@@ -155,9 +155,17 @@ def test_every_training_label_is_accepted(grammar, tokenizer):
     '拿\x07。拿起物体，水',                        # control character
     '拿。拿起物体，' + '水' * 25,                  # text over 24 characters
     '；'.join(['拿'] * 13) + '。' + '；'.join(['拿起物体，水'] * 13),  # 13 steps
+    '无法执行。',                                  # the no-task answer is alone
+    '无法执行；拿起物体，水',
+    '无法',
 ])
 def test_refused(grammar, text):
     assert not grammar.accepts(text)
+
+
+def test_the_no_task_answer_is_accepted(grammar):
+    assert grammar.accepts(NO_TASK) and 'no_task' in grammar.ebnf
+    assert grammar.accepts('无法执行。移动到，客厅')  # a one-step plan that describes so
 
 
 def test_a_description_may_hold_part_separators(grammar):

@@ -13,13 +13,14 @@ import threading
 import time
 
 from conftest import API_KEY
+import jsonschema
 import pytest
 
 from robot_llm_planner.backend import GenerationConfig, RemoteError
 from robot_llm_planner.openai_backend import OpenAIBackend
 from robot_llm_planner.planner import Planner
 from robot_llm_planner.prompt import PromptBuilder
-from robot_llm_planner.skills import SkillSet
+from robot_llm_planner.skills import package_share_path, SkillSet
 from robot_llm_planner.transformers_backend import TransformersBackend
 
 COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅']
@@ -167,6 +168,27 @@ def test_retries_server_errors_then_succeeds(server):
     backend = OpenAIBackend(srv.url, 'm', retries=2, retry_backoff_s=0.01)
     assert _generate(backend).text == PLAN
     assert len(srv.requests) == 2
+
+
+def test_a_no_task_answer_is_a_rejection_with_its_reason(server):
+    srv = server((0, 200, _completion(' 无法执行')))
+    planner = Planner(OpenAIBackend(srv.url, 'lora-x'), SkillSet.load(), PromptBuilder(),
+                      GenerationConfig(max_new_tokens=16))
+    result = planner.plan('今天天气怎么样？')
+    assert result.status == 'rejected' and result.plan.no_task
+    message = result.message('q1', {'backend': 'openai'})
+    assert [e['code'] for e in message['errors']] == ['not_a_task']
+    with open(package_share_path('config', 'action_plan.schema.json'), encoding='utf-8') as f:
+        jsonschema.Draft202012Validator(json.load(f)).validate(message)
+    assert message['steps'] == [] and message['raw_output'] == ' 无法执行'
+    assert planner.plan('今天天气怎么样？').timing['cached'] is True  # greedy: asked once
+    assert len(srv.requests) == 1
+    truncated = json.dumps({'choices': [{'message': {'content': '无法执行'},
+                                         'finish_reason': 'length'}]}, ensure_ascii=False)
+    cut = Planner(OpenAIBackend(server((0, 200, truncated.encode())).url, 'm'), SkillSet.load(),
+                  PromptBuilder(), GenerationConfig(max_new_tokens=4)).plan('你好')
+    assert cut.status == 'invalid'  # the answer may have gone on: not a clear no
+    assert {e['code'] for e in cut.message('q2')['errors']} == {'not_a_task', 'truncated_output'}
 
 
 def test_client_errors_are_not_retried(server):

@@ -3,7 +3,7 @@
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from robot_llm_planner.plan import clean_text, format_plan, parse_plan, SEPARATORS, Step
+from robot_llm_planner.plan import clean_text, format_plan, NO_TASK, parse_plan, SEPARATORS, Step
 
 SEED = '寻找一瓶水；拿起水瓶。寻找物体, 一瓶水；拿起物体, 水瓶'
 SEED_STEPS = [('寻找一瓶水', '寻找物体', '一瓶水', ''), ('拿起水瓶', '拿起物体', '水瓶', '')]
@@ -110,6 +110,20 @@ def test_format_is_canonical():
     steps = [Step(*row) for row in SEED_STEPS]
     assert format_plan(steps) == '寻找一瓶水；拿起水瓶。寻找物体，一瓶水；拿起物体，水瓶'
     assert format_plan(steps, with_output2=False) == '寻找一瓶水；拿起水瓶'
+
+
+@pytest.mark.parametrize('text', ['无法执行', ' 无法执行。', '无法执行.\n'])
+def test_no_task_answer(text):
+    plan = parse_plan(text, '今天天气怎么样？')
+    assert plan.no_task and plan.steps == [] and not plan.ok
+    assert [e.code for e in plan.errors] == ['not_a_task'] and '无法执行' in plan.errors[0].message
+    assert plan.raw_output == text
+    assert format_plan([]) == format_plan([], with_output2=False) == NO_TASK == '无法执行'
+
+
+@pytest.mark.parametrize('text', ['无法执行；拿起水', '无法执行。移动到，客厅', '无法执行吧', ''])
+def test_only_the_no_task_answer_alone_is_no_task(text):
+    assert not parse_plan(text).no_task
 
 
 def test_clean_text_removes_every_separator():

@@ -353,6 +353,25 @@ def test_fifo_queue_rejects_new_commands_when_full(ros, tmp_path, server):
         node.kill()
 
 
+def test_a_command_without_a_task_is_answered_rejected_not_a_task(ros, tmp_path, server):
+    server.answers['今天天气怎么样？'] = '无法执行'
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(server))
+    try:
+        _wait_connected(client)
+        ids = [client.send('今天天气怎么样？', 'n1'), client.send('去客厅', 'n2')]
+        answers = wait_for_answers(client, ids)
+        refused = answers['n1']
+        assert refused['status'] == 'rejected' and refused['steps'] == []
+        assert [e['code'] for e in refused['errors']] == ['not_a_task']
+        assert refused['raw_output'] == '无法执行' and refused['timing']['inference_ms'] > 0
+        assert answers['n2']['status'] == 'ok'
+        schema_validator().validate(refused)
+        final = status.wait_for(lambda s: s['answered'] == 2)
+        assert final['counts'] == {'ok': 1, 'invalid': 0, 'error': 0, 'rejected': 1}
+    finally:
+        node.kill()
+
+
 def _set_parameter(ros, name, value):
     client = ros.node.create_client(SetParameters, '/planner_node/set_parameters')
     assert client.wait_for_service(timeout_sec=30)
