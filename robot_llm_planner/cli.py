@@ -114,6 +114,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--draft-tokens', type=int, default=defaults.draft_tokens,
                        help='prompt-lookup draft tokens per step (0 = off)')
     group.add_argument('--skills', default='', help='skills YAML (default: config/skills.yaml)')
+    group.add_argument('--grounded-arguments', action=argparse.BooleanOptionalAction,
+                       default=defaults.grounded_arguments,
+                       help='a target or location not in the command makes a plan invalid')
     group.add_argument('--base-url', default=defaults.remote_base_url,
                        help='openai backend: server URL, e.g. http://gpu:8000/v1')
     group.add_argument('--remote-model', default='', help='openai backend: model name')
@@ -136,6 +139,7 @@ def settings_from_args(args: argparse.Namespace):
         system=args.system, instruction=args.instruction,
         max_new_tokens=args.max_new_tokens, constrained=args.constrained,
         fast_path=args.fast_path, draft_tokens=args.draft_tokens, skills_file=args.skills,
+        grounded_arguments=args.grounded_arguments,
         remote_base_url=args.base_url, remote_model=args.remote_model,
         remote_api_key_env=args.api_key_env, remote_timeout_s=args.timeout,
         remote_grammar_field=args.remote_grammar_field)

@@ -286,10 +286,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             planner = demo_model.load_planner(model)
             metrics = demo_model.heldout_accuracy(planner, 'test', root)
             _say('   exact match %.1f %% of %d commands (format valid %.1f %%, skill valid '
-                 '%.1f %%; %.0f s)' % (
+                 '%.1f %%, arguments in the command %.1f %%; %.0f s)' % (
                      100 * metrics['exact_match'], metrics['labelled'],
                      100 * metrics['format_valid'], 100 * metrics['skill_valid'],
-                     metrics['seconds']))
+                     100 * metrics['grounded_valid'], metrics['seconds']))
             if metrics['no_task_labelled']:
                 _say('   without a task (无法执行): %d of %d refused; task commands refused: '
                      '%.1f %%' % (round(metrics['no_task_recall'] * metrics['no_task_labelled']),

@@ -10,6 +10,9 @@ such as a run of the planner itself writes. :func:`evaluate_rows` computes, per 
 - ``skill_valid``: share that also pass :meth:`SkillSet.validate` (what planner_node
   publishes as ``ok``, or ``rejected``/``not_a_task``; a task1 output has no actions and is
   never skill-valid);
+- ``grounded_valid``: share that are also grounded: every target and location appears in
+  the row's command (what planner_node publishes as ``ok`` with its default
+  ``validation.grounded_arguments``, or ``rejected``/``not_a_task``);
 - ``exact_match``: share of labelled rows whose normalized step list equals the label's (a
   no-task label is matched only by the no-task answer);
 - ``no_task_recall``: share of the rows labelled ``无法执行`` that the prediction refuses too;
@@ -34,7 +37,7 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from robot_llm_planner.plan import clean_text, parse_plan, Plan
+from robot_llm_planner.plan import clean_text, parse_plan, Plan, ungrounded_arguments
 from robot_llm_planner.postprocess import command_from_prompt
 from robot_llm_planner.skills import SkillSet
 
@@ -44,6 +47,7 @@ METRICS = (
     ('labelled', 'labelled examples', 'count'),
     ('format_valid', 'format valid', 'rate'),
     ('skill_valid', 'skill valid', 'rate'),
+    ('grounded_valid', 'valid, arguments in the command', 'rate'),
     ('exact_match', 'plan exact match', 'rate'),
     ('no_task_labelled', 'labelled no task', 'count'),
     ('no_task_recall', 'no task refused', 'rate'),
@@ -200,7 +204,7 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
     A row whose label has no steps (an unlabelled demo set) counts for the validity rates
     and latency only.
     """
-    format_valid = skill_valid = labelled = exact = 0
+    format_valid = skill_valid = grounded_valid = labelled = exact = 0
     no_task_labelled = refused = wrongly_refused = 0
     descriptions, actions = _Matches(), _Matches()
     label_has_actions = False
@@ -209,7 +213,9 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
         predicted = parse_plan(row.get('predict', ''), row.get('command', ''))
         if predicted.ok or predicted.no_task:
             format_valid += 1
-            skill_valid += not skills.validate(predicted)
+            if not skills.validate(predicted):
+                skill_valid += 1
+                grounded_valid += not ungrounded_arguments(predicted, row.get('command', ''))
         if row.get('latency_ms') is not None:
             latencies.append(float(row['latency_ms']))
         expected = parse_plan(row.get('label', ''))
@@ -234,6 +240,7 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
         'n': len(rows), 'labelled': labelled,
         'format_valid': _ratio(format_valid, len(rows)),
         'skill_valid': _ratio(skill_valid, len(rows)),
+        'grounded_valid': _ratio(grounded_valid, len(rows)),
         'exact_match': _ratio(exact, labelled),
         'no_task_labelled': no_task_labelled,
         'no_task_recall': _ratio(refused, no_task_labelled),

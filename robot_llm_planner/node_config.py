@@ -82,6 +82,10 @@ PARAMETERS: Tuple[Parameter, ...] = (
               'path (0 = off).', 'draft_tokens', minimum=0),
     Parameter('skills_file', str, 'Skills YAML plans are validated against (empty: the '
               'installed config/skills.yaml).', 'skills_file'),
+    Parameter('validation.grounded_arguments', bool, 'A plan whose target or location does '
+              'not appear in the command is invalid (argument_not_in_command): the data set '
+              'copies them from the command, so anything else was made up. Off for a model '
+              'trained to infer them.', 'grounded_arguments'),
     Parameter('topics.command', str, 'Commands in (std_msgs/String: plain text or JSON '
               '{"id", "text"}). Relative names follow the node namespace.', default='command'),
     Parameter('topics.plan', str, 'Answers out (std_msgs/String, the /action_plan JSON), '

@@ -167,6 +167,24 @@ def parse_plan(text: str, command: str = '') -> Plan:
     return plan
 
 
+def ungrounded_arguments(plan: Plan, command: str) -> List[PlanError]:
+    """
+    Return an ``argument_not_in_command`` error per target or location not in ``command``.
+
+    The data set's convention is that targets and locations are copied from the command
+    ("把窗台上的雨伞..." -> 雨伞, 窗台上); an argument found nowhere in it was made up.
+    """
+    errors = []
+    for index, step in enumerate(plan.steps):
+        for name in ARGUMENTS:
+            value = getattr(step, name).strip()
+            if value and value not in command:
+                errors.append(PlanError(
+                    'argument_not_in_command', 'step %d: the %s %r does not appear in the '
+                    'command' % (index + 1, name, value), index))
+    return errors
+
+
 def format_plan(steps: List[Step], with_output2: bool = True) -> str:
     """
     Write steps in the model's output convention (canonical full-width separators).

@@ -16,7 +16,7 @@ import unicodedata
 from robot_llm_planner.backend import (Backend, EngineError, GenerationCancelled,
                                        GenerationConfig)
 from robot_llm_planner.message import plan_message
-from robot_llm_planner.plan import parse_plan, Plan, PlanError
+from robot_llm_planner.plan import parse_plan, Plan, PlanError, ungrounded_arguments
 from robot_llm_planner.prompt import PromptBuilder
 from robot_llm_planner.skills import SkillSet
 
@@ -51,14 +51,21 @@ class Planner:
     def __init__(self, backend: Backend, skills: SkillSet,
                  prompt: Optional[PromptBuilder] = None,
                  generation: Optional[GenerationConfig] = None, cache_size: int = 64,
-                 max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS) -> None:
-        """Plan with ``backend``; cache ``cache_size`` recent plans when decoding is greedy."""
+                 max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS,
+                 grounded_arguments: bool = True) -> None:
+        """
+        Plan with ``backend``; cache ``cache_size`` recent plans when decoding is greedy.
+
+        With ``grounded_arguments`` a plan whose target or location does not appear in the
+        command is invalid (``argument_not_in_command``).
+        """
         self.backend = backend
         self.skills = skills
         self.prompt = prompt or PromptBuilder()
         self.generation = generation or GenerationConfig()
         self.cache_size = cache_size if not self.generation.do_sample else 0
         self.max_command_chars = max_command_chars
+        self.grounded_arguments = grounded_arguments
         self._cache: 'OrderedDict[str, PlanResult]' = OrderedDict()
 
     def load(self) -> None:
@@ -146,6 +153,8 @@ class Planner:
             parse_started = time.perf_counter()
             plan = parse_plan(generation.text, command)
             errors = self.skills.validate(plan)
+            if self.grounded_arguments:
+                errors += ungrounded_arguments(plan, command)
             if not generation.finished:
                 errors.append(PlanError(
                     'truncated_output', 'the model reached generation.max_new_tokens (%d) '

@@ -41,6 +41,7 @@ class PlannerSettings:
     fast_path: str = 'auto'              # generation.fast_path
     draft_tokens: int = 0                # generation.draft_tokens (prompt lookup)
     skills_file: str = ''                # skills_file ('' = the installed config/skills.yaml)
+    grounded_arguments: bool = True      # validation.grounded_arguments
     cache_size: int = 64                 # cache.size
     max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS  # queue.max_command_chars
 
@@ -75,4 +76,5 @@ def build_planner(settings: PlannerSettings) -> Planner:
                                   do_sample=settings.do_sample)
     return Planner(build_backend(settings, skills), skills,
                    PromptBuilder(settings.system, settings.instruction), generation,
-                   cache_size=settings.cache_size, max_command_chars=settings.max_command_chars)
+                   cache_size=settings.cache_size, max_command_chars=settings.max_command_chars,
+                   grounded_arguments=settings.grounded_arguments)

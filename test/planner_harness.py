@@ -32,7 +32,7 @@ from std_msgs.msg import String
 import yaml
 
 PACKAGE = 'robot_llm_planner'
-OK_PLAN = '寻找一瓶水；拿起水瓶。寻找物体，一瓶水；拿起物体，水瓶'
+OK_PLAN = '寻找一瓶水；拿起一瓶水。寻找物体，一瓶水；拿起物体，一瓶水'
 ANSWERED = 60.0   # seconds a test waits for an answer (a loaded tiny model answers in < 1 s)
 
 
@@ -292,10 +292,15 @@ class FakeServer:
 
 
 def fake_server_parameters(server, **extra):
-    """Return planner_node parameters for the openai backend on ``server``."""
+    """
+    Return planner_node parameters for the openai backend on ``server``.
+
+    The server answers :data:`OK_PLAN` to any command, so its arguments are not checked
+    against the command (``validation.grounded_arguments`` false) unless ``extra`` says so.
+    """
     parameters = {'model.backend': 'openai', 'remote.base_url': server.url,
                   'remote.model': 'fake', 'remote.retries': 0, 'remote.timeout_s': 60.0,
-                  'generation.constrained': False}
+                  'generation.constrained': False, 'validation.grounded_arguments': False}
     parameters.update(extra)
     return parameters
 

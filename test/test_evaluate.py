@@ -45,6 +45,7 @@ def test_hand_computed_metrics(skills):
     assert metrics['n'] == 5 and metrics['labelled'] == 4
     assert metrics['format_valid'] == pytest.approx(4 / 5)  # all but row 4
     assert metrics['skill_valid'] == pytest.approx(3 / 5)  # rows 1, 2, 5
+    assert metrics['grounded_valid'] == pytest.approx(2 / 5)  # not row 2: 厨房 is not in 去客厅
     assert metrics['exact_match'] == pytest.approx(1 / 4)  # row 1 of 4 labelled
     # output1 descriptions: matched 2+0+1+2, predicted 2+1+2+2, expected 2+1+2+3
     assert metrics['description_precision'] == pytest.approx(5 / 7)
@@ -102,6 +103,7 @@ def test_no_task_rows(skills):
     assert metrics['exact_match'] == 0.5  # rows 1 and 4
     assert metrics['no_task_recall'] == 0.5 and metrics['false_refusals'] == 0.5
     assert metrics['format_valid'] == 1.0 and metrics['skill_valid'] == 1.0  # refusals too
+    assert metrics['grounded_valid'] == 0.75  # row 2 goes to 客厅, which 唱首歌 does not name
     # row 2's step counts against precision, row 3's refusal against recall
     assert metrics['description_precision'] == 0.5 and metrics['description_recall'] == 0.5
     assert metrics['action_precision'] == 0.5 and metrics['action_recall'] == 0.5

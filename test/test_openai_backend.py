@@ -191,6 +191,20 @@ def test_a_no_task_answer_is_a_rejection_with_its_reason(server):
     assert {e['code'] for e in cut.message('q2')['errors']} == {'not_a_task', 'truncated_output'}
 
 
+@pytest.mark.parametrize('grounded', [True, False])
+def test_arguments_not_in_the_command_make_a_plan_invalid(server, grounded):
+    srv = server((0, 200, _completion('寻找一瓶水；拿起一瓶水。寻找物体，一瓶水；拿起物体，一瓶水')))
+    planner = Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load(), PromptBuilder(),
+                      GenerationConfig(max_new_tokens=64), grounded_arguments=grounded)
+    copied, made_up = planner.plan_batch(['帮我拿一瓶水。', '帮我拿可乐'])
+    assert copied.status == 'ok' and copied.errors == []
+    if grounded:
+        assert made_up.status == 'invalid'
+        assert [e.code for e in made_up.errors] == ['argument_not_in_command'] * 2
+    else:
+        assert made_up.status == 'ok' and made_up.errors == []
+
+
 def test_client_errors_are_not_retried(server):
     srv = server((0, 404, b'{"error": "model lora-x not found"}'))
     backend = OpenAIBackend(srv.url, 'lora-x', retries=3, retry_backoff_s=0.01)

@@ -3,7 +3,8 @@
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from robot_llm_planner.plan import clean_text, format_plan, NO_TASK, parse_plan, SEPARATORS, Step
+from robot_llm_planner.plan import (clean_text, format_plan, NO_TASK, parse_plan, SEPARATORS,
+                                    Step, ungrounded_arguments)
 
 SEED = '寻找一瓶水；拿起水瓶。寻找物体, 一瓶水；拿起物体, 水瓶'
 SEED_STEPS = [('寻找一瓶水', '寻找物体', '一瓶水', ''), ('拿起水瓶', '拿起物体', '水瓶', '')]
@@ -124,6 +125,17 @@ def test_no_task_answer(text):
 @pytest.mark.parametrize('text', ['无法执行；拿起水', '无法执行。移动到，客厅', '无法执行吧', ''])
 def test_only_the_no_task_answer_alone_is_no_task(text):
     assert not parse_plan(text).no_task
+
+
+def test_ungrounded_arguments():
+    plan = parse_plan('在窗台上寻找雨伞；拿起雨伞；把雨伞放到床上。寻找物体，雨伞，窗台上；'
+                      '拿起物体，雨伞；放下物体，纸果，柜子上')
+    command = '把窗台上的雨伞放到床上'
+    errors = ungrounded_arguments(plan, command)
+    assert [(e.code, e.step) for e in errors] == [('argument_not_in_command', 2)] * 2
+    assert "target '纸果'" in errors[0].message and "location '柜子上'" in errors[1].message
+    assert ungrounded_arguments(parse_plan('去客厅。移动到，客厅'), '请去客厅') == []
+    assert ungrounded_arguments(parse_plan('无法执行'), '你好') == []
 
 
 def test_clean_text_removes_every_separator():

@@ -353,21 +353,30 @@ def test_fifo_queue_rejects_new_commands_when_full(ros, tmp_path, server):
         node.kill()
 
 
-def test_a_command_without_a_task_is_answered_rejected_not_a_task(ros, tmp_path, server):
+def test_no_task_and_made_up_arguments_are_answered_with_their_codes(ros, tmp_path, server):
     server.answers['今天天气怎么样？'] = '无法执行'
-    node, status, client = _start(ros, tmp_path, fake_server_parameters(server))
+    # the node's default: a plan's targets and locations must appear in the command
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(
+        server, **{'validation.grounded_arguments': True}))
     try:
         _wait_connected(client)
-        ids = [client.send('今天天气怎么样？', 'n1'), client.send('去客厅', 'n2')]
+        ids = [client.send('今天天气怎么样？', 'n1'), client.send('帮我拿一瓶水。', 'n2'),
+               client.send('去客厅', 'n3')]  # answered with OK_PLAN: 一瓶水 is not in it
         answers = wait_for_answers(client, ids)
         refused = answers['n1']
         assert refused['status'] == 'rejected' and refused['steps'] == []
         assert [e['code'] for e in refused['errors']] == ['not_a_task']
         assert refused['raw_output'] == '无法执行' and refused['timing']['inference_ms'] > 0
-        assert answers['n2']['status'] == 'ok'
-        schema_validator().validate(refused)
-        final = status.wait_for(lambda s: s['answered'] == 2)
-        assert final['counts'] == {'ok': 1, 'invalid': 0, 'error': 0, 'rejected': 1}
+        assert answers['n2']['status'] == 'ok' and answers['n2']['errors'] == []
+        made_up = answers['n3']
+        assert made_up['status'] == 'invalid' and len(made_up['steps']) == 2
+        assert [(e['code'], e['step']) for e in made_up['errors']] == \
+            [('argument_not_in_command', 0), ('argument_not_in_command', 1)]
+        assert "target '一瓶水'" in made_up['errors'][0]['message']
+        for answer in answers.values():
+            schema_validator().validate(answer)
+        final = status.wait_for(lambda s: s['answered'] == 3)
+        assert final['counts'] == {'ok': 1, 'invalid': 1, 'error': 0, 'rejected': 1}
     finally:
         node.kill()
 
