@@ -117,7 +117,7 @@ def test_ok_plan_is_printed_as_a_table(planner):
     assert lines[1].startswith('status: ok   latency: ')
     assert lines[2].split() == ['#', 'action', 'target', 'location', 'description']
     assert lines[3].split() == ['1', '寻找物体', '一瓶水', '寻找一瓶水']
-    assert lines[4].split() == ['2', '拿起物体', '水瓶', '拿起水瓶']
+    assert lines[4].split() == ['2', '拿起物体', '一瓶水', '拿起一瓶水']
 
 
 def test_json_output_is_the_action_plan_message(planner):

@@ -334,7 +334,7 @@ def test_remote_server_down_at_start_is_picked_up_when_it_comes_back(ros, tmp_pa
         assert wait_for_answers(client, [early])[early]['status'] == 'error'
         server = FakeServer(port=port)
         status.wait_for(lambda s: s['state'] == 'ready', timeout=60)
-        late = client.send('去客厅', 'after-recovery')
+        late = client.send('帮我拿一瓶水。', 'after-recovery')  # the plan FakeServer answers
         assert wait_for_answers(client, [late])[late]['status'] == 'ok'
         assert_exactly_one_answer(client, [early, late])
         assert node.stop(signal.SIGTERM) == 0
