@@ -235,7 +235,7 @@ WRAPPERS = (
 )
 ENDINGS = ('。', '。', '！', '')
 
-# Commands that ask for nothing this robot's skills can do, labelled NO_TASK (``无法执行``):
+# Commands that ask for nothing this robot's skills can do, labelled ``无法执行`` (plan.NO_TASK):
 # (id, pattern, wrapped). Wrapped patterns are requests and take the wrappers and endings of
 # commands; the others (chit-chat, questions, prompt injection) are said as they are. Fields:
 # {obj} an object phrase, {noun} a bare object noun, {person} someone else, {room}. The seen
@@ -307,7 +307,7 @@ CATEGORIES = (('fetch', 18), ('bring', 14), ('put', 18), ('open', 10), ('close',
 # kind ('none': only items and templates seen in train). Its commands without a task
 # alternate between a held-out template and seen ones.
 TEST_KINDS = ('object', 'location', 'template', 'none')
-NO_TASK = 'no_task'  # the category of commands without a task
+NO_TASK_CATEGORY = 'no_task'  # the category of commands without a task (label 无法执行)
 
 _DEFINITE_MARKERS = ('把', '将')
 
@@ -516,7 +516,7 @@ class _Sampler:
         if '{room}' in pattern:
             fields['room'] = self._room()
         text = pattern.format(**fields)
-        return Example(self._wrap(text) if wrapped else text, [], NO_TASK, self.objects,
+        return Example(self._wrap(text) if wrapped else text, [], NO_TASK_CATEGORY, self.objects,
                        self.places, self.templates)
 
     def _weighted(self, table: Sequence[Tuple[str, int]]) -> str:
@@ -695,7 +695,7 @@ def generate(skills: SkillSet, seed: int = DEFAULT_SEED,
     everything = _Sampler(rng, _Pools.make(heldout=True))
     splits['test'] = _draw(everything, sizes['test'], test_accept, taken, 'test')
     _add_no_task(splits, seed, taken)
-    splits['manual'] = [Example(command, steps, 'manual' if steps else NO_TASK)
+    splits['manual'] = [Example(command, steps, 'manual' if steps else NO_TASK_CATEGORY)
                         for command, steps in MANUAL]
     for split, examples in splits.items():
         for example in examples:
@@ -848,10 +848,10 @@ def metadata(splits: Dict[str, List[Example]], prompts: Dict[str, Dict[str, str]
         for example in examples:
             per_category[example.category] = per_category.get(example.category, 0) + 1
         counts[split] = dict(sorted(per_category.items()))
-    test_kinds = dict.fromkeys(TEST_KINDS + (NO_TASK,), 0)
+    test_kinds = dict.fromkeys(TEST_KINDS + (NO_TASK_CATEGORY,), 0)
     for example in splits['test']:
-        if example.category == NO_TASK:
-            test_kinds[NO_TASK] += 1
+        if example.category == NO_TASK_CATEGORY:
+            test_kinds[NO_TASK_CATEGORY] += 1
             continue
         for kind in example.heldout_kinds() or ['none']:
             test_kinds[kind] += 1

@@ -243,7 +243,7 @@ def training_rows(recipe: Recipe, root: str = ROOT) -> List[dict]:
     extra = []
     no_task_credit = 0.0  # keeps every (1 / extra_no_task)-th command without a task
     for example in generated:
-        if example.category == dataset.NO_TASK:
+        if example.category == dataset.NO_TASK_CATEGORY:
             no_task_credit += recipe.extra_no_task
             if no_task_credit < 1.0:
                 continue
