@@ -13,7 +13,8 @@ output convention of :mod:`robot_llm_planner.plan`::
   description may hold the part separators (``，,``) after its first character: output1 is
   not split on them, and the planner's validation accepts such a description;
 - or, instead of a plan, :data:`~robot_llm_planner.plan.NO_TASK` (``无法执行``) alone: the
-  answer to a command that asks for nothing the robot can do;
+  answer to a command that asks for nothing the robot can do. A plan's first description
+  cannot start with it, so a model that has written ``无法执行`` can only stop there;
 - the stop token (``<|im_end|>``) is allowed only where a plan is complete.
 
 The local backend compiles it once at load with xgrammar against the model's tokenizer
@@ -110,7 +111,7 @@ class PlanGrammar:
         step, section, part = _literal(STEP_SEP), _literal(SECTION_SEP), _literal(PART_SEP)
         for count in range(1, self.max_steps + 1):
             more = ' (%s %%s){%d}' % (step, count - 1) if count > 1 else ''
-            lines.append('plan%d ::= description%s %s action%s' % (
+            lines.append('plan%d ::= first_description%s %s action%s' % (
                 count, more % 'description' if more else '', section,
                 more % 'action' if more else ''))
         lines.append('action ::= ' + ' | '.join('skill%d' % i for i in range(len(skills))))
@@ -125,9 +126,26 @@ class PlanGrammar:
         lines.append('description ::= char' + (' description_char{0,%d}' % (
             self.max_text_chars - 1) if self.max_text_chars > 1 else ''))
         lines.append('description_char ::= ' + _char_class(_EXCLUDED_IN_DESCRIPTIONS))
+        lines.append('first_description ::= ' + self._first_description())
         lines.append('text ::= char{1,%d}' % self.max_text_chars)
         lines.append('char ::= ' + _char_class(_EXCLUDED))
         return '\n'.join(lines) + '\n'
+
+    def _first_description(self) -> str:
+        """Return a description that does not start with NO_TASK, as EBNF alternatives."""
+        alternatives = []
+        for length in range(min(len(NO_TASK), self.max_text_chars + 1)):
+            # the first ``length`` characters of NO_TASK alone, or then any other character
+            prefix = _literal(NO_TASK[:length])
+            if length == self.max_text_chars:
+                alternatives.append(prefix)
+                continue
+            allowed = _EXCLUDED if length == 0 else _EXCLUDED_IN_DESCRIPTIONS
+            rest = self.max_text_chars - length - 1
+            tail = _char_class(allowed + [(ord(NO_TASK[length]),) * 2]) + (
+                ' description_char{0,%d}' % rest if rest else '')
+            alternatives.append(tail if length == 0 else '%s (%s)?' % (prefix, tail))
+        return ' | '.join(alternatives)
 
     # ------------------------------------------------------------------ compiling
     def compile(self, tokenizer, tokenizer_size: Optional[int] = None,  # noqa: A003

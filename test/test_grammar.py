@@ -163,9 +163,19 @@ def test_refused(grammar, text):
     assert not grammar.accepts(text)
 
 
-def test_the_no_task_answer_is_accepted(grammar):
+def test_the_no_task_answer_is_accepted_and_ends_the_answer(grammar, tokenizer):
     assert grammar.accepts(NO_TASK) and 'no_task' in grammar.ebnf
-    assert grammar.accepts('无法执行。移动到，客厅')  # a one-step plan that describes so
+    # once a model has written 无法执行 it can only stop: no plan starts with it (a trained
+    # model wrote 无法执行系统吻；拿起… for an injection, which the grammar now turns into 无法执行)
+    for text in ('无法执行。移动到，客厅', '无法执行系统。移动到，客厅', '无法执行，好。移动到，客厅'):
+        assert not grammar.accepts(text), text
+    for text in ('无。移动到，客厅', '无法。移动到，客厅', '无法执。移动到，客厅', '无人机。移动到，客厅',
+                 '无法打开门。打开，门', '去客厅；无法执行。移动到，客厅；移动到，客厅'):
+        assert grammar.accepts(text), text
+    short = PlanGrammar(SKILLS, max_text_chars=2)
+    short.compile(tokenizer)
+    assert short.accepts('无法。移动到，客厅') and short.accepts('无。移动到，客厅')
+    assert not short.accepts('无法执。移动到，客厅')  # over 2 characters
 
 
 def test_a_description_may_hold_part_separators(grammar):
