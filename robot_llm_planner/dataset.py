@@ -32,7 +32,7 @@ import os
 import random
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from robot_llm_planner.plan import format_plan, parse_plan, Step
+from robot_llm_planner.plan import format_plan, parse_plan, Step, ungrounded_arguments
 from robot_llm_planner.skills import SkillSet
 import yaml
 
@@ -751,7 +751,8 @@ def check_label(example: Example, skills: SkillSet, split: str = '') -> None:
             raise DatasetError('%s example %r: label %r does not parse back as no task'
                                % (split, example.command, label))
         return
-    problems = [e.message for e in plan.errors] + [e.message for e in skills.validate(plan)]
+    problems = [e.message for e in plan.errors + skills.validate(plan)
+                + ungrounded_arguments(plan, example.command)]
     if plan.steps != example.steps:
         problems.append('the label does not parse back to the same steps')
     if problems:

@@ -15,7 +15,7 @@ import os
 import re
 from typing import List, Optional, Tuple
 
-from robot_llm_planner.plan import parse_plan
+from robot_llm_planner.plan import NO_TASK, parse_plan
 
 # The user turn of LLaMA-Factory's qwen template; since 0.9.2 the prompt keeps special tokens.
 _QWEN_USER = re.compile(r'<\|im_start\|>user\n(.*?)<\|im_end\|>', re.S)
@@ -44,8 +44,15 @@ def command_from_prompt(prompt: str, instruction: str = '') -> str:
 
 
 def seed_record(command: str, predict: str) -> dict:
-    """Split one prediction into the seed's output_1 / output_2 lists."""
+    """
+    Split one prediction into the seed's output_1 / output_2 lists.
+
+    The no-task answer 无法执行 is kept as the only output_1 entry (output_2 empty), as the
+    seed's split of the text on 。 and ； gives, so that it is not mistaken for an empty one.
+    """
     plan = parse_plan(predict, command)
+    if plan.no_task:
+        return {'instruction': command, 'output_1': [NO_TASK], 'output_2': []}
     output_2 = []
     if plan.has_output2:
         output_2 = [SEED_PART_SEP.join([step.action] + step.arguments())

@@ -305,6 +305,10 @@ def test_a_label_that_fails_validation_stops_the_generator(skills):
     bad = dataset.Example('去客厅', [dataset.Step('去客厅', '移动到', '客厅', '门口')], 'go')
     with pytest.raises(DatasetError, match='takes at most 1 argument'):
         dataset.check_label(bad, skills, 'train')
+    # the planner's default validation.grounded_arguments relies on labels copying names
+    made_up = dataset.Example('去客厅', [dataset.Step('去厨房', '移动到', '厨房')], 'go')
+    with pytest.raises(DatasetError, match="target '厨房' does not appear in the command"):
+        dataset.check_label(made_up, skills, 'train')
 
 
 @pytest.mark.parametrize('content,message', [

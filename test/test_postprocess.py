@@ -33,6 +33,20 @@ def test_seed_example(tmp_path):
     assert '帮我拿一瓶水' in out.read_text(encoding='utf-8')  # ensure_ascii=False
 
 
+def test_no_task_answer_is_kept_not_emptied(tmp_path):
+    pred = tmp_path / 'generated_predictions.jsonl'
+    rows = [{'prompt': _prompt('今天天气怎么样？'), 'label': '无法执行', 'predict': '无法执行'},
+            {'prompt': _prompt('去客厅'), 'label': '', 'predict': ''}]
+    pred.write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows),
+                    encoding='utf-8')
+    result = _run(str(pred))
+    assert result.returncode == 0, result.stderr
+    records = json.loads((tmp_path / 'predict_postprocessed.json').read_text(encoding='utf-8'))
+    assert records == [
+        {'instruction': '今天天气怎么样？', 'output_1': ['无法执行'], 'output_2': []},
+        {'instruction': '去客厅', 'output_1': [], 'output_2': []}]
+
+
 def test_dataset_by_index_and_bad_lines(tmp_path):
     pred = tmp_path / 'p.jsonl'
     lines = [json.dumps({'prompt': _prompt('请执行\n去厨房'), 'predict': '去厨房。移动到，厨房',
