@@ -121,6 +121,10 @@ def parse_command(data: str, new_id: Callable[[], str]) -> Command:
         return reject(INVALID_JSON, 'the command starts like JSON but is not valid JSON (%s); '
                       'send plain text or {"id": "...", "text": "..."}' % exc,
                       _id_from_broken_json(data))
+    except RecursionError:  # e.g. '[' * 2000: nested deeper than the decoder can go
+        return reject(INVALID_JSON, 'the command starts like JSON but is nested too deeply to '
+                      'read; send plain text or {"id": "...", "text": "..."}',
+                      _id_from_broken_json(data))
     if not isinstance(request, dict):
         return reject(INVALID_REQUEST, 'a JSON command must be an object {"id": "...", '
                       '"text": "..."}, got a %s' % type(request).__name__)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 from robot_llm_planner.command_queue import POLICIES
+from robot_llm_planner.grammar import REMOTE_FIELDS
 from robot_llm_planner.settings import BACKENDS, PlannerSettings, QUANTIZATION
 
 DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
@@ -65,7 +66,7 @@ PARAMETERS: Tuple[Parameter, ...] = (
               'or HTTP 429/5xx.', 'remote_retries', minimum=0),
     Parameter('remote.grammar_field', str, 'openai backend with generation.constrained: how '
               'the grammar is sent: structured_outputs (vLLM >= 0.10.2), guided_grammar (older '
-              'vLLM) or none.', 'remote_grammar_field'),
+              'vLLM) or none.', 'remote_grammar_field', choices=REMOTE_FIELDS),
     Parameter('prompt.system', str, 'System prompt; must be the one the model was trained with '
               '(empty: the LLaMA-Factory qwen template default).', 'system'),
     Parameter('prompt.instruction', str, 'Alpaca instruction the model was trained with, put '

@@ -29,6 +29,13 @@ def clean_command(text: str) -> str:
     return ' '.join(text.split())
 
 
+def shown_command(text: str, max_chars: int = DEFAULT_MAX_COMMAND_CHARS) -> str:
+    """Return the command as an answer echoes it: cleaned, cut at ``max_chars`` with '…'."""
+    if len(text) > max_chars:  # cut first: a huge string is never cleaned whole
+        return clean_command(text[:max_chars]) + '…'
+    return clean_command(text)
+
+
 @dataclass
 class PlanResult:
     """The planner's answer to one command."""
@@ -89,8 +96,7 @@ class Planner:
     def _prepare(self, raw: str) -> Tuple[str, Optional[PlanError]]:
         # Length first, on the raw text: a huge string is never cleaned or tokenized whole.
         if len(raw) > self.max_command_chars:
-            shown = clean_command(raw[:self.max_command_chars]) + '…'
-            return shown, self.check(raw)
+            return shown_command(raw, self.max_command_chars), self.check(raw)
         command = clean_command(raw)
         return command, self.check(command) or self._check_prompt_length(command)
 

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
@@ -27,13 +27,14 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from robot_llm_planner.backend import EngineError
-from robot_llm_planner.command_queue import (Command, CommandQueue, IdFactory, parse_command,
-                                             QUEUE_FULL, SHUTTING_DOWN, SUPERSEDED)
+from robot_llm_planner.command_queue import (Command, CommandQueue, ECHO_CHARS, IdFactory,
+                                             parse_command, QUEUE_FULL, SHUTTING_DOWN,
+                                             SUPERSEDED)
 from robot_llm_planner.message import plan_message, STATUSES, to_json
 from robot_llm_planner.node_config import (check_value, default_value, load_config,
                                            NodeConfig, PARAMETERS, PARAMETERS_BY_NAME)
 from robot_llm_planner.plan import PlanError
-from robot_llm_planner.planner import clean_command
+from robot_llm_planner.planner import shown_command
 from robot_llm_planner.skills import default_skills_path
 from std_msgs.msg import String
 
@@ -47,9 +48,9 @@ SHUTDOWN_GRACE_S = 2.0
 # retried after these many seconds, doubling up to the maximum.
 LOAD_RETRY_S = 1.0
 LOAD_RETRY_MAX_S = 30.0
-# Each publisher gets this long to have its last messages acknowledged before the node exits
-# (grace + 2 flushes + teardown stay under launch's 5 s before it escalates to SIGKILL).
-FLUSH_TIMEOUT_S = 0.75
+# How long the node waits for subscribers to acknowledge its last answers and status before it
+# exits (grace + flush + teardown stay under launch's 5 s before it escalates to SIGKILL).
+FLUSH_TIMEOUT_S = 1.5
 
 
 def command_qos(depth: int) -> QoSProfile:
@@ -267,8 +268,12 @@ class PlannerNode(Node):
                 return False
         return True
 
+    def _shown(self, command: Command) -> str:
+        # what answers echo: cleaned and shortened like the planner's own answers
+        return shown_command(command.text, self._config.settings.max_command_chars)
+
     def _reply(self, command: Command, status: str, code: str, text: str) -> bool:
-        message = plan_message(command.request_id, command.text, status,
+        message = plan_message(command.request_id, self._shown(command), status,
                                errors=[PlanError(code, text)], model=self._model)
         return self._answer(command, message)
 
@@ -282,10 +287,13 @@ class PlannerNode(Node):
 
     # ------------------------------------------------------------------ commands in
     def _on_command(self, msg: String) -> None:
-        command = parse_command(msg.data, self._new_id)
+        command = None
         try:
+            command = parse_command(msg.data, self._new_id)
             self._take(command)
         except Exception as exc:  # a bug must not lose the command or stop the executor
+            if command is None:
+                command = Command(self._new_id(), str(msg.data)[:ECHO_CHARS])
             self.get_logger().error('command %s: %s: %s' % (command.request_id,
                                                             type(exc).__name__, exc))
             self._reply(command, 'error', 'internal_error', '%s: %s' % (type(exc).__name__, exc))
@@ -293,26 +301,33 @@ class PlannerNode(Node):
 
     def _take(self, command: Command) -> None:
         if command.error is not None:
-            self._answer(command, plan_message(command.request_id, command.text, 'rejected',
-                                               errors=[command.error], model=self._model))
-        elif self._closing:
+            self._answer(command, plan_message(command.request_id, self._shown(command),
+                                               'rejected', errors=[command.error],
+                                               model=self._model))
+            return
+        checker = self._checker
+        reason = checker.check(command.text) if checker is not None else None
+        refused, dropped = None, []
+        # The state is read and the command queued under the lock that _fail takes: a load
+        # failing meanwhile either sees this command in the queue (and answers it) or this
+        # call sees the error. Nothing is published while the lock is held.
+        with self._lock:
+            closing = self._closing
+            state, error, code = self._state, self._error, self._error_code
+            if not closing and state != 'error' and reason is None:
+                refused, dropped = self._queue.put(command)
+        if closing:
             self._reject(command, SHUTTING_DOWN, 'the planner node is shutting down')
-        elif self._state == 'error':
-            self._answer_error(command)
+        elif state == 'error':
+            self._reply(command, 'error', code, error)
+        elif reason is not None:
+            self._answer(command, plan_message(command.request_id, self._shown(command),
+                                               'rejected', errors=[reason], model=self._model))
         else:
-            checker = self._checker
-            reason = checker.check(command.text) if checker is not None else None
-            if reason is not None:
-                shown = clean_command(command.text[:checker.max_command_chars])
-                if len(command.text) > checker.max_command_chars:
-                    shown += '…'
-                self._answer(command, plan_message(command.request_id, shown, 'rejected',
-                                                   errors=[reason], model=self._model))
-            else:
-                self._enqueue(command)
+            self._answer_refused(command, refused, dropped)
 
-    def _enqueue(self, command: Command) -> None:
-        refused, dropped = self._queue.put(command)
+    def _answer_refused(self, command: Command, refused: Optional[str],
+                        dropped: List[Command]) -> None:
         for old in dropped:
             self._reject(old, SUPERSEDED, 'dropped from the full queue (queue.policy latest, '
                          'queue.max_size %d) for the newer command %s'
@@ -439,31 +454,50 @@ class PlannerNode(Node):
             planner.cancel()  # the batch in progress stops after its current token
         self.publish_status()
 
-    def finish_shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> bool:
+    def finish_shutdown(self, grace_s: float = SHUTDOWN_GRACE_S,
+                        spin: Optional[Callable[[float], None]] = None) -> bool:
         """
         Let the cancelled batch end, answer it rejected if it does not in time, flush.
 
+        ``spin(timeout_s)`` runs the executor once (``executor.spin_once``): called between
+        the waits, it keeps answering commands that arrive meanwhile ``node_shutting_down``.
         Returns True when the worker thread has stopped.
         """
-        self._worker.join(grace_s)
+        def wait(seconds: float) -> None:
+            if spin is not None:
+                spin(seconds)
+            else:
+                time.sleep(seconds)
+
+        deadline = time.monotonic() + grace_s
+        while self._worker.is_alive() and time.monotonic() < deadline:
+            wait(0.05)
         with self._lock:
             in_flight = list(self._in_flight)
         for command in in_flight:
             self._reject(command, SHUTTING_DOWN, 'the planner node shut down while planning '
                          'this command')
         self.publish_status()
-        for publisher in (self._plan_pub, self._status_pub):
-            wait = getattr(publisher, 'wait_for_all_acked', None)
-            try:
-                if wait is not None:
-                    wait(Duration(seconds=FLUSH_TIMEOUT_S))
-                else:  # pragma: no cover - rclpy without wait_for_all_acked
-                    time.sleep(0.2)
-            except Exception as exc:
-                self.get_logger().debug('flush of %s: %s' % (publisher.topic_name, exc))
+        # Until every subscriber acknowledged both publishers' last messages (or the time is
+        # up); answers published while waiting are flushed by the same loop.
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if all(self._acked(publisher) for publisher in (self._plan_pub, self._status_pub)):
+                break
+            wait(0.02)
         with self._publish_lock:
             self._closed = True
         return not self._worker.is_alive()
+
+    def _acked(self, publisher) -> bool:
+        acked = getattr(publisher, 'wait_for_all_acked', None)
+        if acked is None:  # pragma: no cover - rclpy without wait_for_all_acked
+            return False
+        try:
+            return bool(acked(Duration(seconds=0.02)))
+        except Exception as exc:  # the context is going away
+            self.get_logger().debug('flush of %s: %s' % (publisher.topic_name, exc))
+            return True
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
@@ -507,7 +541,8 @@ def main(args: Optional[List[str]] = None) -> int:
         deadline = time.monotonic() + 0.3
         while rclpy.ok() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
-        worker_stopped = node.finish_shutdown()
+        worker_stopped = node.finish_shutdown(
+            spin=lambda seconds: executor.spin_once(timeout_sec=seconds))
         executor.remove_node(node)
     except Exception as exc:  # a ROS failure at start-up (e.g. a bad remapping)
         print('planner_node: %s: %s' % (type(exc).__name__, exc), file=sys.stderr)

@@ -90,6 +90,8 @@ def test_defaults_are_valid():
     ('model.dtype', 'fp8', 'model.dtype must be one of auto, bfloat16, float16, float32'),
     ('topics.plan', ' ', 'topics.plan must not be empty'),
     ('qos.plan_depth', 0, 'qos.plan_depth must be >= 1'),
+    ('remote.grammar_field', 'structured_output', 'remote.grammar_field must be one of '
+     "structured_outputs, guided_grammar, none, got 'structured_output'"),
 ])
 def test_invalid_values_are_reported_and_replaced_by_the_default(name, value, error):
     config, errors = load_config({name: value})
@@ -186,6 +188,7 @@ def test_the_status_is_republished_every_second(tiny):
     ('{"id": 4, "text": "去客厅"}', 'invalid_request', '4'),
     ('{"id": "m5", "text": "   "}', 'empty_command', 'm5'),
     ('{"id": "m6", "text": "%s"}' % ('水' * 300), 'command_too_long', 'm6'),
+    ('{"id": "m7", "text": ' + '[' * 5000, 'invalid_json', 'm7'),  # deeper than json can go
 ])
 def test_malformed_and_unplannable_commands_are_rejected(tiny, data, code, request_id):
     _, _, status, client = tiny
@@ -305,10 +308,14 @@ def test_invalid_parameters_give_status_error_with_every_reason(ros, tmp_path):
             assert reason in failed['error']
         _wait_connected(client)
         request_id = client.send('帮我拿一瓶水。')
-        answer = wait_for_answers(client, [request_id])[request_id]
-        assert answer['status'] == 'error'
-        assert answer['errors'][0]['code'] == 'invalid_parameters'
-        assert 'tensorrt' in answer['errors'][0]['message']
+        long_id = client.send('打开\n冰箱\t门' + '水' * 300)
+        answers = wait_for_answers(client, [request_id, long_id])
+        for answer in answers.values():
+            assert answer['status'] == 'error'
+            assert answer['errors'][0]['code'] == 'invalid_parameters'
+            assert 'tensorrt' in answer['errors'][0]['message']
+        # echoed as every answer echoes a command: cleaned and cut (queue.max_command_chars)
+        assert answers[long_id]['command'] == '打开 冰箱 门' + '水' * 249 + '…'
         assert node.alive()
         assert node.stop(signal.SIGTERM) == 0
         assert 'Traceback' not in node.stderr()
@@ -332,11 +339,12 @@ def test_fifo_queue_rejects_new_commands_when_full(ros, tmp_path, server):
         server, **{'queue.max_size': 2, 'queue.policy': 'fifo'}))
     try:
         ids = [_hold_one_in_flight(server, client, status)]
-        ids += [client.send('去客厅', 'c%d' % n) for n in range(2, 6)]
+        ids += [client.send('去\t客厅', 'c%d' % n) for n in range(2, 6)]
         rejected = wait_for_answers(client, ['c4', 'c5'])
         for answer in rejected.values():
             assert answer['status'] == 'rejected'
             assert answer['errors'][0]['code'] == 'queue_full'
+            assert answer['command'] == '去 客厅'  # cleaned, like the planned ones
         assert status.wait_for(lambda s: s['queue_depth'] == 2)['state'] == 'busy'
         server.gate.set()
         answers = wait_for_answers(client, ids)
@@ -453,9 +461,13 @@ def test_shutdown_answers_pending_commands_and_exits_0(ros, tmp_path, server, si
         status.wait_for(lambda s: s['queue_depth'] == 2)
         if release:
             threading.Timer(0.5, server.gate.set).start()
+        else:  # a command that comes while the stuck generation has its grace period
+            node.process.send_signal(signum)
+            time.sleep(0.8)
+            ids.append(client.send('打开冰箱门', 'late'))
         assert node.stop(signum) == 0
         answers = wait_for_answers(client, ids, timeout=10)
-        for request_id in ('c2', 'c3'):
+        for request_id in ids[1:]:  # c2, c3 (and late)
             assert answers[request_id]['status'] == 'rejected'
             assert answers[request_id]['errors'][0]['code'] == 'node_shutting_down'
         if release:  # the batch in progress finished within the grace period

@@ -35,6 +35,7 @@ BAD_INPUTS = [
     ('JSON id wrong type', '{"id": [1], "text": "去客厅"}'),
     ('JSON without text', '{"id": "t2"}'),
     ('JSON array', '["去客厅"]'),
+    ('deeply nested JSON', '[' * 100000),
     ('prompt injection', INJECTION),
     ('emoji and mixed languages', '请 bring me 一杯☕️ to the 客厅 😀🤖'),
     ('shell and path text',
