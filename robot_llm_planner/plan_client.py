@@ -29,6 +29,7 @@ from typing import Callable, Deque, Dict, Iterable, List, Optional
 import unicodedata
 
 import rclpy
+from rclpy.exceptions import NameValidationException
 from rclpy.node import Node
 from robot_llm_planner.message import to_json
 from robot_llm_planner.planner_node import command_qos, plan_qos
@@ -82,7 +83,9 @@ class PlanClient:
         try:
             answer = json.loads(msg.data)
             request_id = answer['id']
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return  # not an /action_plan answer (another publisher on the topic)
+        if not isinstance(request_id, str):
             return
         with self._condition:
             self._received.append(answer)
@@ -237,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('commands', nargs='+', metavar='COMMAND', help='command text(s)')
     parser.add_argument('--id', help='request id (several commands: ID-1, ID-2, ...); '
                         'default: a unique id per command')
-    parser.add_argument('--timeout', type=float, default=60.0, metavar='S',
+    parser.add_argument('--timeout', type=seconds, default=60.0, metavar='S',
                         help='seconds to wait for planner_node and all answers (the model '
                         'may still be loading; default: %(default)s)')
     parser.add_argument('--json', action='store_true',
@@ -255,9 +258,11 @@ def _ids(args: argparse.Namespace, client: PlanClient) -> List[str]:
     return ['%s-%d' % (args.id, number) for number in range(1, len(args.commands) + 1)]
 
 
-def run(args: argparse.Namespace, node: Node, executor) -> int:
+def run(args: argparse.Namespace, node: Node, executor,
+        client: Optional[PlanClient] = None) -> int:
     """Send the commands, wait for the answers, print them; return the exit status."""
-    client = PlanClient(node, args.topic_command, args.topic_plan, executor)
+    if client is None:
+        client = PlanClient(node, args.topic_command, args.topic_plan, executor)
     deadline = time.monotonic() + args.timeout
     if not client.wait_for_planner(args.timeout):
         print('plan_client: no planner_node subscribes to %s and publishes %s within %g s '
@@ -292,6 +297,14 @@ def run(args: argparse.Namespace, node: Node, executor) -> int:
     return code
 
 
+def seconds(text: str) -> float:
+    """Read a positive duration for argparse, in seconds."""
+    value = float(text)  # a ValueError is reported by argparse as an invalid value
+    if not value > 0:
+        raise argparse.ArgumentTypeError('must be a positive number of seconds, got %s' % text)
+    return value
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run plan_client; return its exit status."""
     from rclpy.executors import SingleThreadedExecutor
@@ -301,19 +314,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = build_parser().parse_args(remove_ros_args(argv)[1:])
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except RuntimeError as exc:  # rclpy's RCLError: malformed --ros-args
+        print('plan_client: %s' % str(exc).strip(), file=sys.stderr)
+        return EXIT_USAGE
     context = rclpy.Context()
     node = None
     try:
         try:
-            from rclpy.signals import SignalHandlerOptions
-            rclpy.init(args=argv, context=context,
-                       signal_handler_options=SignalHandlerOptions.NO)
-        except ImportError:  # pragma: no cover - an rclpy without signal handler options
-            rclpy.init(args=argv, context=context)
-        node = Node('plan_client_%d' % os.getpid(), context=context)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        return run(args, node, executor)
+            # a bad --ros-args, topic name or remapping is a usage error, not an invalid plan
+            try:
+                from rclpy.signals import SignalHandlerOptions
+                rclpy.init(args=argv, context=context,
+                           signal_handler_options=SignalHandlerOptions.NO)
+            except ImportError:  # pragma: no cover - an rclpy without signal handler options
+                rclpy.init(args=argv, context=context)
+            node = Node('plan_client_%d' % os.getpid(), context=context)
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            client = PlanClient(node, args.topic_command, args.topic_plan, executor)
+        except (RuntimeError, ValueError, NameValidationException) as exc:
+            print('plan_client: %s: %s' % (type(exc).__name__, str(exc).strip()),
+                  file=sys.stderr)
+            return EXIT_USAGE
+        return run(args, node, executor, client)
     except KeyboardInterrupt:
         print('plan_client: interrupted', file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -186,6 +186,17 @@ def test_usage_error(planner):
     assert result.returncode == 2 and 'usage: plan_client' in result.stderr
 
 
+@pytest.mark.parametrize('args,says', [
+    (['--timeout', '-5'], 'must be a positive number of seconds'),
+    (['--topic-command', 'bad topic'], 'InvalidTopicNameException'),
+    (['--ros-args', '-r'], 'ROS arguments'),
+], ids=['negative-timeout', 'bad-topic-name', 'bad-ros-args'])
+def test_bad_arguments_are_usage_errors_not_plan_statuses(planner, args, says):
+    result = _run(planner, '去客厅', *args, timeout=30)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr and 'Traceback' not in result.stderr
+
+
 def test_help_documents_the_exit_codes():
     env = dict(os.environ)
     result = subprocess.run([sys.executable, '-m', 'robot_llm_planner.plan_client', '--help'],
