@@ -178,12 +178,13 @@ class StaticCacheDecoder:
             if prefill_done is None:
                 prefill_done = time.perf_counter()
             for token in kept:
+                if len(out) >= max_new:
+                    break  # a stop token verified past the budget does not count, as in generate()
                 if token in self.stop_ids:
                     finished = True
                     break
                 out.append(token)
             if finished or len(out) >= max_new or (stop_event is not None and stop_event.is_set()):
-                out = out[:max_new]
                 break
             index.extend(kept)
             draft = []

@@ -132,7 +132,7 @@ def parse_plan(text: str, command: str = '') -> Plan:
     if not isinstance(text, str):
         text = '' if text is None else str(text)
     plan = Plan(command=command, raw_output=text)
-    if text.strip().rstrip(SECTION_SEP + '.').strip() == NO_TASK:
+    if text.strip().rstrip(SECTION_SEP + '.' + ''.join(STEP_SEPS)).strip() == NO_TASK:
         plan.no_task = True
         plan.errors.append(PlanError(
             'not_a_task', 'the model answered %s: the command asks for nothing this robot '

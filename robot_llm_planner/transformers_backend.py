@@ -169,6 +169,13 @@ class TransformersBackend(Backend):
         if not self.stop_ids:
             raise ModelLoadError('model.path: the tokenizer of %s has neither %s nor an eos '
                                  'token to stop on' % (self.model_path, IM_END))
+        # Decoding is set by generation.* alone, on both paths: nothing of the model's
+        # generation_config.json (a chat model's top_k or repetition_penalty, a
+        # no_repeat_ngram_size) may change the plan. generate() fills unset values from it.
+        from transformers import GenerationConfig as HFGenerationConfig
+        model.generation_config = HFGenerationConfig(
+            bos_token_id=model.generation_config.bos_token_id, eos_token_id=self.stop_ids,
+            pad_token_id=tokenizer.pad_token_id)
         self.model, self.tokenizer, self.device = model, tokenizer, device
         if self.grammar is not None:
             self.grammar.compile(tokenizer, len(tokenizer), model.config.vocab_size,
@@ -233,8 +240,8 @@ class TransformersBackend(Backend):
                               % (max(too_long), self.max_prompt_tokens))
         max_new = min(config.max_new_tokens, self.max_new_tokens)
         try:
-            if self.decoder is not None and not config.do_sample:
-                results = [self._decode_fast(ids, max_new) for ids in prompts]
+            if self.decoder is not None and not config.do_sample and len(prompts) == 1:
+                results = [self._decode_fast(prompts[0], max_new)]
             else:
                 results = self._generate_batch(prompts, max_new, config)
         except torch.cuda.OutOfMemoryError as exc:
@@ -263,8 +270,8 @@ class TransformersBackend(Backend):
                                  device=self.device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts],
                                  device=self.device)
-        # Like LLaMA-Factory's engine: explicit settings, none taken from the model's
-        # generation_config.json (a chat model's repetition_penalty would change the plan).
+        # Like LLaMA-Factory's engine: explicit settings (and the model's
+        # generation_config.json was replaced at load).
         kwargs = {'max_new_tokens': max_new, 'do_sample': config.do_sample,
                   'repetition_penalty': 1.0, 'eos_token_id': self.stop_ids, 'pad_token_id': pad}
         if config.do_sample:

@@ -113,7 +113,7 @@ def test_format_is_canonical():
     assert format_plan(steps, with_output2=False) == '寻找一瓶水；拿起水瓶'
 
 
-@pytest.mark.parametrize('text', ['无法执行', ' 无法执行。', '无法执行.\n'])
+@pytest.mark.parametrize('text', ['无法执行', ' 无法执行。', '无法执行.\n', '无法执行；', '无法执行;'])
 def test_no_task_answer(text):
     plan = parse_plan(text, '今天天气怎么样？')
     assert plan.no_task and plan.steps == [] and not plan.ok

@@ -64,6 +64,61 @@ def test_fast_path_equals_generate(tiny_model, tiny_adapter, merged, draft_token
         assert _texts(fast, config=config) == _texts(merged, config=config)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('draft_tokens', [0, 1, 4])
+def test_fast_path_reports_truncation_like_generate(trained_model, draft_tokens):
+    # A budget of exactly the answer's length leaves no room for the stop token: cut off on
+    # both paths, even when a verify pass sees the stop token past the budget. The trained
+    # model's answers end (the random tiny model's seldom do within a budget).
+    plain = _load(trained_model.base, trained_model.adapter, fast_path='off')
+    fast = _load(trained_model.base, trained_model.adapter, fast_path='on',
+                 draft_tokens=draft_tokens)
+    commands = trained_model.correct[:4]
+    assert commands
+    for command in commands:
+        full = plain.generate([command], PROMPT, GenerationConfig(max_new_tokens=256))[0]
+        assert full.finished
+        for budget in (full.tokens, full.tokens + 1):
+            config = GenerationConfig(max_new_tokens=budget)
+            expected = plain.generate([command], PROMPT, config)[0]
+            got = fast.generate([command], PROMPT, config)[0]
+            assert 'decode_passes' in got.stats  # the fast path served it
+            assert (got.text, got.tokens, got.finished) == \
+                (expected.text, expected.tokens, expected.finished), (command, budget)
+            assert got.finished == (budget > full.tokens)
+
+
+def test_several_commands_are_one_batch_even_with_the_fast_path(
+        tiny_model, tiny_adapter, merged):
+    fast = _load(tiny_model, tiny_adapter, fast_path='on')
+    batch = fast.generate(COMMANDS, PROMPT, GREEDY)
+    assert [g.stats.get('batch_size') for g in batch] == [len(COMMANDS)] * len(COMMANDS)
+    assert [g.text for g in batch] == _texts(merged)
+    assert 'decode_passes' in fast.generate(COMMANDS[:1], PROMPT, GREEDY)[0].stats
+
+
+def test_the_models_generation_config_does_not_change_the_plan(
+        tiny_model, tiny_adapter, merged, tmp_path):
+    # A chat model's generation_config.json may ask for top_k, a repetition penalty or a
+    # no_repeat_ngram_size: decoding follows generation.* only, on both paths.
+    model = str(tmp_path / 'model')
+    shutil.copytree(tiny_model, model)
+    path = os.path.join(model, 'generation_config.json')
+    settings = {}
+    if os.path.exists(path):
+        with open(path, encoding='utf-8') as stream:
+            settings = json.load(stream)
+    settings.update(no_repeat_ngram_size=2, repetition_penalty=1.5, top_k=1, do_sample=True)
+    with open(path, 'w', encoding='utf-8') as stream:
+        json.dump(settings, stream)
+    for fast_path in ('off', 'on'):
+        backend = _load(model, tiny_adapter, fast_path=fast_path)
+        assert _texts(backend) == _texts(merged), fast_path
+    sampled = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=5.0, top_p=1.0)
+    texts = {g.text for g in backend.generate(COMMANDS[:1] * 8, PROMPT, sampled)}
+    assert len(texts) > 1  # top_k 1 of the file would make every sample the same
+
+
 def test_generation_reports_tokens_and_truncation(merged):
     generation = merged.generate(['去客厅'], PROMPT, GenerationConfig(max_new_tokens=3))[0]
     assert generation.tokens <= 3 and generation.prompt_tokens > 10
