@@ -63,7 +63,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not runs:
             raise ValueError('nothing to evaluate: give RUN files and/or --split')
         skills = SkillSet.load(args.skills or None)
-        _, table = evaluate_files(runs, args.out, names or None, skills)
+        _, table = evaluate_files(runs, args.out, names or None, skills, args.instruction)
     except (OSError, ValueError, EngineError) as exc:
         print('evaluate: %s' % exc, file=sys.stderr)
         return 2
@@ -205,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser('evaluate', help='plan metrics of prediction runs side by side')
     evaluate.add_argument('runs', nargs='*', metavar='RUN', help='generated_predictions.jsonl '
-                          'or JSONL rows {"command", "predict", "label"[, "latency_ms"]}')
+                          'or JSONL rows {"command", "predict", "label"[, "latency_ms"]}; '
+                          'give the --instruction of a prompt1..3 run so that it is stripped '
+                          'from the prompts (the grounding check needs the command alone)')
     evaluate.add_argument('--names', nargs='+', help='one display name per RUN file')
     evaluate.add_argument('--out', default=os.path.join('.cache', 'evaluation'),
                           help='folder for results.md/csv/png (default: %(default)s)')

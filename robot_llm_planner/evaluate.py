@@ -105,8 +105,15 @@ def plan_split(planner, split: str, output: str, batch_size: int = 1) -> List[di
     return rows
 
 
-def load_rows(path: str) -> List[dict]:
-    """Read a run file into rows ``{"command", "predict", "label"[, "latency_ms"]}``."""
+def load_rows(path: str, instruction: str = '') -> List[dict]:
+    """
+    Read a run file into rows ``{"command", "predict", "label"[, "latency_ms"]}``.
+
+    A LLaMA-Factory row's command is recovered from its prompt; give the alpaca
+    ``instruction`` of a prompt1..3 run so that it is stripped and the command stands alone
+    (else the grounding check would accept arguments that only the instruction names). Prompts
+    that do not start with it (a prompt0 run) and rows with a ``command`` are kept as they are.
+    """
     try:
         with open(path, encoding='utf-8') as stream:
             lines = stream.readlines()
@@ -129,7 +136,7 @@ def load_rows(path: str) -> List[dict]:
         if 'command' in data:
             command = str(data['command'])
         else:
-            command = command_from_prompt(str(data.get('prompt', '')))
+            command = command_from_prompt(str(data.get('prompt', '')), instruction)
         row = {'command': command, 'predict': data['predict'], 'label': data['label']}
         latency = data.get('latency_ms')
         if latency is not None:
@@ -351,16 +358,18 @@ def write_chart(results: Sequence[Tuple[str, dict]], path: str) -> None:
 
 
 def evaluate_files(paths: Sequence[str], out_dir: str, names: Optional[Sequence[str]] = None,
-                   skills: Optional[SkillSet] = None) -> Tuple[List[Tuple[str, dict]], str]:
+                   skills: Optional[SkillSet] = None,
+                   instruction: str = '') -> Tuple[List[Tuple[str, dict]], str]:
     """
     Evaluate runs and write ``results.md``, ``results.csv`` and ``results.png`` to ``out_dir``.
 
+    ``instruction`` is stripped from the prompts of LLaMA-Factory runs (:func:`load_rows`).
     Return ``[(name, metrics)]`` and the markdown table.
     """
     if not paths:
         raise EvaluationError('no runs to evaluate')
     skills = skills or SkillSet.load()
-    results = [(name, evaluate_rows(load_rows(path), skills))
+    results = [(name, evaluate_rows(load_rows(path, instruction), skills))
                for name, path in zip(run_names(paths, names), paths)]
     table = markdown_table(results)
     os.makedirs(out_dir, exist_ok=True)

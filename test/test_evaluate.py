@@ -146,6 +146,30 @@ def test_load_both_formats(tmp_path):
         'lora', 'planner', 'planner (2)']
 
 
+def test_instruction_is_stripped_before_the_grounding_check(tmp_path, skills):
+    from robot_llm_planner.dataset import load_prompts
+    instruction = load_prompts(None, skills)['prompt3']['task2']
+    assert '机器人' in instruction
+    command = '帮我找遥控器'
+    made_up = {'command': command, 'label': '寻找遥控器。寻找物体，遥控器',
+               'predict': '寻找机器人。寻找物体，机器人'}  # the target is only in the instruction
+    right = dict(made_up, predict=made_up['label'])
+    run = _write_jsonl(tmp_path / 'prompt3' / 'generated_predictions.jsonl', [
+        {'prompt': _prompt(instruction + '\n' + row['command']), 'predict': row['predict'],
+         'label': row['label']} for row in (made_up, right)])
+    rows = load_rows(str(run), instruction)
+    assert [row['command'] for row in rows] == [command, command]
+    assert evaluate_rows(rows, skills)['grounded_valid'] == pytest.approx(1 / 2)
+    # a prompt0 run (no instruction in its prompts) is read the same with or without it
+    prompt0 = _llamafactory_run(tmp_path / 'prompt0' / 'generated_predictions.jsonl', ROWS)
+    assert load_rows(str(prompt0), instruction) == load_rows(str(prompt0))
+    out = tmp_path / 'out'
+    result = _evaluate(str(run), '--instruction', instruction, '--out', str(out))
+    assert result.returncode == 0, result.stderr
+    assert '| valid, arguments in the command | 50.0% |' in result.stdout
+    assert '| skill valid | 100.0% |' in result.stdout
+
+
 def _evaluate(*args):
     return subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'evaluate', *args],
                           capture_output=True, text=True)

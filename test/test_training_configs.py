@@ -5,6 +5,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'training', 'config')
 SCRIPTS = os.path.join(ROOT, 'training', 'scripts')
-TRAIN_CONFIGS = ('lora_sft.yaml', 'full_sft.yaml', 'lora_predict.yaml')
+TRAIN_CONFIGS = ('lora_sft.yaml', 'full_sft.yaml', 'lora_predict.yaml', 'full_predict.yaml')
 PATH_KEYS = ('model_name_or_path', 'adapter_name_or_path', 'output_dir', 'export_dir')
 
 
@@ -34,8 +35,8 @@ def _local(config, tmp_path):
 def test_every_config_parses():
     names = sorted(os.listdir(CONFIG))
     assert names == sorted(['accelerate_multi_gpu_config.yaml', 'accelerate_single_config.yaml',
-                            'ds_z3_config.json', 'full_sft.yaml', 'lora_predict.yaml',
-                            'lora_sft.yaml', 'merge_lora.yaml'])
+                            'ds_z3_config.json', 'full_predict.yaml', 'full_sft.yaml',
+                            'lora_predict.yaml', 'lora_sft.yaml', 'merge_lora.yaml'])
     for name in names:
         assert isinstance(_load(name), dict), name
 
@@ -83,6 +84,66 @@ def test_predict_config_is_greedy_and_complete(tmp_path):
     assert model_args.adapter_name_or_path and finetuning_args.finetuning_type == 'lora'
 
 
+def _cli_train_args(monkeypatch, config, *overrides):
+    """Parse ``llamafactory-cli train CONFIG key=value ...`` as the CLI does (no model loaded)."""
+    from llamafactory.hparams import get_train_args
+    monkeypatch.setattr(sys, 'argv', ['llamafactory-cli', os.path.join(CONFIG, config),
+                                      'use_cpu=true', *overrides])
+    return get_train_args()
+
+
+def test_full_predict_config_passes_the_cli_parser(tmp_path, monkeypatch):
+    model, output = str(tmp_path / 'full'), str(tmp_path / 'predict')
+    os.makedirs(model)
+    model_args, data_args, training_args, finetuning_args, generating_args = _cli_train_args(
+        monkeypatch, 'full_predict.yaml', 'model_name_or_path=' + model, 'output_dir=' + output)
+    assert finetuning_args.finetuning_type == 'full' and model_args.adapter_name_or_path is None
+    assert model_args.model_name_or_path == model and training_args.output_dir == output
+    assert training_args.do_predict and training_args.predict_with_generate
+    assert not training_args.do_train and generating_args.do_sample is False
+    assert data_args.eval_dataset == ['task2_prompt0_manual']
+    # What the README said before: lora_predict.yaml with finetuning_type=full keeps its adapter.
+    with pytest.raises(ValueError, match='Adapter is only valid for the LoRA method'):
+        _cli_train_args(monkeypatch, 'lora_predict.yaml', 'finetuning_type=full',
+                        'model_name_or_path=' + model, 'output_dir=' + output)
+
+
+def test_full_predict_differs_from_lora_predict_only_in_the_model():
+    lora, full = _load('lora_predict.yaml'), _load('full_predict.yaml')
+    assert full['model_name_or_path'] == _load('full_sft.yaml')['output_dir']
+    assert full['output_dir'] != lora['output_dir']
+    assert full['finetuning_type'] == 'full' and 'adapter_name_or_path' not in full
+    changed = {'model_name_or_path', 'adapter_name_or_path', 'finetuning_type', 'output_dir'}
+    assert {k: v for k, v in full.items() if k not in changed} == \
+        {k: v for k, v in lora.items() if k not in changed}
+
+
+def _steps_per_run(config, gpus, train_rows):
+    batch = config['per_device_train_batch_size'] * config['gradient_accumulation_steps'] * gpus
+    return int(config['num_train_epochs'] * -(-train_rows // batch))
+
+
+@pytest.mark.parametrize('name,gpus', [('lora_sft.yaml', 1), ('lora_sft.yaml', 4),
+                                       ('full_sft.yaml', 2), ('full_sft.yaml', 8)])
+def test_sft_configs_validate_several_times(name, gpus):
+    config = _load(name)
+    with open(os.path.join(ROOT, 'training', 'data', 'dataset_info.json'),
+              encoding='utf-8') as stream:
+        train_file = json.load(stream)[config['dataset']]['file_name']
+    with open(os.path.join(ROOT, 'training', 'data', train_file), encoding='utf-8') as stream:
+        rows = len(json.load(stream))
+    assert config['eval_strategy'] == 'steps'
+    assert _steps_per_run(config, gpus, rows) // config['eval_steps'] >= 3
+    assert config['save_total_limit'] >= 1
+
+
+def test_full_sft_checkpoints_rarely():
+    full, lora = _load('full_sft.yaml'), _load('lora_sft.yaml')
+    assert full['save_steps'] > full['eval_steps'] and full['save_total_limit'] == 1
+    assert full['save_only_model'] is True
+    assert lora['save_steps'] == lora['eval_steps']
+
+
 def test_merge_config_passes_get_infer_args(tmp_path):
     from llamafactory.hparams import get_infer_args
     config = _local(_load('merge_lora.yaml'), tmp_path)
@@ -98,7 +159,7 @@ def test_configs_fit_together():
         registered = json.load(stream)
     lora, full = _load('lora_sft.yaml'), _load('full_sft.yaml')
     predict, merge = _load('lora_predict.yaml'), _load('merge_lora.yaml')
-    for config in (lora, full, predict):
+    for config in (lora, full, predict, _load('full_predict.yaml')):
         assert config['dataset_dir'] == './training/data'
         for key in ('dataset', 'eval_dataset'):
             if key in config:
@@ -194,6 +255,36 @@ def test_merge_script_and_a_missing_config(tmp_path):
         CONFIG, 'merge_lora.yaml') in result.stdout
     missing = _script(tmp_path, 'lora_sft.sh', 'nope.yaml')
     assert missing.returncode == 2 and 'no such config file: nope.yaml' in missing.stderr
+
+
+def test_predict_script_takes_the_full_predict_config(tmp_path):
+    pytest.importorskip('jieba')  # predict.sh checks LLaMA-Factory's metrics extra first
+    pytest.importorskip('nltk')
+    pytest.importorskip('rouge_chinese')
+    config = os.path.join(CONFIG, 'full_predict.yaml')
+    result = _script(tmp_path, 'predict.sh', config, 'eval_dataset=task2_prompt0_test')
+    assert result.returncode == 0, result.stderr
+    assert 'launcher.py %s eval_dataset=task2_prompt0_test' % config in result.stdout
+
+
+def test_postprocess_script_runs_outside_the_repository(tmp_path):
+    predict = tmp_path / 'predict'
+    predict.mkdir()
+    (predict / 'generated_predictions.jsonl').write_text(json.dumps(
+        {'prompt': '<|im_start|>user\n去客厅<|im_end|>\n', 'predict': '去客厅。移动到，客厅',
+         'label': ''}, ensure_ascii=False) + '\n', encoding='utf-8')
+    # The package is found only from the repository root (no PYTHONPATH, not installed).
+    environment = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    result = subprocess.run(['bash', os.path.join(SCRIPTS, 'postprocess.sh'), 'predict'],
+                            capture_output=True, text=True, env=environment, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    with open(predict / 'predict_postprocessed.json', encoding='utf-8') as stream:
+        assert json.load(stream) == [{'instruction': '去客厅', 'output_1': ['去客厅'],
+                                      'output_2': ['移动到, 客厅']}]
+    missing = subprocess.run(['bash', os.path.join(SCRIPTS, 'postprocess.sh'), 'nowhere'],
+                             capture_output=True, text=True, env=environment,
+                             cwd=str(tmp_path))
+    assert missing.returncode == 2 and 'no predictions: nowhere/' in missing.stderr
 
 
 def test_download_script_uses_the_chosen_hub(tmp_path):
