@@ -15,7 +15,7 @@ export HF_DATASETS_OFFLINE := 1
 
 env: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
