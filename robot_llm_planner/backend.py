@@ -60,6 +60,7 @@ class Generation:
     prompt_tokens: int = 0
     finished: bool = True  # False when max_new_tokens cut the answer short
     stats: Dict[str, float] = field(default_factory=dict)
+    error: str = ''  # why this command got no answer while others of its batch did
 
 
 class Backend:
@@ -79,7 +80,12 @@ class Backend:
 
     def generate(self, commands: List[str], prompt: PromptBuilder,
                  config: GenerationConfig) -> List[Generation]:
-        """Return one Generation per command, in order; raise EngineError on failure."""
+        """
+        Return one Generation per command, in order; raise EngineError on failure.
+
+        A backend that generates each command on its own (the remote one) may instead return
+        a Generation with ``error`` set for a command that failed while others succeeded.
+        """
         raise NotImplementedError
 
     def describe(self) -> Dict[str, str]:

@@ -10,6 +10,8 @@ The API key is read from the environment variable named by ``api_key_env`` at ea
 never logged, published or put in an error message.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+import http.client
 import json
 import os
 import socket
@@ -22,6 +24,14 @@ from robot_llm_planner.backend import Backend, Generation, GenerationConfig, Rem
 from robot_llm_planner.prompt import PromptBuilder
 
 RETRYABLE_HTTP = (429, 500, 502, 503, 504)
+MAX_CONCURRENT_REQUESTS = 16
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would send the API key on and turn a POST into a GET."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises the redirect as an HTTPError
 
 
 class OpenAIBackend(Backend):
@@ -45,6 +55,7 @@ class OpenAIBackend(Backend):
         self.retries = max(0, int(retries))
         self.retry_backoff_s = retry_backoff_s
         self.grammar = grammar
+        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def describe(self) -> Dict[str, str]:
         """Return the backend, server and model name (never the key)."""
@@ -65,8 +76,27 @@ class OpenAIBackend(Backend):
 
     def generate(self, commands: List[str], prompt: PromptBuilder,
                  config: GenerationConfig) -> List[Generation]:
-        """Send one chat request per command (servers batch concurrent requests)."""
-        return [self._complete(command, prompt, config) for command in commands]
+        """
+        Send one chat request per command, all at once (the server batches them).
+
+        A command whose request fails gets a Generation with ``error`` set; when every
+        request fails, the first failure is raised.
+        """
+        if len(commands) == 1:
+            return [self._complete(commands[0], prompt, config)]
+        with ThreadPoolExecutor(min(len(commands), MAX_CONCURRENT_REQUESTS)) as pool:
+            futures = [pool.submit(self._complete, command, prompt, config)
+                       for command in commands]
+        generations, failures = [], []
+        for future in futures:
+            try:
+                generations.append(future.result())
+            except RemoteError as exc:
+                failures.append(exc)
+                generations.append(Generation('', finished=False, error=str(exc)))
+        if len(failures) == len(commands):
+            raise failures[0]
+        return generations
 
     def _complete(self, command: str, prompt: PromptBuilder,
                   config: GenerationConfig) -> Generation:
@@ -107,15 +137,26 @@ class OpenAIBackend(Backend):
                 time.sleep(self.retry_backoff_s * (2 ** (attempt - 1)))
             request = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with self._opener.open(request, timeout=self.timeout_s) as response:
                     raw = response.read()
             except urllib.error.HTTPError as exc:
+                if 300 <= exc.code < 400:
+                    raise RemoteError(
+                        'remote server %s answered %s %s with a redirect (HTTP %d) to %s: set '
+                        'remote.base_url to the address it points to (redirects are not '
+                        'followed: they would carry the API key elsewhere)'
+                        % (self.base_url, method, path, exc.code,
+                           exc.headers.get('Location', '(no Location)'))) from None
                 detail = _excerpt(exc.read().decode('utf-8', 'replace'))
                 last = RemoteError('remote server %s answered HTTP %d to %s %s: %s'
                                    % (self.base_url, exc.code, method, path, detail))
                 if exc.code in RETRYABLE_HTTP:
                     continue
                 raise last from None
+            except http.client.HTTPException as exc:  # IncompleteRead, BadStatusLine, ...
+                last = RemoteError('remote server %s broke off its answer to %s %s (%s)'
+                                   % (self.base_url, method, path, type(exc).__name__))
+                continue
             except (socket.timeout, TimeoutError):
                 last = RemoteError('remote server %s did not answer %s %s within remote.timeout_s'
                                    ' = %g s' % (self.base_url, method, path, self.timeout_s))

@@ -156,6 +156,9 @@ class Planner:
         inference_ms = (time.perf_counter() - started) * 1000.0
         results = []
         for command, generation in zip(commands, generations):
+            if generation.error:  # this command failed, the others of the batch did not
+                results.append(self._error(command, 'engine_error', generation.error))
+                continue
             parse_started = time.perf_counter()
             plan = parse_plan(generation.text, command)
             errors = self.skills.validate(plan)

@@ -60,25 +60,44 @@ def test_wrong_key_is_refused_without_leaking_it(llamafactory_api, monkeypatch):
 
 
 class _Server:
-    """A real HTTP server on 127.0.0.1 whose answers a test scripts."""
+    """
+    A real HTTP server on 127.0.0.1 whose answers a test scripts.
 
-    def __init__(self, answers):
-        self.answers = list(answers)  # (delay_s, status, body bytes); the last one repeats
+    ``answers``: (delay_s, status, body bytes[, headers]) in turn, the last one repeating; a
+    request whose user message is a key of ``by_command`` gets that answer instead. A status
+    of ``CUT`` sends a 200 that promises more bytes than it sends (a connection broken off).
+    """
+
+    def __init__(self, answers, by_command=None):
+        self.answers = list(answers)
+        self.by_command = dict(by_command or {})
         self.requests = []
+        self.in_flight = self.most_in_flight = 0
+        lock = threading.Lock()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _answer(self):
                 length = int(self.headers.get('Content-Length') or 0)
-                server.requests.append((self.command, self.path, dict(self.headers),
-                                        self.rfile.read(length)))
-                delay, status, body = (server.answers.pop(0) if len(server.answers) > 1
-                                       else server.answers[0])
+                data = self.rfile.read(length)
+                server.requests.append((self.command, self.path, dict(self.headers), data))
+                command = json.loads(data)['messages'][-1]['content'] if data else None
+                with lock:
+                    answer = server.by_command.get(command) or (
+                        server.answers.pop(0) if len(server.answers) > 1 else server.answers[0])
+                    server.in_flight += 1
+                    server.most_in_flight = max(server.most_in_flight, server.in_flight)
+                delay, status, body, headers = (tuple(answer) + ({},))[:4]
                 time.sleep(delay)
+                with lock:
+                    server.in_flight -= 1
                 try:
-                    self.send_response(status)
+                    self.send_response(200 if status == CUT else status)
                     self.send_header('Content-Type', 'application/json')
-                    self.send_header('Content-Length', str(len(body)))
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    promised = len(body) + (100 if status == CUT else 0)
+                    self.send_header('Content-Length', str(promised))
                     self.end_headers()
                     self.wfile.write(body)
                 except OSError:
@@ -98,6 +117,9 @@ class _Server:
         self.httpd.server_close()
 
 
+CUT = 'cut'
+
+
 def _completion(text):
     return json.dumps({'choices': [{'message': {'role': 'assistant', 'content': text},
                                     'finish_reason': 'stop'}],
@@ -109,8 +131,8 @@ def _completion(text):
 def server():
     servers = []
 
-    def start(*answers):
-        servers.append(_Server(answers))
+    def start(*answers, by_command=None):
+        servers.append(_Server(answers, by_command))
         return servers[-1]
     yield start
     for item in servers:
@@ -228,3 +250,37 @@ def test_bad_settings(url, model, env, expected):
     os.environ.pop('PLANNER_UNSET_KEY_VAR', None)
     with pytest.raises(RemoteError, match=expected):
         OpenAIBackend(url, model, env).load()
+
+
+def test_redirects_are_refused_without_sending_the_key_on(server, api_key):
+    target = server((0, 200, _completion(PLAN)))
+    moved = server((0, 302, b'', {'Location': target.url + '/chat/completions'}))
+    with pytest.raises(RemoteError, match='redirect \\(HTTP 302\\) to %s' % target.url):
+        _generate(OpenAIBackend(moved.url, 'm', api_key, retries=2))
+    assert len(moved.requests) == 1 and target.requests == []
+
+
+def test_an_answer_broken_off_is_retried(server):
+    srv = server((0, CUT, _completion(PLAN)[:20]), (0, 200, _completion(PLAN)))
+    backend = OpenAIBackend(srv.url, 'm', retries=1, retry_backoff_s=0.01)
+    assert _generate(backend).text == PLAN and len(srv.requests) == 2
+    broken = OpenAIBackend(server((0, CUT, b'{"choi')).url, 'm', retries=1,
+                           retry_backoff_s=0.01)
+    with pytest.raises(RemoteError, match='broke off its answer .*IncompleteRead') as info:
+        _generate(broken)
+    assert info.value.transient  # the node retries loading, as for a server that is down
+
+
+def test_a_batch_is_sent_at_once_and_one_failure_fails_one_command(server):
+    srv = server((0.3, 200, _completion(PLAN)),
+                 by_command={'坏': (0.3, 404, b'{"error": "bad request"}')})
+    planner = Planner(OpenAIBackend(srv.url, 'm', retries=0), SkillSet.load(), PromptBuilder(),
+                      GenerationConfig(max_new_tokens=16), grounded_arguments=False)
+    results = planner.plan_batch(['去客厅', '坏', '去客厅吧'])
+    assert srv.most_in_flight == 3  # concurrent, so the server can batch them
+    assert [r.status for r in results] == ['ok', 'error', 'ok']
+    assert [e.code for e in results[1].errors] == ['engine_error']
+    assert 'HTTP 404' in results[1].errors[0].message
+    backend = OpenAIBackend(srv.url, 'm', retries=0)
+    with pytest.raises(RemoteError, match='HTTP 404'):  # nothing succeeded: the batch fails
+        backend.generate(['坏', '坏'], PromptBuilder(), GenerationConfig(max_new_tokens=16))
