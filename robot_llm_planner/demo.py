@@ -96,6 +96,8 @@ def _ros_environment(domain_id: int) -> Dict[str, str]:
     env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_DATASETS_OFFLINE='1',
                PYTHONUNBUFFERED='1')
+    if env.get('ROS_DISTRO') == 'humble':  # no discovery range before Iron
+        env['ROS_LOCALHOST_ONLY'] = '1'
     env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     return env
 
@@ -113,8 +115,9 @@ def _executable(name: str) -> List[str]:
     return [sys.executable, '-m', 'robot_llm_planner.' + name]
 
 
-def start_node(model: demo_model.DemoModel, env: Dict[str, str], log_path: str):
-    """Start planner_node serving the demo model; return the process."""
+def start_node(model: demo_model.DemoModel, env: Dict[str, str], log_path: str,
+               namespace: str = ''):
+    """Start planner_node serving the demo model (in ``namespace``); return the process."""
     from robot_llm_planner.skills import package_share_path
     params = package_share_path('config', 'planner.yaml')
     overrides = {
@@ -124,16 +127,20 @@ def start_node(model: demo_model.DemoModel, env: Dict[str, str], log_path: str):
     command = _executable('planner_node') + ['--ros-args', '--params-file', params]
     for name, value in overrides.items():
         command += ['-p', '%s:=%s' % (name, value)]
+    if namespace:
+        command += ['-r', '__ns:=' + namespace]
     _say('starting planner_node (ROS_DOMAIN_ID=%s, log %s):' % (env['ROS_DOMAIN_ID'], log_path))
     _say('  ' + ' '.join(command))
     log = open(log_path, 'w', encoding='utf-8')
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def wait_ready(process, env: Dict[str, str], timeout: float = READY_TIMEOUT_S) -> dict:
+def wait_ready(process, env: Dict[str, str], timeout: float = READY_TIMEOUT_S,
+               namespace: str = '') -> dict:
     """Wait until planner_node's status says ready (or error); return the last status."""
-    os.environ['ROS_DOMAIN_ID'] = env['ROS_DOMAIN_ID']
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = env['ROS_AUTOMATIC_DISCOVERY_RANGE']
+    for name in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOCALHOST_ONLY'):
+        if name in env:
+            os.environ[name] = env[name]
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from robot_llm_planner.planner_node import status_qos
@@ -151,7 +158,8 @@ def wait_ready(process, env: Dict[str, str], timeout: float = READY_TIMEOUT_S) -
                 last.update(json.loads(msg.data))
             except ValueError:
                 pass
-        node.create_subscription(String, '/planner_status', on_status, status_qos())
+        node.create_subscription(String, namespace + '/planner_status', on_status,
+                                 status_qos())
         deadline = time.monotonic() + timeout
         shown = None
         while time.monotonic() < deadline and process.poll() is None:
@@ -168,10 +176,12 @@ def wait_ready(process, env: Dict[str, str], timeout: float = READY_TIMEOUT_S) -
     return last
 
 
-def send_commands(commands: List[str], env: Dict[str, str], timeout: float) -> List[dict]:
+def send_commands(commands: List[str], env: Dict[str, str], timeout: float,
+                  namespace: str = '') -> List[dict]:
     """Send the commands with plan_client --json; return the answers in order."""
     command = _executable('plan_client') + list(commands)
-    command += ['--json', '--timeout', str(timeout)]
+    command += ['--json', '--timeout', str(timeout), '--topic-command', namespace + '/command',
+                '--topic-plan', namespace + '/action_plan']
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     answers = {}
     for line in done.stdout.splitlines():
@@ -238,6 +248,10 @@ def format_plan_table(kind: str, command: str, label: Optional[str], answer: dic
     return '\n'.join(lines)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the demo; return 0 when every step worked."""
     parser = argparse.ArgumentParser(prog='python -m robot_llm_planner.demo',
@@ -249,6 +263,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--cache', default=None, help='model cache folder (default: '
                         '<root>/%s)' % demo_model.DEFAULT_CACHE)
     args = parser.parse_args(argv)
+    # SIGTERM (kill, a CI cancel) ends the demo like Ctrl-C: the finally blocks stop the
+    # node and the trainer instead of leaving them running
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # idle OpenMP threads sleep instead of spinning (a shared 2-core machine); before torch
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     root = os.path.abspath(args.root)
@@ -263,12 +280,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     _say('   base %s\n   adapter %s' % (model.base, model.adapter))
     domain_id = random.SystemRandom().randint(1, 100)
     env = _ros_environment(domain_id)
+    # a namespace of its own: another planner on the same domain is never taken for this one
+    namespace = '/planner_demo_%d' % os.getpid()
     log_path = os.path.join(model.directory, 'planner_node.log')
     _say('\n== 2. planner_node with base + adapter')
-    process = start_node(model, env, log_path)
+    process = start_node(model, env, log_path, namespace)
     code = 0
     try:
-        status = wait_ready(process, env)
+        status = wait_ready(process, env, namespace=namespace)
         if status.get('state') != 'ready':
             _say('planner_node is not ready (%s); its log %s:' % (
                 status.get('error') or 'exited with %s' % process.poll(), log_path))
@@ -277,7 +296,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 1
         samples = sample_commands(root)
         _say('\n== 3. %d sample commands through plan_client' % len(samples))
-        answers = send_commands([command for _, command, _ in samples], env, 120.0)
+        answers = send_commands([command for _, command, _ in samples], env, 120.0,
+                                namespace)
         for (kind, command, label), answer in zip(samples, answers):
             _say(format_plan_table(kind, command, label, answer) + '\n')
             code = code or (0 if answer else 1)

@@ -453,6 +453,9 @@ def _environment() -> Dict[str, str]:
     # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning
     # threads slow each other down several times over.
     env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    # The demo model trains on CPU: with GPUs visible LLaMA-Factory would use them (with
+    # several, through torchrun), changing the training the cache key stands for.
+    env['CUDA_VISIBLE_DEVICES'] = ''
     return env
 
 
@@ -473,42 +476,25 @@ def run_llamafactory(config_path: str, log_path: str, label: str,
     Run ``llamafactory-cli train CONFIG``; return its wall time in seconds.
 
     The whole output goes to ``log_path``; ``echo`` (e.g. ``print``) receives one line per
-    progress update and loss log. On failure the log's last lines are in the exception.
+    progress update and loss log. On failure the log's last lines are in the exception. If
+    this process is interrupted (Ctrl-C, SIGTERM turned into SystemExit), the trainer is
+    stopped too.
     """
     started = time.perf_counter()
     command = llamafactory_cli() + ['train', config_path]
-    last_shown, last_line = -1.0, ''
     with open(log_path, 'wb') as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    cwd=cwd, env=_environment())
-        pending = b''
-        while True:
-            chunk = process.stdout.read1(4096) if hasattr(process.stdout, 'read1') \
-                else process.stdout.read(4096)
-            if not chunk:
-                break
-            log.write(chunk)
-            log.flush()
-            if echo is None:
-                continue
-            pending += chunk
-            parts = re.split(rb'[\r\n]', pending)
-            pending = parts.pop()
-            for part in parts:
-                text = part.decode('utf-8', 'replace')
-                loss = _LOSS.search(text)
-                if loss:
-                    echo('  [%s] loss %s' % (label, loss.group(1)))
-                    continue
-                progress = _PROGRESS.search(text)
-                now = time.perf_counter()
-                if progress and (now - last_shown > 10 or progress.group(2) == progress.group(3)):
-                    line = '  [%s] step %s/%s (%s%%), %s elapsed, about %s left' % (
-                        label, progress.group(2), progress.group(3), progress.group(1),
-                        progress.group(4).strip(), progress.group(5).strip() or '?')
-                    if progress.group(2) != progress.group(3) or line != last_line:
-                        echo(line)
-                    last_shown, last_line = now, line
+        try:
+            _follow(process, log, label, echo)
+        except BaseException:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
         code = process.wait()
     if code != 0:
         with open(log_path, encoding='utf-8', errors='replace') as stream:
@@ -516,6 +502,39 @@ def run_llamafactory(config_path: str, log_path: str, label: str,
         raise DemoModelError('%s: `%s` failed with exit status %d; log %s ends with:\n%s'
                              % (label, ' '.join(command), code, log_path, tail))
     return time.perf_counter() - started
+
+
+def _follow(process, log, label: str, echo: Optional[Callable[[str], None]]) -> None:
+    """Copy the trainer's output to ``log`` until it closes; echo progress and losses."""
+    last_shown, last_line = -1.0, ''
+    pending = b''
+    while True:
+        chunk = process.stdout.read1(4096) if hasattr(process.stdout, 'read1') \
+            else process.stdout.read(4096)
+        if not chunk:
+            return
+        log.write(chunk)
+        log.flush()
+        if echo is None:
+            continue
+        pending += chunk
+        parts = re.split(rb'[\r\n]', pending)
+        pending = parts.pop()
+        for part in parts:
+            text = part.decode('utf-8', 'replace')
+            loss = _LOSS.search(text)
+            if loss:
+                echo('  [%s] loss %s' % (label, loss.group(1)))
+                continue
+            progress = _PROGRESS.search(text)
+            now = time.perf_counter()
+            if progress and (now - last_shown > 10 or progress.group(2) == progress.group(3)):
+                line = '  [%s] step %s/%s (%s%%), %s elapsed, about %s left' % (
+                    label, progress.group(2), progress.group(3), progress.group(1),
+                    progress.group(4).strip(), progress.group(5).strip() or '?')
+                if progress.group(2) != progress.group(3) or line != last_line:
+                    echo(line)
+                last_shown, last_line = now, line
 
 
 # --- the model -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 from llamafactory.data.converter import AlpacaDatasetConverter
 from llamafactory.data.parser import DatasetAttr
@@ -216,3 +217,22 @@ def test_a_cached_model_is_reused_without_training(tmp_path, monkeypatch):
     assert model.cached and model.train_seconds == 12.5
     assert model.base == str(directory / 'base') and model.adapter == str(directory / 'adapter')
     assert 'reusing' in lines[0]
+
+
+def test_an_interrupted_training_run_stops_the_trainer(tmp_path, monkeypatch):
+    # Ctrl-C (or SIGTERM, which the demo turns into SystemExit) while the trainer runs must
+    # not leave llamafactory-cli training in the background. The trainer here is a stand-in
+    # process that logs a loss and then waits: what run_llamafactory is tested for is its
+    # handling of the child process.
+    pid_file = tmp_path / 'pid'
+    trainer = ("import os, sys, time; open(%r, 'w').write(str(os.getpid())); "
+               "print(\"{'loss': 1.5}\", flush=True); time.sleep(120)" % str(pid_file))
+    monkeypatch.setattr(demo_model, 'llamafactory_cli', lambda: [sys.executable, '-c', trainer])
+
+    def interrupt(line):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        demo_model.run_llamafactory('unused.yaml', str(tmp_path / 'log'), 'full SFT', interrupt)
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # gone, and reaped
+        os.kill(pid, 0)
