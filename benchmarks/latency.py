@@ -30,6 +30,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout (the GPU machine has no colcon install)
@@ -152,29 +153,101 @@ def acceptance(model_dir, adapter, split, draft_tokens, limit):
 
 
 def markdown(report):
-    """Return the report as a markdown table."""
+    """Return the report as a markdown table (whatever phases finished)."""
     lines = ['Device: %s; torch %s; transformers %s; %s; prompt %d tokens, %d new tokens, '
              '%d runs; %s' % (report['device'], report['torch'], report['transformers'],
                               report['model'], report['prompt_tokens'], report['new_tokens'],
                               report['runs'], report['date']), '',
              '| path | first token ms | decode ms/token | plan p50 ms | plan p90 ms | '
-             'vs baseline |', '|---|---|---|---|---|---|']
-    base = report['paths']['baseline_generate_dynamic']['plan']['p50_ms']
+             'vs baseline | peak GPU GiB |', '|---|---|---|---|---|---|---|']
+    base = report['paths'].get('baseline_generate_dynamic', {}).get('plan', {}).get('p50_ms')
     for name, path in report['paths'].items():
-        lines.append('| %s | %.2f | %.3f | %.2f | %.2f | %.2fx |' % (
+        lines.append('| %s | %.2f | %.3f | %.2f | %.2f | %s | %s |' % (
             name, path['first_token_ms'], path['decode_ms_per_token'], path['plan']['p50_ms'],
-            path['plan']['p90_ms'], base / path['plan']['p50_ms']))
-    lines.append('| floor (weights / copy bandwidth) | | %.3f | | | |'
-                 % report['floor_ms_per_token'])
-    lines += ['', 'Build/load %.1f s; engine warm-up (compile) %.1f s; peak GPU memory %s; '
-              'copy bandwidth %.3f TB/s.' % (report['build_s'], report['engine_warmup_s'],
-                                             report['peak_gpu_memory_gib'],
-                                             report['copy_tb_s'])]
+            path['plan']['p90_ms'], '%.2fx' % (base / path['plan']['p50_ms']) if base else '-',
+            path.get('peak_gpu_memory_gib', '-')))
+    for key, label in (('floor_ms_per_token', 'floor (weights / copy bandwidth)'),
+                       ('floor_int8_ms_per_token', 'floor, int8 weights')):
+        if key in report:
+            lines.append('| %s | | %.3f | | | | |' % (label, report[key]))
+    if report.get('verify_ms_per_pass'):
+        lines += ['', 'Verify pass (1 + k tokens) ms: ' + ', '.join(
+            'k=%s %.3f' % item for item in report['verify_ms_per_pass'].items())]
+    facts = ['%s %.1f s' % (report.get('model_source', 'build'), report['build_s'])
+             if 'build_s' in report else None,
+             'engine warm-up (compile) %.1f s' % report['engine_warmup_s']
+             if 'engine_warmup_s' in report else None,
+             'peak GPU memory %s GiB' % report['peak_gpu_memory_gib']
+             if 'peak_gpu_memory_gib' in report else None,
+             'copy bandwidth %.3f TB/s (bytes read + written)' % report['copy_tb_s']
+             if 'copy_tb_s' in report else None]
+    lines += ['', '; '.join(fact for fact in facts if fact) + '.']
+    if report.get('compile'):
+        lines += ['', 'Compilation: %s' % json.dumps(report['compile'], sort_keys=True)]
+    for name, error in report.get('errors', {}).items():
+        lines.append('**%s failed**: %s' % (name, error))
     return '\n'.join(lines) + '\n'
 
 
+def save(report, out):
+    """Write latency.json and latency.md (after every phase: a timeout keeps what ran)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'latency.json'), 'w', encoding='utf-8') as stream:
+        json.dump(report, stream, indent=1)
+    with open(os.path.join(out, 'latency.md'), 'w', encoding='utf-8') as stream:
+        stream.write(markdown(report))
+
+
+def phase(report, out, name, function):
+    """Run one phase; a failure is recorded in the report instead of ending the run."""
+    started = time.perf_counter()
+    ok = True
+    try:
+        function()
+    except Exception as exc:  # the next phases may still work: record, go on
+        ok = False
+        message = str(exc).splitlines()[0][:400] if str(exc) else ''
+        report.setdefault('errors', {})[name] = '%s: %s' % (type(exc).__name__, message)
+        print('phase %s failed:' % name, flush=True)
+        traceback.print_exc()
+    report.setdefault('phase_s', {})[name] = round(time.perf_counter() - started, 2)
+    save(report, out)
+    return ok
+
+
+def weight_bytes(model):
+    """Return the bytes one decode step reads: every weight, not the embedding table's rows."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    embedding = model.get_input_embeddings().weight
+    if model.get_output_embeddings().weight is not embedding:  # an untied table: rows gathered
+        total -= embedding.numel() * embedding.element_size()
+    return total
+
+
+def compile_counters():
+    """Return torch.compile's counters that tell whether CUDA graphs ran (or were skipped)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - another torch
+        return {}
+    inductor = {key: value for key, value in counters['inductor'].items() if 'cudagraph' in key}
+    return {'inductor': inductor, 'stats': dict(counters['stats'])}
+
+
+def timed_path(report, device, name, generate, new_tokens, runs):
+    """Measure one path, with its own peak GPU memory."""
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    result = measure(name, generate, device, new_tokens, runs)
+    if device.type == 'cuda':
+        result['peak_gpu_memory_gib'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30,
+                                              2)
+    report['paths'][name] = result
+
+
 def main(argv=None):
-    """Run the benchmark; return 0."""
+    """Run the benchmark; return 0 (a failed phase is in the report, not the exit status)."""
     parser = argparse.ArgumentParser(description=__doc__.strip().split('\n')[0])
     parser.add_argument('--config', choices=sorted(SHAPES), default='qwen1.5-7b')
     parser.add_argument('--model', help='a model directory instead of random weights')
@@ -185,6 +258,8 @@ def main(argv=None):
     parser.add_argument('--new-tokens', type=int, default=40)
     parser.add_argument('--runs', type=int, default=10)
     parser.add_argument('--draft-tokens', type=int, nargs='*', default=[4, 8])
+    parser.add_argument('--int8', action='store_true', help='last, quantize the model to '
+                        'int8 weights (model.quantization int8) and time the fast path again')
     parser.add_argument('--acceptance-model', help='real model dir for prompt-lookup acceptance')
     parser.add_argument('--acceptance-adapter', default='')
     parser.add_argument('--acceptance-split',
@@ -197,6 +272,7 @@ def main(argv=None):
     dtype = {'auto': torch.bfloat16 if device.type == 'cuda' else torch.float32,
              'bfloat16': torch.bfloat16, 'float16': torch.float16,
              'float32': torch.float32}[args.dtype]
+    compile_steps = device.type == 'cuda'
     import transformers
     report = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda'
               else 'CPU (%s, %d threads)' % (platform.processor() or platform.machine(),
@@ -206,75 +282,98 @@ def main(argv=None):
               'model': args.model or 'random weights, %s shape' % args.config,
               'prompt_tokens': args.prompt_tokens, 'new_tokens': args.new_tokens,
               'runs': args.runs, 'paths': {}}
-    bandwidth = copy_bandwidth(device, 2048 if device.type == 'cuda' else 256)
-    report['copy_tb_s'] = round(bandwidth / 1e12, 4)
-    started = time.perf_counter()
-    model = build_model(device, dtype, args.config, args.model, args.adapter, eos_token_id=0,
-                        pad_token_id=0)
-    report['build_s'] = round(time.perf_counter() - started, 2)
-    params = sum(p.numel() for p in model.parameters())
-    embedding = model.get_input_embeddings().weight.numel()
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    # Each step reads every weight once, except the embedding table (rows are gathered);
-    # a tied output layer still reads the whole table.
-    step_bytes = (params - (0 if tied else embedding)) * torch.finfo(dtype).bits // 8
-    report['params'] = params
-    report['floor_ms_per_token'] = round(step_bytes / (bandwidth / 2) * 1000.0, 4)
-    print('device %s, %.2f B params, copy %.3f TB/s, floor %.3f ms/token' % (
-        report['device'], params / 1e9, bandwidth / 1e12, report['floor_ms_per_token']),
-        flush=True)
+    state = {}
+    vocab_prompt = torch.Generator().manual_seed(1)
 
-    vocab = model.config.vocab_size
-    generator = torch.Generator().manual_seed(1)
-    prompt = torch.randint(1, vocab, (1, args.prompt_tokens), generator=generator)
-    report['paths']['baseline_generate_dynamic'] = measure(
-        'baseline_generate_dynamic', baseline_generate(model, prompt.to(device)), device,
-        args.new_tokens, args.runs)
+    def build():
+        bandwidth = copy_bandwidth(device, 2048 if device.type == 'cuda' else 256)
+        report['copy_tb_s'] = round(bandwidth / 1e12, 4)
+        started = time.perf_counter()
+        model = build_model(device, dtype, args.config, args.model, args.adapter,
+                            eos_token_id=0, pad_token_id=0)
+        report['build_s'] = round(time.perf_counter() - started, 2)
+        report['model_source'] = ('load (and merge) of %s' % args.model if args.model
+                                  else 'random init on the device')
+        report['params'] = sum(p.numel() for p in model.parameters())
+        # bandwidth counts bytes read and written; a step only reads the weights
+        report['floor_ms_per_token'] = round(weight_bytes(model) / bandwidth * 1000.0, 4)
+        print('device %s, %.2f B params, copy %.3f TB/s, floor %.3f ms/token' % (
+            report['device'], report['params'] / 1e9, bandwidth / 1e12,
+            report['floor_ms_per_token']), flush=True)
+        prompt = torch.randint(1, model.config.vocab_size, (1, args.prompt_tokens),
+                               generator=vocab_prompt)
+        state.update(model=model, prompt=prompt, bandwidth=bandwidth)
 
-    started = time.perf_counter()
-    decoder = StaticCacheDecoder(model, stop_ids=[], pad_id=0, max_prompt_tokens=512,
-                                 max_new_tokens=args.new_tokens, draft_tokens=0,
-                                 compile_steps=device.type == 'cuda')
-    engine = engine_generate(decoder, prompt[0].tolist())
-    engine(args.new_tokens)
-    engine(args.new_tokens)
-    synchronize(device)
-    report['engine_warmup_s'] = round(time.perf_counter() - started, 2)
-    report['engine_compile_error'] = decoder.compile_error  # '' when the step compiled
-    report['paths']['engine_fast_path'] = measure(
-        'engine_fast_path', engine, device, args.new_tokens, args.runs)
-    report['greedy_agreement'] = agreement(model, decoder, prompt, device, args.new_tokens)
-    report['verify_ms_per_pass'] = {'0': round(report['paths']['engine_fast_path']
-                                               ['decode_ms_per_token'], 3)}
-    for k in args.draft_tokens:
-        drafting = StaticCacheDecoder(model, stop_ids=[], pad_id=0, max_prompt_tokens=512,
-                                      max_new_tokens=args.new_tokens, draft_tokens=k,
-                                      compile_steps=device.type == 'cuda')
-        run = engine_generate(drafting, prompt[0].tolist())
+    def baseline():
+        timed_path(report, device, 'baseline_generate_dynamic',
+                   baseline_generate(state['model'], state['prompt'].to(device)),
+                   args.new_tokens, args.runs)
+
+    def engine():
+        started = time.perf_counter()
+        decoder = StaticCacheDecoder(state['model'], stop_ids=[], pad_id=0,
+                                     max_prompt_tokens=512, max_new_tokens=args.new_tokens,
+                                     draft_tokens=0, compile_steps=compile_steps)
+        run = engine_generate(decoder, state['prompt'][0].tolist())
+        run(args.new_tokens)
+        run(args.new_tokens)
+        synchronize(device)
+        report['engine_warmup_s'] = round(time.perf_counter() - started, 2)
+        report['engine_compile_error'] = decoder.compile_error  # '' when the step compiled
+        report['compile'] = compile_counters()
+        timed_path(report, device, 'engine_fast_path', run, args.new_tokens, args.runs)
+        report['verify_ms_per_pass'] = {
+            '0': round(report['paths']['engine_fast_path']['decode_ms_per_token'], 3)}
+        report['greedy_agreement'] = agreement(state['model'], decoder, state['prompt'],
+                                               device, args.new_tokens)
+
+    def drafts(k):
+        drafting = StaticCacheDecoder(state['model'], stop_ids=[], pad_id=0,
+                                      max_prompt_tokens=512, max_new_tokens=args.new_tokens,
+                                      draft_tokens=k, compile_steps=compile_steps)
+        run = engine_generate(drafting, state['prompt'][0].tolist())
         for _ in range(2):
             run(args.new_tokens)
         times = time_runs(lambda: run(args.new_tokens), device, args.runs)
         stats = run.stats
         passes = max(1, stats['decode_passes'])
         per_pass = (statistics.median(times) - stats['prefill_ms']) / passes
-        report['verify_ms_per_pass'][str(k)] = round(per_pass, 3)
+        report.setdefault('verify_ms_per_pass', {})[str(k)] = round(per_pass, 3)
+        report['compile'] = compile_counters()
         print('verify %d drafts: %.3f ms per forward pass' % (k, per_pass), flush=True)
+
+    def int8():
+        from robot_llm_planner.quantize import quantize_int8
+        model = state['model']
+        quantize_int8(model)
+        report['floor_int8_ms_per_token'] = round(
+            weight_bytes(model) / state['bandwidth'] * 1000.0, 4)
+        decoder = StaticCacheDecoder(model, stop_ids=[], pad_id=0, max_prompt_tokens=512,
+                                     max_new_tokens=args.new_tokens, draft_tokens=0,
+                                     compile_steps=compile_steps)
+        run = engine_generate(decoder, state['prompt'][0].tolist())
+        timed_path(report, device, 'engine_fast_path_int8', run, args.new_tokens, args.runs)
+        report['int8_compile_error'] = decoder.compile_error
+        report['compile'] = compile_counters()
+
+    if not phase(report, args.out, 'build', build):
+        print(markdown(report))
+        return 0
+    phase(report, args.out, 'baseline', baseline)
+    phase(report, args.out, 'engine', engine)
+    for k in args.draft_tokens:
+        phase(report, args.out, 'drafts_%d' % k, lambda: drafts(k))
     if device.type == 'cuda':
         report['peak_gpu_memory_gib'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30,
                                               2)
-    else:
-        report['peak_gpu_memory_gib'] = 'n/a (CPU)'
+    if args.int8:
+        phase(report, args.out, 'int8', int8)
     if args.acceptance_model:
-        report['acceptance'] = acceptance(args.acceptance_model, args.acceptance_adapter,
-                                          args.acceptance_split, [0] + args.draft_tokens,
-                                          args.acceptance_limit)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'latency.json'), 'w', encoding='utf-8') as stream:
-        json.dump(report, stream, indent=1)
-    text = markdown(report)
-    with open(os.path.join(args.out, 'latency.md'), 'w', encoding='utf-8') as stream:
-        stream.write(text)
-    print(text)
+        phase(report, args.out, 'acceptance', lambda: report.update(acceptance=acceptance(
+            args.acceptance_model, args.acceptance_adapter, args.acceptance_split,
+            [0] + args.draft_tokens, args.acceptance_limit)))
+    save(report, args.out)
+    print(markdown(report))
     return 0
 
 

@@ -12,15 +12,41 @@ def test_latency_benchmark_smoke(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'benchmarks', 'latency.py'), '--config', 'tiny',
          '--device', 'cpu', '--runs', '2', '--new-tokens', '6', '--prompt-tokens', '12',
-         '--draft-tokens', '2', '--out', str(tmp_path)], capture_output=True, text=True)
+         '--draft-tokens', '2', '--int8', '--out', str(tmp_path)], capture_output=True,
+        text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / 'latency.json').read_text())
-    assert set(report['paths']) == {'baseline_generate_dynamic', 'engine_fast_path'}
+    assert set(report['paths']) == {'baseline_generate_dynamic', 'engine_fast_path',
+                                    'engine_fast_path_int8'}
     for path in report['paths'].values():
         assert path['plan']['p50_ms'] > 0 and path['first_token_ms'] > 0
-    assert report['floor_ms_per_token'] > 0 and report['copy_tb_s'] > 0
+    assert 'errors' not in report
+    assert set(report['phase_s']) == {'build', 'baseline', 'engine', 'drafts_2', 'int8'}
+    # the floor: the fp32 weights read once per step at the copy bandwidth (read + written)
+    weights = report['params'] * 4
+    floor = weights / (report['copy_tb_s'] * 1e12) * 1000.0
+    assert abs(report['floor_ms_per_token'] - floor) < 0.05 * floor
+    assert report['floor_int8_ms_per_token'] < report['floor_ms_per_token']
     assert set(report['verify_ms_per_pass']) == {'0', '2'}
     assert '| engine_fast_path |' in (tmp_path / 'latency.md').read_text()
+
+
+def test_a_failed_benchmark_phase_is_recorded_and_the_rest_kept(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        import latency
+    finally:
+        sys.path.pop(0)
+    report = {'device': 'd', 'torch': 't', 'transformers': 'x', 'model': 'm',
+              'prompt_tokens': 1, 'new_tokens': 2, 'runs': 1, 'date': 'now', 'paths': {}}
+
+    def broken():
+        raise RuntimeError('CUDA graph capture failed\nmore')
+    assert not latency.phase(report, str(tmp_path), 'engine', broken)
+    assert report['errors'] == {'engine': 'RuntimeError: CUDA graph capture failed'}
+    saved = json.loads((tmp_path / 'latency.json').read_text())
+    assert saved['errors'] == report['errors'] and 'engine' in saved['phase_s']
+    assert '**engine failed**: RuntimeError' in (tmp_path / 'latency.md').read_text()
 
 
 def test_demo_curve_smoke(tmp_path):
