@@ -120,10 +120,11 @@ def test_the_models_generation_config_does_not_change_the_plan(
 
 
 def test_generation_reports_tokens_and_truncation(merged):
+    # the untrained model does not stop within 3 tokens: the budget cuts it (the trained
+    # model's finished answers: test_fast_path_reports_truncation_like_generate)
     generation = merged.generate(['去客厅'], PROMPT, GenerationConfig(max_new_tokens=3))[0]
-    assert generation.tokens <= 3 and generation.prompt_tokens > 10
-    if generation.tokens == 3:
-        assert not generation.finished
+    assert generation.tokens == 3 and generation.prompt_tokens > 10
+    assert not generation.finished
 
 
 def test_stop_token_is_im_end(merged):
