@@ -151,13 +151,20 @@ def load_rows(path: str, instruction: str = '') -> List[dict]:
     return rows
 
 
+def _sound_steps(plan: Plan) -> List:
+    # a step the parser found at fault (e.g. an extra argument it dropped) earns no credit
+    faulty = {error.step for error in plan.errors if error.step is not None}
+    return [step for index, step in enumerate(plan.steps) if index not in faulty]
+
+
 def _descriptions(plan: Plan) -> List[str]:
-    return [clean_text(step.description) for step in plan.steps if clean_text(step.description)]
+    return [clean_text(step.description) for step in _sound_steps(plan)
+            if clean_text(step.description)]
 
 
 def _actions(plan: Plan) -> List[Tuple[str, str, str]]:
     return [(clean_text(s.action), clean_text(s.target), clean_text(s.location))
-            for s in plan.steps if clean_text(s.action)]
+            for s in _sound_steps(plan) if clean_text(s.action)]
 
 
 def _normalized(plan: Plan) -> List[Tuple[str, ...]]:
@@ -233,12 +240,14 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
             exact += predicted.no_task
             descriptions.add(_descriptions(predicted), [])  # a plan where none was due
             actions.add(_actions(predicted), [])
+            label_has_actions = label_has_actions or predicted.has_output2
             continue
         if not expected.steps:
             continue
         labelled += 1
         wrongly_refused += predicted.no_task
-        exact += _normalized(predicted) == _normalized(expected)
+        # what the planner would publish: a plan with parse errors is invalid, not right
+        exact += predicted.ok and _normalized(predicted) == _normalized(expected)
         descriptions.add(_descriptions(predicted), _descriptions(expected))
         if expected.has_output2:
             label_has_actions = True

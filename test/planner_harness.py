@@ -96,14 +96,20 @@ class StatusRecorder:
         pytest.fail('status never matched; last: %s' % self.latest())
 
 
+# Discovery stays on this machine: the range variable from Iron on, the older flag on Humble.
+LOCALHOST_ONLY = {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+if os.environ.get('ROS_DISTRO') == 'humble':
+    LOCALHOST_ONLY['ROS_LOCALHOST_ONLY'] = '1'
+
+
 class RosSession:
     """An rclpy context on its own domain with a spinning test node."""
 
     def __init__(self, domain):
         """Initialize rclpy on ``domain`` and start spinning a test node."""
         self.domain = domain
-        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain),
-                        ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1')
+        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1',
+                        **LOCALHOST_ONLY)
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain)
         self.node = Node('planner_test_%d' % os.getpid(), context=self.context)
@@ -137,11 +143,11 @@ class RosSession:
 @contextmanager
 def ros_session():
     """Yield a RosSession on a random ROS_DOMAIN_ID (restored afterwards)."""
-    domain = random.randint(10, 200)
-    names = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
+    domain = random.randint(10, 101)  # 0-101 is the safe range on Linux (ephemeral ports)
+    names = ('ROS_DOMAIN_ID',) + tuple(LOCALHOST_ONLY)
     saved = {name: os.environ.get(name) for name in names}
     os.environ['ROS_DOMAIN_ID'] = str(domain)
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    os.environ.update(LOCALHOST_ONLY)
     session = RosSession(domain)
     try:
         yield session

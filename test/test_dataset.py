@@ -154,6 +154,10 @@ def test_commands_are_unique_across_splits(generated):
     for split in ('train', 'validation', 'test'):
         keys += [r['input'].rstrip('。！？') for r in _rows(texts, 'task2', 'prompt0', split)]
     assert len(keys) == len(set(keys))
+    # the hand-written manual split shares exactly these with train (training/data/README.md)
+    manual = {r['input'].rstrip('。！？') for r in _rows(texts, 'task2', 'prompt0', 'manual')}
+    train = {r['input'].rstrip('。！？') for r in _rows(texts, 'task2', 'prompt0', 'train')}
+    assert manual & train == {'帮我拿一瓶水', '打开冰箱门', '打开电视吧'}
 
 
 def test_heldout_items_never_in_train_or_validation(generated, examples):

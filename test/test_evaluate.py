@@ -72,6 +72,25 @@ def test_steps_match_as_multisets_and_locations_count(skills):
     assert metrics['format_valid'] == 1.0 and metrics['exact_match'] == 0.0
 
 
+def test_an_output_with_parse_errors_is_never_right(skills):
+    # the parser drops an extra argument or a third section; the planner publishes such an
+    # output invalid, so it must not count as the right plan or as right steps
+    label = '在厨房寻找水。寻找物体，水，厨房'
+    rows = [{'command': '在厨房找水', 'label': label, 'predict': label + '，客厅'},
+            {'command': '在厨房找水', 'label': label, 'predict': label + '。寻找物体，可乐'}]
+    metrics = evaluate_rows(rows, skills)
+    assert metrics['format_valid'] == 0.0 and metrics['exact_match'] == 0.0
+    # the step with the extra argument earns nothing; the steps before a third section do
+    for kind in ('action', 'description'):
+        assert metrics[kind + '_precision'] == 1.0 and metrics[kind + '_recall'] == 0.5
+
+
+def test_a_plan_for_a_command_without_a_task_counts_against_action_precision(skills):
+    rows = [{'command': '唱首歌', 'label': '无法执行', 'predict': '去客厅。移动到，客厅'}]
+    metrics = evaluate_rows(rows, skills)
+    assert metrics['action_precision'] == 0.0 and metrics['description_precision'] == 0.0
+
+
 def test_task1_runs_have_no_action_metrics_and_are_not_executable(skills):
     rows = [{'command': 'a', 'label': '寻找一瓶水；拿起一瓶水', 'predict': '寻找一瓶水；拿起一瓶水'},
             {'command': 'b', 'label': '去客厅', 'predict': ''}]
