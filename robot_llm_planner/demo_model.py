@@ -608,6 +608,20 @@ def build_initial_model(recipe: Recipe, texts: Sequence[str], folder: str) -> st
     return folder
 
 
+def _rows_and_key(recipe: Recipe, root: str):
+    rows = training_rows(recipe, root)
+    lora_rows = shipped_rows(recipe, root)
+    lora_rows = lora_rows[:recipe.lora_rows] if recipe.lora_rows else lora_rows
+    return rows, lora_rows, cache_key(recipe, rows, lora_rows, root)
+
+
+def model_directory(recipe: Optional[Recipe] = None, cache_dir: Optional[str] = None,
+                    root: str = ROOT) -> str:
+    """Return the cache folder of ``recipe``'s model (trained there or not)."""
+    _, _, key = _rows_and_key(recipe or Recipe(), root)
+    return os.path.join(cache_dir or os.path.join(root, DEFAULT_CACHE), key)
+
+
 def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] = None,
                      root: str = ROOT, echo: Optional[Callable[[str], None]] = print,
                      force: bool = False) -> DemoModel:
@@ -619,11 +633,8 @@ def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] =
     """
     recipe = recipe or Recipe()
     say = echo or (lambda line: None)
-    rows = training_rows(recipe, root)
-    lora_rows = shipped_rows(recipe, root)
-    lora_rows = lora_rows[:recipe.lora_rows] if recipe.lora_rows else lora_rows
+    rows, lora_rows, key = _rows_and_key(recipe, root)
     texts = tokenizer_texts(rows, recipe, root)
-    key = cache_key(recipe, rows, lora_rows, root)
     directory = os.path.join(cache_dir or os.path.join(root, DEFAULT_CACHE), key)
     info = None if force else _load_done(directory)
     if info is not None:

@@ -1,9 +1,17 @@
-"""make demo's pieces that need no model: sample commands, plan tables, stopping the node."""
+"""
+make demo: sample commands, plan tables, stopping the node; its ROS path end to end.
 
+The end-to-end run serves the tiny test model from a pre-filled cache, so nothing trains.
+"""
+
+import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 
+import pytest
 from robot_llm_planner import demo, demo_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,3 +78,50 @@ def test_stop_node_interrupts_and_waits():
     process = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE)
     assert process.stdout.readline().strip() == b'up'
     assert demo.stop_node(process, timeout=10) == 0
+
+
+def _fill_cache(cache, base, adapter):
+    """Put ``base`` and ``adapter`` where the demo's default recipe looks for its model."""
+    directory = demo_model.model_directory(cache_dir=cache, root=ROOT)
+    shutil.copytree(base, os.path.join(directory, 'base'))
+    shutil.copytree(adapter, os.path.join(directory, 'adapter'))
+    with open(os.path.join(directory, demo_model.DONE_FILE), 'w', encoding='utf-8') as stream:
+        json.dump({'train_seconds': 1.0}, stream)
+    return directory
+
+
+@pytest.mark.slow
+def test_demo_plans_the_samples_with_the_cached_model_over_ros(tiny_model, tiny_adapter,
+                                                               tmp_path):
+    directory = _fill_cache(str(tmp_path / 'cache'), tiny_model, tiny_adapter)
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'robot_llm_planner.demo', '--cache', str(tmp_path / 'cache'),
+         '--skip-accuracy'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, encoding='utf-8')
+    watchdog = threading.Timer(900, process.kill)  # a hung demo fails instead of hanging
+    watchdog.start()
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip('\n'))
+            # a wrong cache key would train the real demo model for minutes: stop at once
+            assert 'demo model: training into' not in line, '\n'.join(lines)
+        code = process.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:  # SIGTERM: the demo stops its node and trainer first
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    output = '\n'.join(lines)
+    assert code == 0, output
+    assert 'demo model: reusing %s' % directory in output
+    assert 'base %s' % os.path.join(directory, 'base') in output
+    kinds = [kind for kind, _, _ in demo.sample_commands(ROOT)]
+    headers = [line for line in lines if line.startswith('[')]
+    assert [line[1:].split('] ')[0] for line in headers] == kinds, output
+    assert not any('status no answer' in line for line in lines), output
+    assert 'planner_node exited with 0' in output

@@ -389,6 +389,82 @@ def test_no_task_and_made_up_arguments_are_answered_with_their_codes(ros, tmp_pa
         node.kill()
 
 
+def test_prompt_system_and_instruction_reach_the_model(ros, tmp_path, server):
+    system = '你是家用机器人的任务规划器。'
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(
+        server, **{'prompt.system': system, 'prompt.instruction': '请规划'}))
+    try:
+        status.wait_for(lambda s: s['state'] == 'ready')
+        _wait_connected(client)
+        request_id = client.send('去客厅', 'p1')
+        answer = wait_for_answers(client, [request_id])[request_id]
+        assert answer['status'] == 'ok'
+        assert len(server.bodies) == 1
+        # the alpaca query: instruction and command joined by a newline (prompt.join_query)
+        assert server.bodies[-1]['messages'] == [{'role': 'system', 'content': system},
+                                                 {'role': 'user', 'content': '请规划\n去客厅'}]
+    finally:
+        node.kill()
+
+
+FLY_PLAN = '飞到阳台。飞，阳台'
+
+
+def _skills_with_fly(path):
+    """Write config/skills.yaml plus the action 飞 (one target) to ``path``; return it."""
+    with open(os.path.join(ROOT, 'config', 'skills.yaml'), encoding='utf-8') as stream:
+        skills = yaml.safe_load(stream)
+    skills['skills']['飞'] = {'description': 'Fly to a place.', 'required': ['target'],
+                             'optional': []}
+    with open(path, 'w', encoding='utf-8') as stream:
+        yaml.safe_dump(skills, stream, allow_unicode=True)
+    return str(path)
+
+
+@pytest.mark.parametrize('custom', [True, False], ids=['skills-file-with-fly', 'default'])
+def test_plans_are_checked_against_the_skills_file(ros, tmp_path, server, custom):
+    server.answers['飞到阳台'] = FLY_PLAN
+    extra = {'skills_file': _skills_with_fly(tmp_path / 'skills.yaml')} if custom else {}
+    node, status, client = _start(ros, tmp_path / 'node', fake_server_parameters(server, **extra))
+    try:
+        status.wait_for(lambda s: s['state'] == 'ready')
+        _wait_connected(client)
+        request_id = client.send('飞到阳台', 'fly')
+        answer = wait_for_answers(client, [request_id])[request_id]
+        schema_validator().validate(answer)
+        assert answer['raw_output'] == FLY_PLAN
+        assert [(step['action'], step['target']) for step in answer['steps']] == [('飞', '阳台')]
+        if custom:
+            assert answer['status'] == 'ok' and answer['errors'] == []
+        else:
+            assert answer['status'] == 'invalid'
+            assert [(e['code'], e['step']) for e in answer['errors']] == [('unknown_action', 0)]
+            assert "'飞' is not a skill of this robot" in answer['errors'][0]['message']
+    finally:
+        node.kill()
+
+
+def test_a_malformed_skills_file_gives_status_error_naming_it(ros, tmp_path, server):
+    path = tmp_path / 'broken_skills.yaml'
+    path.write_text('skills:\n  飞: [target\n', encoding='utf-8')
+    node, status, client = _start(ros, tmp_path / 'node', fake_server_parameters(
+        server, skills_file=str(path)))
+    try:
+        failed = status.wait_for(lambda s: s['state'] == 'error')
+        assert 'cannot load the model: skills file %s is not valid YAML' % path \
+            in failed['error']
+        _wait_connected(client)
+        request_id = client.send('去客厅', 'broken')
+        answer = wait_for_answers(client, [request_id])[request_id]
+        assert answer['status'] == 'error'
+        assert answer['errors'][0]['code'] == 'model_load_failed'
+        assert str(path) in answer['errors'][0]['message']
+        assert server.requests == []  # nothing was planned
+        assert node.alive(), node.stderr()[-3000:]
+    finally:
+        node.kill()
+
+
 def _set_parameter(ros, name, value):
     client = ros.node.create_client(SetParameters, '/planner_node/set_parameters')
     assert client.wait_for_service(timeout_sec=30)
@@ -447,6 +523,33 @@ def test_waiting_commands_are_planned_as_one_batch(ros, tmp_path, server):
         assert len(batch) == 1  # one generate() call timed the three
         assert answers['c1']['timing']['inference_ms'] not in batch
         assert all(answers[i]['timing']['queue_ms'] > 0 for i in ('c2', 'c3', 'c4'))
+    finally:
+        node.kill()
+
+
+def test_queue_max_batch_and_max_size_change_while_the_node_runs(ros, tmp_path, server):
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(server))
+    try:
+        ready = status.wait_for(lambda s: s['state'] == 'ready')
+        assert ready['queue_max_size'] == 16  # the default, before the change
+        assert _set_parameter(ros, 'queue.max_batch', 3).successful
+        assert _set_parameter(ros, 'queue.max_size', 3).successful
+        status.wait_for(lambda s: s['queue_max_size'] == 3)
+        ids = [_hold_one_in_flight(server, client, status)]
+        ids += [client.send('去客厅 %d' % n, 'c%d' % n) for n in range(2, 6)]
+        full = wait_for_answers(client, ['c5'])['c5']  # the fourth waiting one
+        assert full['status'] == 'rejected'
+        assert [e['code'] for e in full['errors']] == ['queue_full']
+        assert 'queue.max_size 3' in full['errors'][0]['message']
+        assert status.wait_for(lambda s: s['queue_depth'] == 3)['queue_max_size'] == 3
+        server.gate.set()
+        answers = wait_for_answers(client, ids)
+        assert [answers[i]['status'] for i in ids] == ['ok', 'ok', 'ok', 'ok', 'rejected']
+        batch = {answers[i]['timing']['inference_ms'] for i in ('c2', 'c3', 'c4')}
+        assert len(batch) == 1  # one generate() call timed the three
+        assert answers['c1']['timing']['inference_ms'] not in batch
+        assert sorted(server.requests[1:]) == ['去客厅 2', '去客厅 3', '去客厅 4']
+        assert_exactly_one_answer(client, ids)
     finally:
         node.kill()
 

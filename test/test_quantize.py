@@ -1,5 +1,6 @@
 """int8 weight-only quantization: accuracy of the layer, and the model still plans."""
 
+from conftest import TRAINED_MODEL_RECIPE
 import pytest
 from robot_llm_planner.quantize import Int8Linear, quantize_int8
 from robot_llm_planner.transformers_backend import TransformersBackend
@@ -36,7 +37,12 @@ def test_quantized_trained_model_keeps_its_answers(trained_model):
                                   quantization='int8')
     backend.load()
     assert backend.describe()['quantization'] == 'int8'
+    layers = backend.model.get_decoder().layers
+    assert len(layers) == TRAINED_MODEL_RECIPE['layers']
+    assert sum(isinstance(m, Int8Linear) for m in layers.modules()) == 7 * len(layers)
+    assert not any(isinstance(m, nn.Linear) for m in layers.modules())
     commands = trained_model.correct
+    assert commands  # the comparison below is over at least one trained answer
     answers = backend.generate(commands, PromptBuilder(), GenerationConfig(max_new_tokens=64))
     same = sum(answer.text == trained_model.labels[command]
                for command, answer in zip(commands, answers))
