@@ -173,6 +173,11 @@ def markdown(report):
     if report.get('verify_ms_per_pass'):
         lines += ['', 'Verify pass (1 + k tokens) ms: ' + ', '.join(
             'k=%s %.3f' % item for item in report['verify_ms_per_pass'].items())]
+    for k, item in report.get('draft_estimate', {}).items():
+        lines.append('Estimate with %s drafts at %.3f plan tokens per pass (measured on real '
+                     'plans): %.3f ms/token, plan %.1f ms, %.2fx the fast path without drafts'
+                     % (k, item['tokens_per_pass'], item['decode_ms_per_token'],
+                        item['plan_ms'], item['vs_fast_path']))
     facts = ['%s %.1f s' % (report.get('model_source', 'build'), report['build_s'])
              if 'build_s' in report else None,
              'engine warm-up (compile) %.1f s' % report['engine_warmup_s']
@@ -235,6 +240,29 @@ def compile_counters():
     return {'inductor': inductor, 'stats': dict(counters['stats'])}
 
 
+def draft_estimate(report, tokens_per_pass, new_tokens):
+    """
+    Estimate the plan time with k drafts: this run's verify-pass cost over real acceptance.
+
+    ``tokens_per_pass`` holds ``K=TOKENS`` pairs measured on a trained model's plans (random
+    weights accept nothing useful); a plan of ``new_tokens`` then takes the fast path's first
+    token plus ``(new_tokens - 1) / TOKENS`` verify passes of 1 + K tokens.
+    """
+    fast = report['paths']['engine_fast_path']
+    estimate = {}
+    for item in tokens_per_pass:
+        k, tokens = item.split('=')
+        verify_ms = report['verify_ms_per_pass'][k]
+        decode_ms = verify_ms / float(tokens)
+        plan_ms = fast['first_token_ms'] + (new_tokens - 1) * decode_ms
+        estimate[k] = {'tokens_per_pass': float(tokens), 'verify_ms_per_pass': verify_ms,
+                       'decode_ms_per_token': round(decode_ms, 3), 'plan_ms': round(plan_ms, 2),
+                       'vs_fast_path': round(fast['plan']['p50_ms'] / plan_ms, 2)}
+        print('estimate with %s drafts (%.3f tokens per pass): %.3f ms/token, plan %.1f ms'
+              % (k, float(tokens), decode_ms, plan_ms), flush=True)
+    return estimate
+
+
 def timed_path(report, device, name, generate, new_tokens, runs):
     """Measure one path, with its own peak GPU memory."""
     if device.type == 'cuda':
@@ -258,6 +286,10 @@ def main(argv=None):
     parser.add_argument('--new-tokens', type=int, default=40)
     parser.add_argument('--runs', type=int, default=10)
     parser.add_argument('--draft-tokens', type=int, nargs='*', default=[4, 8])
+    parser.add_argument('--tokens-per-pass', nargs='*', default=[], metavar='K=TOKENS',
+                        help='prompt-lookup acceptance measured on real plans (plan tokens per '
+                        'forward pass with K drafts, e.g. 4=1.977): estimates the plan time '
+                        'with K drafts from the verify cost measured in this run')
     parser.add_argument('--int8', action='store_true', help='last, quantize the model to '
                         'int8 weights (model.quantization int8) and time the fast path again')
     parser.add_argument('--acceptance-model', help='real model dir for prompt-lookup acceptance')
@@ -363,6 +395,9 @@ def main(argv=None):
     phase(report, args.out, 'engine', engine)
     for k in args.draft_tokens:
         phase(report, args.out, 'drafts_%d' % k, lambda: drafts(k))
+    if args.tokens_per_pass:
+        phase(report, args.out, 'draft_estimate', lambda: report.update(
+            draft_estimate=draft_estimate(report, args.tokens_per_pass, args.new_tokens)))
     if device.type == 'cuda':
         report['peak_gpu_memory_gib'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30,
                                               2)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -12,8 +14,8 @@ def test_latency_benchmark_smoke(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'benchmarks', 'latency.py'), '--config', 'tiny',
          '--device', 'cpu', '--runs', '2', '--new-tokens', '6', '--prompt-tokens', '12',
-         '--draft-tokens', '2', '--int8', '--out', str(tmp_path)], capture_output=True,
-        text=True)
+         '--draft-tokens', '2', '--tokens-per-pass', '2=1.741', '--int8', '--out',
+         str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / 'latency.json').read_text())
     assert set(report['paths']) == {'baseline_generate_dynamic', 'engine_fast_path',
@@ -21,7 +23,11 @@ def test_latency_benchmark_smoke(tmp_path):
     for path in report['paths'].values():
         assert path['plan']['p50_ms'] > 0 and path['first_token_ms'] > 0
     assert 'errors' not in report
-    assert set(report['phase_s']) == {'build', 'baseline', 'engine', 'drafts_2', 'int8'}
+    assert set(report['phase_s']) == {'build', 'baseline', 'engine', 'drafts_2',
+                                      'draft_estimate', 'int8'}
+    estimate = report['draft_estimate']['2']
+    assert estimate['decode_ms_per_token'] == pytest.approx(
+        report['verify_ms_per_pass']['2'] / 1.741, abs=1e-3)
     # the floor: the fp32 weights read once per step at the copy bandwidth (read + written)
     weights = report['params'] * 4
     floor = weights / (report['copy_tb_s'] * 1e12) * 1000.0
