@@ -263,9 +263,17 @@ def draft_estimate(report, tokens_per_pass, new_tokens):
     return estimate
 
 
+def note_peak(report, device):
+    """Fold the peak GPU memory since the last reset into the run's peak."""
+    if device.type == 'cuda':
+        peak = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+        report['peak_gpu_memory_gib'] = max(peak, report.get('peak_gpu_memory_gib', 0.0))
+
+
 def timed_path(report, device, name, generate, new_tokens, runs):
     """Measure one path, with its own peak GPU memory."""
     if device.type == 'cuda':
+        note_peak(report, device)  # the run's peak so far, before this path's own
         torch.cuda.reset_peak_memory_stats(device)
     result = measure(name, generate, device, new_tokens, runs)
     if device.type == 'cuda':
@@ -398,15 +406,15 @@ def main(argv=None):
     if args.tokens_per_pass:
         phase(report, args.out, 'draft_estimate', lambda: report.update(
             draft_estimate=draft_estimate(report, args.tokens_per_pass, args.new_tokens)))
-    if device.type == 'cuda':
-        report['peak_gpu_memory_gib'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30,
-                                              2)
     if args.int8:
         phase(report, args.out, 'int8', int8)
     if args.acceptance_model:
         phase(report, args.out, 'acceptance', lambda: report.update(acceptance=acceptance(
             args.acceptance_model, args.acceptance_adapter, args.acceptance_split,
             [0] + args.draft_tokens, args.acceptance_limit)))
+    note_peak(report, device)
+    if device.type != 'cuda':
+        report['peak_gpu_memory_gib'] = 'n/a (CPU)'
     save(report, args.out)
     print(markdown(report))
     return 0

@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -264,8 +265,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                         '<root>/%s)' % demo_model.DEFAULT_CACHE)
     args = parser.parse_args(argv)
     # SIGTERM (kill, a CI cancel) ends the demo like Ctrl-C: the finally blocks stop the
-    # node and the trainer instead of leaving them running
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # node and the trainer instead of leaving them running (main thread only: signal handlers
+    # can only be set there; restored on return)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     # idle OpenMP threads sleep instead of spinning (a shared 2-core machine); before torch
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     root = os.path.abspath(args.root)
@@ -316,6 +328,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                   metrics['no_task_labelled'],
                                   100 * metrics['false_refusals']))
     finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
         _say('\n== 5. stopping planner_node (SIGINT)')
         status_code = stop_node(process)
         _say('   planner_node exited with %s' % status_code)

@@ -151,20 +151,23 @@ def load_rows(path: str, instruction: str = '') -> List[dict]:
     return rows
 
 
-def _sound_steps(plan: Plan) -> List:
-    # a step the parser found at fault (e.g. an extra argument it dropped) earns no credit
-    faulty = {error.step for error in plan.errors if error.step is not None}
-    return [step for index, step in enumerate(plan.steps) if index not in faulty]
+def _faulty(plan: Plan) -> set:
+    # steps the parser found at fault (e.g. an extra argument it dropped): they count as
+    # predicted steps that match nothing
+    return {error.step for error in plan.errors if error.step is not None}
 
 
-def _descriptions(plan: Plan) -> List[str]:
-    return [clean_text(step.description) for step in _sound_steps(plan)
-            if clean_text(step.description)]
+def _descriptions(plan: Plan) -> list:
+    faulty = _faulty(plan)
+    return [('\0faulty', index) if index in faulty else clean_text(step.description)
+            for index, step in enumerate(plan.steps) if clean_text(step.description)]
 
 
-def _actions(plan: Plan) -> List[Tuple[str, str, str]]:
-    return [(clean_text(s.action), clean_text(s.target), clean_text(s.location))
-            for s in _sound_steps(plan) if clean_text(s.action)]
+def _actions(plan: Plan) -> list:
+    faulty = _faulty(plan)
+    return [('\0faulty', index) if index in faulty
+            else (clean_text(s.action), clean_text(s.target), clean_text(s.location))
+            for index, s in enumerate(plan.steps) if clean_text(s.action)]
 
 
 def _normalized(plan: Plan) -> List[Tuple[str, ...]]:
@@ -240,7 +243,6 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
             exact += predicted.no_task
             descriptions.add(_descriptions(predicted), [])  # a plan where none was due
             actions.add(_actions(predicted), [])
-            label_has_actions = label_has_actions or predicted.has_output2
             continue
         if not expected.steps:
             continue

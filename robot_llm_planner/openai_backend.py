@@ -91,9 +91,11 @@ class OpenAIBackend(Backend):
         for future in futures:
             try:
                 generations.append(future.result())
-            except RemoteError as exc:
+            except Exception as exc:  # RemoteError, or an answer this code could not read
                 failures.append(exc)
-                generations.append(Generation('', finished=False, error=str(exc)))
+                text = str(exc) if isinstance(exc, RemoteError) \
+                    else '%s: %s' % (type(exc).__name__, exc)
+                generations.append(Generation('', finished=False, error=text))
         if len(failures) == len(commands):
             raise failures[0]
         return generations
@@ -118,9 +120,10 @@ class OpenAIBackend(Backend):
         except (KeyError, IndexError, TypeError) as exc:
             raise RemoteError('remote server %s answered without choices[0].message.content '
                               '(%s): %s' % (self.base_url, exc, _excerpt(answer))) from exc
-        usage = answer.get('usage') or {}
-        return Generation(text, tokens=int(usage.get('completion_tokens') or 0),
-                          prompt_tokens=int(usage.get('prompt_tokens') or 0),
+        usage = answer.get('usage')
+        usage = usage if isinstance(usage, dict) else {}  # only statistics: never fatal
+        return Generation(text, tokens=_count(usage.get('completion_tokens')),
+                          prompt_tokens=_count(usage.get('prompt_tokens')),
                           finished=choice.get('finish_reason') != 'length',
                           stats={'request_ms': (time.perf_counter() - started) * 1000.0})
 
@@ -176,6 +179,13 @@ class OpenAIBackend(Backend):
                                                             _excerpt(raw)))
             return answer
         raise RemoteError('%s (after %d attempts)' % (last, self.retries + 1), transient=True)
+
+
+def _count(value) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _excerpt(value, limit: int = 200) -> str:

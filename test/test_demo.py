@@ -7,10 +7,12 @@ The end-to-end run serves the tiny test model from a pre-filled cache, so nothin
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 
+import psutil
 import pytest
 from robot_llm_planner import demo, demo_model
 
@@ -125,3 +127,42 @@ def test_demo_plans_the_samples_with_the_cached_model_over_ros(tiny_model, tiny_
     assert [line[1:].split('] ')[0] for line in headers] == kinds, output
     assert not any('status no answer' in line for line in lines), output
     assert 'planner_node exited with 0' in output
+
+
+def test_the_demo_restores_the_sigterm_handler(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(OSError):  # no repository there: it stops before any training
+        demo.main(['--root', str(tmp_path / 'nowhere'), '--cache', str(tmp_path / 'cache')])
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_demo_and_its_node(tiny_model, tiny_adapter, tmp_path):
+    _fill_cache(str(tmp_path / 'cache'), tiny_model, tiny_adapter)
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'robot_llm_planner.demo', '--cache', str(tmp_path / 'cache'),
+         '--skip-accuracy'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, encoding='utf-8')
+    watchdog = threading.Timer(600, process.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in process.stdout:  # the node is up and planning: kill the demo now
+            lines.append(line)
+            if line.startswith('== 3.'):
+                break
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert children, ''.join(lines)  # planner_node
+        process.send_signal(signal.SIGTERM)
+        lines += process.stdout.readlines()
+        code = process.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = ''.join(lines)
+    assert code == 128 + signal.SIGTERM, output
+    assert 'planner_node exited with 0' in output, output
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, 'left running: %s' % alive

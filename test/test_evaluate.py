@@ -80,15 +80,15 @@ def test_an_output_with_parse_errors_is_never_right(skills):
             {'command': '在厨房找水', 'label': label, 'predict': label + '。寻找物体，可乐'}]
     metrics = evaluate_rows(rows, skills)
     assert metrics['format_valid'] == 0.0 and metrics['exact_match'] == 0.0
-    # the step with the extra argument earns nothing; the steps before a third section do
+    # the step with the extra argument is a wrong step; the steps before a third section count
     for kind in ('action', 'description'):
-        assert metrics[kind + '_precision'] == 1.0 and metrics[kind + '_recall'] == 0.5
-
-
-def test_a_plan_for_a_command_without_a_task_counts_against_action_precision(skills):
-    rows = [{'command': '唱首歌', 'label': '无法执行', 'predict': '去客厅。移动到，客厅'}]
-    metrics = evaluate_rows(rows, skills)
-    assert metrics['action_precision'] == 0.0 and metrics['description_precision'] == 0.0
+        assert metrics[kind + '_precision'] == 0.5 and metrics[kind + '_recall'] == 0.5
+    # a faulty step is as wrong as a well-formed wrong one, never better
+    wrong = evaluate_rows([{'command': 'x', 'label': label,
+                            'predict': '在厨房寻找可乐。寻找物体，可乐，厨房'}], skills)
+    faulty = evaluate_rows([rows[0]], skills)
+    for key in ('action_precision', 'description_precision'):
+        assert faulty[key] == wrong[key] == 0.0
 
 
 def test_task1_runs_have_no_action_metrics_and_are_not_executable(skills):

@@ -291,3 +291,12 @@ def test_a_batch_is_sent_at_once_and_one_failure_fails_one_command(server):
     backend = OpenAIBackend(srv.url, 'm', retries=0)
     with pytest.raises(RemoteError, match='HTTP 404'):  # nothing succeeded: the batch fails
         backend.generate(['坏', '坏'], PromptBuilder(), GenerationConfig(max_new_tokens=16))
+
+
+def test_odd_usage_figures_do_not_lose_the_plan(server):
+    body = json.dumps({'choices': [{'message': {'content': PLAN}, 'finish_reason': 'stop'}],
+                       'usage': {'completion_tokens': 'n/a', 'prompt_tokens': None}})
+    generation = _generate(OpenAIBackend(server((0, 200, body.encode())).url, 'm'))
+    assert generation.text == PLAN and generation.tokens == 0
+    listed = json.dumps({'choices': [{'message': {'content': PLAN}}], 'usage': [1, 2]})
+    assert _generate(OpenAIBackend(server((0, 200, listed.encode())).url, 'm')).text == PLAN
