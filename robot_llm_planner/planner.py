@@ -9,6 +9,7 @@ answered :data:`~robot_llm_planner.plan.NO_TASK`, code ``not_a_task``).
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+import re
 import time
 from typing import List, Optional, Sequence, Tuple
 import unicodedata
@@ -22,10 +23,21 @@ from robot_llm_planner.skills import SkillSet
 
 DEFAULT_MAX_COMMAND_CHARS = 256
 
+# The text of a chat-template control token (<|im_start|>, <|im_end|>, <|endoftext|>, ...):
+# tokenizers turn it into the real token, so a command holding one could end the user's turn
+# and write a system turn of its own.
+CONTROL_TOKEN = re.compile(r'<\|[^<>|\s]{1,64}\|>')
+
 
 def clean_command(text: str) -> str:
-    """Return the command with control characters replaced by spaces and spaces collapsed."""
-    text = ''.join(' ' if unicodedata.category(ch) == 'Cc' else ch for ch in text)
+    """
+    Return the command with control characters replaced by spaces and spaces collapsed.
+
+    Lone surrogates (undecodable bytes that Python smuggled into a str) become U+FFFD, which
+    every tokenizer can encode.
+    """
+    text = ''.join(' ' if unicodedata.category(ch) == 'Cc'
+                   else '\ufffd' if unicodedata.category(ch) == 'Cs' else ch for ch in text)
     return ' '.join(text.split())
 
 
@@ -91,6 +103,11 @@ class Planner:
         if len(command) > self.max_command_chars:
             return PlanError('command_too_long', 'the command has %d characters; at most %d are '
                              'planned' % (len(command), self.max_command_chars))
+        token = CONTROL_TOKEN.search(command)
+        if token is not None:
+            return PlanError('control_token_in_command', 'the command contains %s, the text of a '
+                             'chat-template control token; it is refused, since it could end the '
+                             'user turn and inject instructions' % token.group(0))
         return None
 
     def _prepare(self, raw: str) -> Tuple[str, Optional[PlanError]]:
