@@ -10,9 +10,35 @@ Subcommands:
 """
 
 import argparse
+import math
 import os
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """Return an argparse type: an integer >= ``minimum`` (argparse names the option)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError('expected an integer >= %d, got %r'
+                                             % (minimum, text))
+        return value
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """Argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError('expected a number > 0, got %r' % text)
+    return value
 
 
 def _make_dataset(args: argparse.Namespace) -> int:
@@ -106,12 +132,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        'LLaMA-Factory >= 0.9.3 qwen default)')
     group.add_argument('--instruction', default='', help='alpaca instruction the model was '
                        'trained with (training/prompts.yaml)')
-    group.add_argument('--max-new-tokens', type=int, default=defaults.max_new_tokens)
+    group.add_argument('--max-new-tokens', type=int_at_least(1),
+                       default=defaults.max_new_tokens,
+                       help='most tokens generated per command (>= 1)')
     group.add_argument('--constrained', action=argparse.BooleanOptionalAction,
                        default=defaults.constrained,
                        help='grammar-constrained decoding from the skills file')
     group.add_argument('--fast-path', choices=('auto', 'on', 'off'), default=defaults.fast_path)
-    group.add_argument('--draft-tokens', type=int, default=defaults.draft_tokens,
+    group.add_argument('--draft-tokens', type=int_at_least(0), default=defaults.draft_tokens,
                        help='prompt-lookup draft tokens per step (0 = off)')
     group.add_argument('--skills', default='', help='skills YAML (default: config/skills.yaml)')
     group.add_argument('--grounded-arguments', action=argparse.BooleanOptionalAction,
@@ -122,8 +150,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--remote-model', default='', help='openai backend: model name')
     group.add_argument('--api-key-env', default='', help='openai backend: environment '
                        'variable holding the API key')
-    group.add_argument('--timeout', type=float, default=defaults.remote_timeout_s,
-                       help='openai backend: request timeout in seconds')
+    group.add_argument('--timeout', type=positive_float, default=defaults.remote_timeout_s,
+                       help='openai backend: request timeout in seconds (> 0)')
     group.add_argument('--remote-grammar-field', default=defaults.remote_grammar_field,
                        choices=REMOTE_FIELDS,
                        help='openai backend: how --constrained sends the grammar (vLLM >= 0.10.2: '
@@ -150,7 +178,8 @@ def _plan(args: argparse.Namespace) -> int:
     from robot_llm_planner.message import to_json
     from robot_llm_planner.settings import build_planner
     from robot_llm_planner.skills import SkillError
-    commands = args.commands or [line.rstrip('\n') for line in sys.stdin]
+    # A blank line on stdin (a trailing newline, a separating empty line) is no command.
+    commands = args.commands or [line.rstrip('\r\n') for line in sys.stdin if line.strip()]
     try:
         planner = build_planner(settings_from_args(args))
         planner.load()
@@ -216,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                           'evaluate that run beside the RUN files')
     evaluate.add_argument('--run-name', help='name of the --split run (default: the split '
                           "file's name); its rows go to OUT/NAME.jsonl")
-    evaluate.add_argument('--batch', type=int, default=1, help='--split: commands per '
-                          'planner batch (1 gives per-command latencies)')
+    evaluate.add_argument('--batch', type=int_at_least(1), default=1, help='--split: commands '
+                          'per planner batch (1 gives per-command latencies)')
     add_model_arguments(evaluate)
     evaluate.set_defaults(run=_evaluate)
     return parser

@@ -65,42 +65,67 @@ def seed_record(command: str, predict: str) -> dict:
 
 
 def _load_dataset_inputs(path: str) -> List[str]:
-    with open(path, encoding='utf-8') as stream:
-        rows = json.load(stream)
+    try:
+        with open(path, encoding='utf-8') as stream:
+            rows = json.load(stream)
+    except UnicodeDecodeError as exc:
+        raise ValueError('%s: the dataset is not UTF-8 text (%s)' % (path, exc)) from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError('%s: the dataset is not valid JSON (%s)' % (path, exc)) from exc
     if not isinstance(rows, list):
         raise ValueError('%s: an alpaca dataset must be a JSON list of rows' % path)
     return [str(row.get('input', '')) if isinstance(row, dict) else '' for row in rows]
 
 
+def _read_lines(path: str) -> List[Tuple[int, str]]:
+    """Return the non-blank lines of a UTF-8 file with their 1-based numbers."""
+    lines = []
+    with open(path, 'rb') as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                line = raw.decode('utf-8')
+            except UnicodeDecodeError as exc:
+                raise ValueError('%s: line %d is not UTF-8 text (%s)'
+                                 % (path, number, exc)) from exc
+            if line.strip():
+                lines.append((number, line))
+    return lines
+
+
 def postprocess_file(predictions: str, dataset: Optional[str] = None,
                      output: Optional[str] = None,
                      instruction: str = '') -> Tuple[str, List[dict]]:
-    """Post-process a predictions file; return the output path and the records written."""
+    """
+    Post-process a predictions file; return the output path and the records written.
+
+    Raise OSError or ValueError (naming the file; nothing is written) when a file cannot be
+    read, is not UTF-8, the dataset is not a JSON list, or the predictions have no rows.
+    """
     inputs = _load_dataset_inputs(dataset) if dataset else None
+    lines = _read_lines(predictions)
+    if not lines:
+        raise ValueError('%s: no prediction rows (the file is empty or blank)' % predictions)
     records = []
-    with open(predictions, encoding='utf-8') as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            index = len(records)
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or not isinstance(row.get('predict'), str):
-                    raise ValueError('expected an object with a string "predict"')
-            except ValueError as exc:
+    for number, line in lines:
+        index = len(records)
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get('predict'), str):
+                raise ValueError('expected an object with a string "predict"')
+        except ValueError as exc:
+            records.append({'instruction': '', 'output_1': [], 'output_2': [],
+                            'error': 'line %d: %s' % (number, exc)})
+            continue
+        if inputs is not None:
+            if index >= len(inputs):
                 records.append({'instruction': '', 'output_1': [], 'output_2': [],
-                                'error': 'line %d: %s' % (number, exc)})
+                                'error': 'line %d: the dataset has only %d rows'
+                                % (number, len(inputs))})
                 continue
-            if inputs is not None:
-                if index >= len(inputs):
-                    records.append({'instruction': '', 'output_1': [], 'output_2': [],
-                                    'error': 'line %d: the dataset has only %d rows'
-                                    % (number, len(inputs))})
-                    continue
-                command = inputs[index]
-            else:
-                command = command_from_prompt(str(row.get('prompt', '')), instruction)
-            records.append(seed_record(command, row['predict']))
+            command = inputs[index]
+        else:
+            command = command_from_prompt(str(row.get('prompt', '')), instruction)
+        records.append(seed_record(command, row['predict']))
     if output is None:
         output = os.path.join(os.path.dirname(os.path.abspath(predictions)),
                               'predict_postprocessed.json')

@@ -4,10 +4,13 @@ from dataclasses import dataclass
 import os
 from typing import Dict, List, Optional, Tuple
 
-from robot_llm_planner.plan import ARGUMENTS, Plan, PlanError
+from robot_llm_planner.plan import ARGUMENTS, NO_TASK, Plan, PlanError, SEPARATORS
 import yaml
 
 PACKAGE = 'robot_llm_planner'
+
+# The keys a skill's entry may have (config/skills.yaml explains each).
+SKILL_KEYS = ('description', 'required', 'optional', 'arguments')
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,36 @@ class Skill:
 
 class SkillError(ValueError):
     """The skills file is missing or malformed."""
+
+
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping has the same key twice."""
+
+    def __init__(self, key, first, second) -> None:
+        """Record the key and the marks of its two occurrences."""
+        super().__init__('while constructing a mapping', first,
+                         'found duplicate key %r' % (key,), second)
+        self.key = key
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        """Construct the mapping ``node``; raise _DuplicateKeyError on a repeated key."""
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == 'tag:yaml.org,2002:merge':
+                continue  # `<<: *anchor` merges: the mapping's own keys override those
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable: the base constructor reports it
+                continue
+            if first is not None:
+                raise _DuplicateKeyError(key, first, key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
 
 
 def package_share_path(*parts: str) -> str:
@@ -75,16 +108,25 @@ class SkillSet:
         path = path or default_skills_path()
         try:
             with open(path, encoding='utf-8') as stream:
-                data = yaml.safe_load(stream)
+                data = yaml.load(stream, Loader=_UniqueKeyLoader)
         except OSError as exc:
             raise SkillError('cannot read skills file %s: %s' % (path, exc.strerror)) from exc
+        except UnicodeDecodeError as exc:
+            raise SkillError('skills file %s is not UTF-8 text: %s' % (path, exc)) from exc
+        except _DuplicateKeyError as exc:
+            first, second = exc.context_mark, exc.problem_mark
+            raise SkillError(
+                'skills file %s: key %r is given twice in one mapping (line %d column %d and '
+                'line %d column %d); give each skill and each key once' % (
+                    path, exc.key, first.line + 1, first.column + 1, second.line + 1,
+                    second.column + 1)) from exc
         except yaml.YAMLError as exc:
             raise SkillError('skills file %s is not valid YAML: %s' % (path, exc)) from exc
         if not isinstance(data, dict) or not isinstance(data.get('skills'), dict):
             raise SkillError('skills file %s must have a mapping `skills:`' % path)
         skills = []
         for name, spec in data['skills'].items():
-            skills.append(_skill_from_yaml(str(name), spec or {}, path))
+            skills.append(_skill_from_yaml(name, {} if spec is None else spec, path))
         if not skills:
             raise SkillError('skills file %s defines no skills' % path)
         return cls(skills, source=path)
@@ -120,18 +162,52 @@ class SkillSet:
         return errors
 
 
-def _skill_from_yaml(name: str, spec: dict, path: str) -> Skill:
+def _check_name(name: object, path: str) -> str:
+    """Return the skill name, or raise SkillError if a plan could not name it."""
+    if not isinstance(name, str):
+        raise SkillError('skills file %s: skill name %r is not a string (YAML reads it as %s; '
+                         'quote it)' % (path, name, type(name).__name__))
+    if not name:
+        raise SkillError("skills file %s: skill name '' is empty" % path)
+    if name != name.strip():
+        raise SkillError('skills file %s: skill name %r has leading or trailing whitespace'
+                         % (path, name))
+    if name == NO_TASK:
+        raise SkillError('skills file %s: skill name %r is the no-task answer of the output '
+                         'convention' % (path, name))
+    for sep in SEPARATORS:
+        if sep in name:
+            raise SkillError('skills file %s: skill name %r contains the separator %r'
+                             % (path, name, sep))
+    if any(ch.isspace() for ch in name):
+        raise SkillError('skills file %s: skill name %r contains whitespace' % (path, name))
+    return name
+
+
+def _argument_list(spec: dict, key: str, name: str, path: str) -> Tuple[str, ...]:
+    value = spec.get(key)
+    if value is None:  # absent, or `key:` with no value: no arguments
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SkillError('skills file %s: skill %r: %s must be a list of argument names '
+                         '(e.g. [target]), got %r' % (path, name, key, value))
+    return tuple(value)
+
+
+def _skill_from_yaml(name: object, spec: dict, path: str) -> Skill:
+    name = _check_name(name, path)
     if not isinstance(spec, dict):
         raise SkillError('skills file %s: skill %r must be a mapping' % (path, name))
-    required = tuple(spec.get('required') or ())
-    optional = tuple(spec.get('optional') or ())
+    unknown = [key for key in spec if key not in SKILL_KEYS]
+    if unknown:
+        raise SkillError('skills file %s: skill %r: unknown key(s) %s (known: %s)'
+                         % (path, name, ', '.join(repr(k) for k in unknown),
+                            ', '.join(SKILL_KEYS)))
+    required = _argument_list(spec, 'required', name, path)
+    optional = _argument_list(spec, 'optional', name, path)
     order = required + optional
     if tuple(ARGUMENTS[:len(order)]) != order:
         raise SkillError(
             'skills file %s: skill %r: required + optional must be a prefix of %s in that '
             'order (output2 is positional), got %s' % (path, name, list(ARGUMENTS), list(order)))
-    for sep in '。；，;,':
-        if sep in name:
-            raise SkillError('skills file %s: skill name %r contains the separator %r'
-                             % (path, name, sep))
     return Skill(name, str(spec.get('description', '')), required, optional)

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from robot_llm_planner.postprocess import command_from_prompt
 
 SYSTEM = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.'
@@ -80,3 +81,39 @@ def test_missing_file_is_a_clear_error(tmp_path):
     result = _run(str(tmp_path / 'missing.jsonl'))
     assert result.returncode == 2
     assert 'missing.jsonl' in result.stderr
+
+
+def test_non_utf8_predictions_are_a_clear_error(tmp_path):
+    pred = tmp_path / 'generated_predictions.jsonl'
+    row = json.dumps({'prompt': _prompt('去客厅'), 'predict': '去客厅。移动到，客厅', 'label': ''},
+                     ensure_ascii=False)
+    pred.write_bytes((row + '\n').encode('utf-8') + (row + '\n').encode('gbk'))
+    result = _run(str(pred))
+    assert result.returncode == 2
+    assert '%s: line 2 is not UTF-8 text' % pred in result.stderr
+    assert not (tmp_path / 'predict_postprocessed.json').exists()
+
+
+@pytest.mark.parametrize('content,problem', [
+    (b'[{"input": "x"', 'not valid JSON'), ('[{"input": "去客厅"}]'.encode('gbk'), 'not UTF-8 text')])
+def test_broken_dataset_is_a_clear_error(tmp_path, content, problem):
+    pred = tmp_path / 'p.jsonl'
+    pred.write_text(json.dumps({'prompt': 'x', 'predict': '寻找水'}) + '\n', encoding='utf-8')
+    dataset = tmp_path / 'd.json'
+    dataset.write_bytes(content)
+    result = _run(str(pred), '--dataset', str(dataset))
+    assert result.returncode == 2
+    assert '%s: the dataset is %s' % (dataset, problem) in result.stderr
+    assert not (tmp_path / 'predict_postprocessed.json').exists()
+
+
+@pytest.mark.parametrize('content', ['', '\n  \n'])
+def test_empty_predictions_are_an_error_and_overwrite_nothing(tmp_path, content):
+    pred = tmp_path / 'generated_predictions.jsonl'
+    pred.write_text(content, encoding='utf-8')
+    out = tmp_path / 'predict_postprocessed.json'
+    out.write_text('["earlier"]\n', encoding='utf-8')
+    result = _run(str(pred))
+    assert result.returncode == 2
+    assert '%s: no prediction rows' % pred in result.stderr
+    assert out.read_text(encoding='utf-8') == '["earlier"]\n'

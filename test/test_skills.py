@@ -1,5 +1,7 @@
 """The skill vocabulary file and validation of plans against it."""
 
+import re
+
 import pytest
 
 from robot_llm_planner.plan import parse_plan
@@ -57,3 +59,56 @@ def test_malformed_skills_file(tmp_path, content, message):
 def test_missing_skills_file(tmp_path):
     with pytest.raises(SkillError, match='cannot read skills file .*nope.yaml'):
         SkillSet.load(str(tmp_path / 'nope.yaml'))
+
+
+@pytest.mark.parametrize('content,message', [
+    ('skills: {"": {required: [target]}}', "skill name '' is empty"),
+    ('skills: {" 拿起": {required: [target]}}', "' 拿起' has leading or trailing whitespace"),
+    ('skills: {"拿起 ": {required: [target]}}', "'拿起 ' has leading or trailing whitespace"),
+    ('skills: {null: {required: [target]}}', 'skill name None is not a string'),
+    ('skills: {1: {required: [target]}}', 'skill name 1 is not a string'),
+    ('skills: {true: {required: [target]}}', 'skill name True is not a string'),
+    ('skills: {无法执行: {required: [target]}}', "'无法执行' is the no-task answer"),
+    ('skills: {"拿;起": {required: [target]}}', 'contains the separator'),
+    ('skills: {"拿起。": {required: [target]}}', 'contains the separator'),
+    ('skills: {"拿 起": {required: [target]}}', "'拿 起' contains whitespace"),
+    ('skills: {"拿\\t起": {required: [target]}}', 'contains whitespace'),
+    ('skills: {拿起: {requires: [target]}}', "skill '拿起': unknown key.* 'requires'"),
+    ('skills: {拿起: {required: target}}', "skill '拿起': required must be a list"),
+    ('skills: {拿起: {required: [target], optional: location}}',
+     "skill '拿起': optional must be a list"),
+    ('skills: {拿起: {required: [""]}}', "skill '拿起': required must be a list"),
+    ('skills: {拿起: {required: [1]}}', "skill '拿起': required must be a list"),
+    ('skills: {拿起: []}', "skill '拿起' must be a mapping"),
+    ('skills:\n  拿起: {required: [target]}\n  拿起: {required: []}\n',
+     "key '拿起' is given twice in one mapping \\(line 2 column 3 and line 3 column 3\\)"),
+    ('skills:\n  拿起: {required: [target], required: []}\n', "key 'required' is given twice"),
+    ('skills: {拿起: {}}\nskills: {放下: {}}\n', "key 'skills' is given twice"),
+])
+def test_skill_names_and_keys_are_checked(tmp_path, content, message):
+    path = tmp_path / 'skills.yaml'
+    path.write_text(content, encoding='utf-8')
+    with pytest.raises(SkillError, match=message) as info:
+        SkillSet.load(str(path))
+    assert str(info.value).startswith('skills file %s' % path)
+
+
+def test_empty_argument_lists_and_merge_keys_stay_valid(tmp_path):
+    path = tmp_path / 'skills.yaml'
+    path.write_text('skills:\n'
+                    '  停下: {description: stop, required: [], optional: []}\n'
+                    '  等待:\n'
+                    '  挥手: {required: , optional: }\n'
+                    '  拿起: &grasp {required: [target]}\n'
+                    '  抓住: {<<: *grasp, optional: [location]}\n', encoding='utf-8')
+    skills = SkillSet.load(str(path))
+    assert [(s.name, s.required, s.optional) for s in skills] == [
+        ('停下', (), ()), ('等待', (), ()), ('挥手', (), ()), ('拿起', ('target',), ()),
+        ('抓住', ('target',), ('location',))]
+
+
+def test_non_utf8_skills_file(tmp_path):
+    path = tmp_path / 'skills.yaml'
+    path.write_bytes('skills: {拿起: {required: [target]}}\n'.encode('gbk'))
+    with pytest.raises(SkillError, match=re.escape('skills file %s is not UTF-8 text' % path)):
+        SkillSet.load(str(path))
