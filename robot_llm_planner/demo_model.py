@@ -135,6 +135,10 @@ class Recipe:
     lora_batch_size: int = 16
     lora_rank: int = 8
     lora_alpha: int = 16
+    # after stage 1, tokens the training rows never contain (Latin letters, digits, a few rare
+    # characters) get their initial embeddings back: Adam pushes all of them toward one
+    # "never predicted" direction, and the copy circuit can no longer tell them apart
+    restore_unseen_embeddings: bool = True
     seed: int = 42
     # the system prompt trained with: LLaMA-Factory's default, which the planner also uses
     system: str = SYSTEM_PROMPT
@@ -608,6 +612,40 @@ def build_initial_model(recipe: Recipe, texts: Sequence[str], folder: str) -> st
     return folder
 
 
+def seen_token_ids(tokenizer, rows: Sequence[dict], system: str) -> set:
+    """Return the ids of every token the training rows (prompt, answer, stop) contain."""
+    from robot_llm_planner.prompt import IM_END, PromptBuilder
+    seen = set(tokenizer.all_special_ids)  # the template's own, never restored
+    for row in rows:
+        prompt = PromptBuilder(system=system, instruction=row.get('instruction', ''))
+        seen.update(prompt.token_ids(tokenizer, row.get('input', '')))
+        seen.update(tokenizer.encode(row.get('output', '') + IM_END + '\n',
+                                     add_special_tokens=False))
+    return seen
+
+
+def restore_unseen_embeddings(initial: str, trained: str, seen: set) -> int:
+    """
+    Give the tokens not in ``seen`` their embeddings of ``initial`` back in ``trained``.
+
+    Training never showed them, so the only thing it taught their embeddings is "never
+    predicted"; the initial ones are distinct, so the copy circuit can copy them (a command
+    naming an iPad). Return how many were restored.
+    """
+    from safetensors.torch import load_file, save_file
+    path = os.path.join(trained, 'model.safetensors')
+    if not os.path.isfile(path):
+        raise DemoModelError('%s: expected one model.safetensors to restore embeddings in'
+                             % trained)
+    before = load_file(os.path.join(initial, 'model.safetensors'))['model.embed_tokens.weight']
+    weights = load_file(path)
+    table = weights['model.embed_tokens.weight']
+    unseen = [index for index in range(table.shape[0]) if index not in seen]
+    table[unseen] = before[unseen].to(table.dtype)
+    save_file(weights, path, metadata={'format': 'pt'})
+    return len(unseen)
+
+
 def _rows_and_key(recipe: Recipe, root: str):
     rows = training_rows(recipe, root)
     lora_rows = shipped_rows(recipe, root)
@@ -660,6 +698,14 @@ def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] =
         say('  %s: llamafactory-cli train %s' % (label, path))
         timings[stage] = run_llamafactory(path, os.path.join(directory, 'logs', stage + '.log'),
                                           label, echo, cwd=root)
+        if stage == 'full' and recipe.restore_unseen_embeddings:
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(os.path.join(directory, 'init'))
+            seen = seen_token_ids(tokenizer, list(rows) + list(lora_rows), recipe.system)
+            count = restore_unseen_embeddings(os.path.join(directory, 'init'),
+                                              os.path.join(directory, 'base'), seen)
+            say('  kept the initial embeddings of the %d tokens no training row contains'
+                % count)
     info = {
         'key': key, 'recipe': asdict(recipe), 'rows': len(rows), 'lora_rows': len(lora_rows),
         'train_seconds': time.perf_counter() - started,

@@ -15,6 +15,7 @@ import sys
 import pytest
 from robot_llm_planner.demo_model import predict_config, run_llamafactory, write_config
 from robot_llm_planner.postprocess import seed_record
+import torch
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,3 +79,22 @@ def test_llamafactory_predictions_agree_with_the_planner(trained_model, tmp_path
     correct = [r for r in records if trained_model.labels[r['instruction']]
                == trained_model.predictions[r['instruction']]]
     assert correct and all(r['output_2'] for r in correct)
+
+
+def test_tokens_no_training_row_contains_keep_their_initial_embeddings(trained_model):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+    from robot_llm_planner.demo_model import Recipe, seen_token_ids
+    directory = trained_model.directory
+    initial = load_file(os.path.join(directory, 'init', 'model.safetensors'))
+    trained = load_file(os.path.join(directory, 'base', 'model.safetensors'))
+    before, after = (weights['model.embed_tokens.weight'] for weights in (initial, trained))
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(directory, 'init'))
+    with open(os.path.join(directory, 'data', 'demo_train.json'), encoding='utf-8') as stream:
+        rows = json.load(stream)
+    seen = seen_token_ids(tokenizer, rows + trained_model.rows, Recipe().system)
+    unseen = [index for index in range(before.shape[0]) if index not in seen]
+    assert unseen and len(seen) > 10
+    assert torch.equal(after[unseen], before[unseen])  # given back after stage 1
+    changed = [index for index in seen if not torch.equal(after[index], before[index])]
+    assert len(changed) > 0.9 * len(seen)  # the rest was trained
