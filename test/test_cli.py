@@ -3,47 +3,28 @@
 import io
 import json
 
+from planner_harness import FakeServer
 import pytest
-from robot_llm_planner import cli, settings
-from robot_llm_planner.backend import Backend, Generation, ModelLoadError
-from robot_llm_planner.planner import Planner
-from robot_llm_planner.skills import SkillSet
+from robot_llm_planner import cli
 
+# What the scripted OpenAI-compatible server answers (a real HTTP server, the real remote
+# backend and planner behind `cli plan`).
 ANSWERS = {'去厨房': '去厨房。移动到，厨房', '今天天气怎么样': '无法执行', '跳个舞': '跳舞。跳舞，我'}
 
 
-class FakeBackend(Backend):
-    """Answers each command from ANSWERS; counts the commands it was given."""
-
-    name = 'fake'
-
-    def __init__(self, fail_load=False):
-        self.fail_load = fail_load
-        self.commands = []
-
-    def load(self):
-        if self.fail_load:
-            raise ModelLoadError('model.path: model directory /nope does not exist')
-
-    def generate(self, commands, prompt, config):
-        self.commands += commands
-        return [Generation(ANSWERS[command]) for command in commands]
-
-    def describe(self):
-        return {'backend': 'fake', 'base': '', 'adapter': ''}
-
-
 @pytest.fixture
-def fake(monkeypatch):
-    backend = FakeBackend()
-    monkeypatch.setattr(settings, 'build_planner',
-                        lambda _settings: Planner(backend, SkillSet.load()))
-    return backend
+def server():
+    fake = FakeServer()
+    fake.answers.update(ANSWERS)
+    yield fake
+    fake.close()
 
 
-def _plan(capsys, monkeypatch, stdin, *argv):
+def _plan(capsys, monkeypatch, stdin, *argv, server=None):
     monkeypatch.setattr('sys.stdin', io.StringIO(stdin))
-    code = cli.main(['plan', *argv])
+    remote = ['--backend', 'openai', '--base-url', server.url, '--remote-model', 'fake',
+              '--no-constrained'] if server is not None else []
+    code = cli.main(['plan', *remote, *argv])
     out, err = capsys.readouterr()
     return code, [json.loads(line) for line in out.splitlines()], err
 
@@ -73,28 +54,27 @@ def test_numeric_options_at_their_limits_are_accepted():
     assert cli.build_parser().parse_args(['evaluate', '--batch', '1']).batch == 1
 
 
-def test_blank_stdin_lines_are_skipped(capsys, monkeypatch, fake):
-    code, lines, err = _plan(capsys, monkeypatch, '去厨房\n\n   \n去厨房\r\n\n')
+def test_blank_stdin_lines_are_skipped(capsys, monkeypatch, server):
+    code, lines, err = _plan(capsys, monkeypatch, '去厨房\n\n   \n去厨房\r\n\n', server=server)
     assert code == 0, err
     assert [(m['id'], m['command'], m['status']) for m in lines] == [
         ('cli-1', '去厨房', 'ok'), ('cli-2', '去厨房', 'ok')]
 
 
-def test_plan_exit_codes(capsys, monkeypatch, fake):
-    assert _plan(capsys, monkeypatch, '', '去厨房')[0] == 0
-    code, lines, _ = _plan(capsys, monkeypatch, '', '去厨房', '今天天气怎么样')
+def test_plan_exit_codes(capsys, monkeypatch, server):
+    assert _plan(capsys, monkeypatch, '', '去厨房', server=server)[0] == 0
+    code, lines, _ = _plan(capsys, monkeypatch, '', '去厨房', '今天天气怎么样', server=server)
     assert code == 1  # a no-task answer is `rejected`: not ok
     assert [m['status'] for m in lines] == ['ok', 'rejected']
-    code, lines, _ = _plan(capsys, monkeypatch, '', '跳个舞')
+    code, lines, _ = _plan(capsys, monkeypatch, '', '跳个舞', server=server)
     assert (code, lines[0]['status']) == (1, 'invalid')
-    code, lines, _ = _plan(capsys, monkeypatch, '', '')  # an explicit empty argument
+    code, lines, _ = _plan(capsys, monkeypatch, '', '', server=server)  # an empty argument
     assert (code, lines[0]['status']) == (1, 'rejected')
 
 
-def test_plan_exit_code_2_when_the_planner_cannot_load(capsys, monkeypatch):
-    backend = FakeBackend(fail_load=True)
-    monkeypatch.setattr(settings, 'build_planner',
-                        lambda _settings: Planner(backend, SkillSet.load()))
-    code, lines, err = _plan(capsys, monkeypatch, '', '去厨房')
+def test_plan_exit_code_2_when_the_planner_cannot_load(capsys, monkeypatch, tmp_path):
+    missing = str(tmp_path / 'nope')
+    code, lines, err = _plan(capsys, monkeypatch, '', '--model', missing, '--device', 'cpu',
+                             '去厨房')
     assert (code, lines) == (2, [])
-    assert 'plan: model.path: model directory /nope does not exist' in err
+    assert 'plan: model.path: model directory %s does not exist' % missing in err
