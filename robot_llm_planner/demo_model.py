@@ -657,6 +657,10 @@ def model_directory(recipe: Optional[Recipe] = None, cache_dir: Optional[str] = 
                     root: str = ROOT) -> str:
     """Return the cache folder of ``recipe``'s model (trained there or not)."""
     _, _, key = _rows_and_key(recipe or Recipe(), root)
+    return _cache_folder(key, cache_dir, root)
+
+
+def _cache_folder(key: str, cache_dir: Optional[str], root: str) -> str:
     return os.path.join(cache_dir or os.path.join(root, DEFAULT_CACHE), key)
 
 
@@ -673,7 +677,7 @@ def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] =
     say = echo or (lambda line: None)
     rows, lora_rows, key = _rows_and_key(recipe, root)
     texts = tokenizer_texts(rows, recipe, root)
-    directory = os.path.join(cache_dir or os.path.join(root, DEFAULT_CACHE), key)
+    directory = _cache_folder(key, cache_dir, root)
     info = None if force else _load_done(directory)
     if info is not None:
         say('demo model: reusing %s (trained in %.0f s)' % (directory, info['train_seconds']))
