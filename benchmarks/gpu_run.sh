@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU run (device tool): about 5-7 minutes on an H100/H200, model build
 # included; every step is time-bounded (at most ~8 minutes in all). Writes latency.json/.md
-# (saved after every phase, so a timeout keeps what ran) and the grammar overhead when
-# xgrammar is there, under $OUT. Usage on the device machine, from the repository root
+# (saved after every phase, so a timeout keeps what ran), the grammar overhead when
+# xgrammar is there and the plan confidence's cost (confidence_cost.json/.md), under $OUT. Usage on the device machine, from the repository root
 # (carrying .whl, fetched here by benchmarks/gpu_wheels.sh):
 #   bash benchmarks/gpu_run.sh
 set -uo pipefail
@@ -35,3 +35,6 @@ else
   echo "no xgrammar here: grammar overhead not measured (run benchmarks/gpu_wheels.sh and" \
     "carry .whl)" | tee "$OUT/grammar.log"
 fi
+# the plan confidence's per-token log-sum-exp over Qwen's 151,646 logits, in bf16 on the GPU
+timeout -k 5 45 python3 benchmarks/confidence_cost.py --device cuda --out "$OUT" 2>&1 \
+  | tee "$OUT/confidence.log" || echo "confidence cost run failed"

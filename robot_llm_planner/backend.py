@@ -60,6 +60,9 @@ class Generation:
     prompt_tokens: int = 0
     finished: bool = True  # False when max_new_tokens cut the answer short
     stats: Dict[str, float] = field(default_factory=dict)
+    # The lowest probability the model gave a token of this answer (the stop token included),
+    # as the model saw it, before the plan grammar's mask; None where the backend cannot tell.
+    confidence: Optional[float] = None
     error: str = ''  # why this command got no answer while others of its batch did
 
 

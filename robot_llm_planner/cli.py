@@ -41,6 +41,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """Argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError('expected a number from 0 to 1, got %r' % text)
+    return value
+
+
 def _make_dataset(args: argparse.Namespace) -> int:
     from robot_llm_planner.dataset import make_dataset
     try:
@@ -70,10 +81,11 @@ def _prompt(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from robot_llm_planner.backend import EngineError
-    from robot_llm_planner.evaluate import evaluate_files, plan_split
+    from robot_llm_planner.evaluate import confidence_table, evaluate_files, plan_split
     from robot_llm_planner.settings import build_planner
     from robot_llm_planner.skills import SkillSet
     runs, names = list(args.runs), list(args.names or [])
+    confidence = ''
     try:
         if args.split:
             if not args.model and args.backend == 'transformers':
@@ -84,6 +96,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             output = os.path.join(args.out, name + '.jsonl')
             rows = plan_split(planner, args.split, output, args.batch)
             print('planned %d commands of %s: %s' % (len(rows), args.split, output))
+            confidence = confidence_table(rows)
             runs.append(output)
             names = names + [name] if names else names
         if not runs:
@@ -94,6 +107,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         print('evaluate: %s' % exc, file=sys.stderr)
         return 2
     print(table, end='')
+    if confidence:
+        print('\nPlans that pass every other check, by validation.min_confidence (%s):\n\n%s'
+              % (name, confidence), end='')
+        with open(os.path.join(args.out, 'results.md'), 'a', encoding='utf-8') as stream:
+            stream.write('\n## %s: plans by validation.min_confidence\n\n%s' % (name, confidence))
     print('wrote results.md, results.csv and results.png to %s' % args.out)
     return 0
 
@@ -145,6 +163,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--grounded-arguments', action=argparse.BooleanOptionalAction,
                        default=defaults.grounded_arguments,
                        help='a target or location not in the command makes a plan invalid')
+    group.add_argument('--min-confidence', type=probability, default=defaults.min_confidence,
+                       help='a plan whose lowest token probability is below this is invalid '
+                       '(low_confidence; 0 = off)')
     group.add_argument('--base-url', default=defaults.remote_base_url,
                        help='openai backend: server URL, e.g. http://gpu:8000/v1')
     group.add_argument('--remote-model', default='', help='openai backend: model name')
@@ -167,7 +188,7 @@ def settings_from_args(args: argparse.Namespace):
         system=args.system, instruction=args.instruction,
         max_new_tokens=args.max_new_tokens, constrained=args.constrained,
         fast_path=args.fast_path, draft_tokens=args.draft_tokens, skills_file=args.skills,
-        grounded_arguments=args.grounded_arguments,
+        grounded_arguments=args.grounded_arguments, min_confidence=args.min_confidence,
         remote_base_url=args.base_url, remote_model=args.remote_model,
         remote_api_key_env=args.api_key_env, remote_timeout_s=args.timeout,
         remote_grammar_field=args.remote_grammar_field)

@@ -9,6 +9,10 @@ before proposes the tokens that followed it then, and one forward pass over
 so the output is the plain greedy output, in fewer forward passes when plans copy words
 from the command (they do: output2 repeats output1's objects).
 
+Each kept token's probability is read from the model's logits before the grammar masks them;
+the lowest one is the answer's ``confidence`` (a cheap, well-separating signal that a plan
+may be wrong: benchmarks/RESULTS.md, "Plan confidence").
+
 Stale cache entries past the current length (padding, rejected drafts) are harmless: the
 causal mask hides positions beyond the one being computed and the next step overwrites them.
 
@@ -18,6 +22,7 @@ warm-up.
 """
 
 from dataclasses import dataclass, field
+import math
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -62,6 +67,7 @@ class DecodeResult:
     tokens: List[int]
     finished: bool
     stats: Dict[str, float] = field(default_factory=dict)
+    confidence: Optional[float] = None  # the lowest probability of a kept token (stop included)
 
 
 class StaticCacheDecoder:
@@ -162,24 +168,28 @@ class StaticCacheDecoder:
         passes = drafted = accepted = 0
         prefill_done = None
         finished = False
+        lowest = None  # the lowest log-probability of a kept token, left on the device
         while True:
-            kept = []
+            kept, logprobs = [], []
             for row_index in range(logits.shape[0]):
                 row = logits[row_index]
+                total = torch.logsumexp(row.float(), -1)  # before the grammar masks ``row``
                 if constraint is not None:
                     row = constraint.mask(row)
                 token = int(torch.argmax(row))
                 if constraint is not None:
                     constraint.accept(token)
                 kept.append(token)
+                logprobs.append(row[token].float() - total)  # an allowed logit is unmasked
                 if token in self.stop_ids or row_index >= len(draft) or token != draft[row_index]:
                     break
                 accepted += 1
             if prefill_done is None:
                 prefill_done = time.perf_counter()
-            for token in kept:
+            for token, logprob in zip(kept, logprobs):
                 if len(out) >= max_new:
                     break  # a stop token verified past the budget does not count, as in generate()
+                lowest = logprob if lowest is None else torch.minimum(lowest, logprob)
                 if token in self.stop_ids:
                     finished = True
                     break
@@ -202,7 +212,8 @@ class StaticCacheDecoder:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
         ended = time.perf_counter()
-        return DecodeResult(out, finished, {
+        confidence = math.exp(float(lowest)) if lowest is not None else None
+        return DecodeResult(out, finished, confidence=confidence, stats={
             'prefill_ms': (prefill_done - started) * 1000.0,
             'decode_ms': (ended - prefill_done) * 1000.0,
             'decode_passes': passes, 'drafted': drafted, 'accepted': accepted,

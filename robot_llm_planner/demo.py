@@ -217,7 +217,7 @@ MAX_SHOWN_CHARS = 160  # of a model output printed in full otherwise
 
 
 def format_plan_table(kind: str, command: str, label: Optional[str], answer: dict) -> str:
-    """Return one answer as a readable block: command, status, latency, steps."""
+    """Return one answer as a readable block: command, status, latency, confidence, steps."""
     from robot_llm_planner.plan_client import format_table
     timing = answer.get('timing') or {}
     status = answer.get('status', 'no answer')
@@ -226,6 +226,8 @@ def format_plan_table(kind: str, command: str, label: Optional[str], answer: dic
         facts.append('latency %.0f ms (inference %.0f ms, %d tokens)' % (
             timing['total_ms'], timing.get('inference_ms', 0.0),
             timing.get('tokens_generated', 0)))
+    if isinstance(answer.get('confidence'), (int, float)):
+        facts.append('confidence %.2f' % answer['confidence'])
     same = None
     if label is not None and answer:
         answered, expected = parse_plan(answer.get('raw_output', '')), parse_plan(label)

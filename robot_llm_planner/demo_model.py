@@ -743,13 +743,15 @@ def _load_average() -> Optional[List[float]]:
 
 def plan_rows(planner, rows: Sequence[dict], batch_size: int = 50) -> List[dict]:
     """Plan the commands of ``rows`` in batches; return evaluate_rows input rows."""
+    from robot_llm_planner.evaluate import error_codes
     results = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         plans = planner.plan_batch([row['input'] for row in chunk])
         for row, result in zip(chunk, plans):
             results.append({'command': row['input'], 'predict': result.plan.raw_output,
-                            'label': row['output'], 'status': result.status})
+                            'label': row['output'], 'status': result.status,
+                            'errors': error_codes(result), 'confidence': result.confidence})
     return results
 
 
@@ -815,6 +817,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         result.update(metrics)
         result['predictions'] = out
     print(json.dumps(result, ensure_ascii=False, indent=1))
+    if args.evaluate:
+        from robot_llm_planner.evaluate import confidence_table
+        print('\nPlans that pass every other check, by validation.min_confidence:\n\n'
+              + confidence_table(predictions), end='')
     return 0
 
 

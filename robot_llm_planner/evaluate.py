@@ -22,6 +22,9 @@ such as a run of the planner itself writes. :func:`evaluate_rows` computes, per 
   labels have no output2, i.e. task1);
 - ``latency_p50_ms`` / ``p90`` / ``p99`` when rows carry ``latency_ms``.
 
+:func:`confidence_table` shows, for a run of the planner whose rows carry ``confidence``, what
+each ``validation.min_confidence`` would keep of its right plans and catch of its wrong ones.
+
 Steps are matched as multisets: a predicted step counts once against an equal label step,
 whatever its position. Texts are compared after :func:`clean_text` (spaces collapsed).
 Rates are fractions in [0, 1]; a metric with nothing to measure (no labelled rows, labels
@@ -77,8 +80,9 @@ def plan_split(planner, split: str, output: str, batch_size: int = 1) -> List[di
     Run ``planner`` over the commands of an alpaca split and write a run file.
 
     Each row of ``output`` (JSONL) is ``{"command", "predict", "label", "latency_ms",
-    "status"}``; ``latency_ms`` is the planner's total time for the command (with
-    ``batch_size`` > 1, the time of its whole batch). Return the rows.
+    "status", "errors", "confidence"}`` (``errors``: the answer's error codes);
+    ``latency_ms`` is the planner's total time for the command (with ``batch_size`` > 1, the
+    time of its whole batch). Return the rows.
     """
     try:
         with open(split, encoding='utf-8') as stream:
@@ -97,7 +101,8 @@ def plan_split(planner, split: str, output: str, batch_size: int = 1) -> List[di
             rows.append({'command': example['input'], 'predict': result.plan.raw_output,
                          'label': str(example.get('output', '')),
                          'latency_ms': round(result.timing.get('total_ms', 0.0), 3),
-                         'status': result.status})
+                         'status': result.status, 'errors': error_codes(result),
+                         'confidence': result.confidence})
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, 'w', encoding='utf-8') as stream:
         for row in rows:
@@ -149,6 +154,59 @@ def load_rows(path: str, instruction: str = '') -> List[dict]:
     if not rows:
         raise EvaluationError('%s has no predictions' % path)
     return rows
+
+
+def error_codes(result) -> List[str]:
+    """Return the error codes of a planner result (the parser's and the planner's)."""
+    return [error.code for error in result.plan.errors + result.errors]
+
+
+def is_exact(predicted: Plan, expected: Plan) -> bool:
+    """Return True when a prediction is what the planner would publish as the label's plan."""
+    if expected.no_task:
+        return predicted.no_task
+    # a plan with parse errors is invalid, not right
+    return bool(expected.steps) and predicted.ok and _normalized(predicted) == _normalized(
+        expected)
+
+
+def confidence_table(rows: Sequence[dict],
+                     thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+                     ) -> str:
+    """
+    Return a markdown table: what each ``validation.min_confidence`` keeps and catches.
+
+    It counts the labelled plans that pass every other check (status ``ok``, or ``invalid``
+    for ``low_confidence`` alone) and carry a confidence; "right" is :func:`is_exact`.
+    Empty when no such row exists.
+    """
+    scored = []
+    for row in rows:
+        passed = row.get('status') == 'ok' or (
+            row.get('status') == 'invalid' and row.get('errors') == ['low_confidence'])
+        confidence = row.get('confidence')
+        expected = parse_plan(row.get('label', ''))
+        if passed and isinstance(confidence, (int, float)) and expected.steps:
+            predicted = parse_plan(row.get('predict', ''), row.get('command', ''))
+            scored.append((float(confidence), is_exact(predicted, expected)))
+    right = sum(1 for _, exact in scored if exact)
+    wrong = len(scored) - right
+    if not scored:
+        return ''
+    lines = ['| min_confidence | right plans kept (of %d) | wrong plans caught (of %d) | '
+             'wrong among the kept |' % (right, wrong), '|---|---|---|---|']
+    for threshold in (0.0,) + tuple(thresholds):
+        kept_right = sum(1 for value, exact in scored if exact and value >= threshold)
+        caught = sum(1 for value, exact in scored if not exact and value < threshold)
+        kept = kept_right + wrong - caught
+        lines.append('| %g | %d (%s) | %d (%s) | %s |' % (
+            threshold, kept_right, _percent(kept_right, right), caught, _percent(caught, wrong),
+            _percent(wrong - caught, kept)))
+    return '\n'.join(lines) + '\n'
+
+
+def _percent(numerator: int, denominator: int) -> str:
+    return '%.1f %%' % (100.0 * numerator / denominator) if denominator else '-'
 
 
 def _faulty(plan: Plan) -> set:
@@ -240,7 +298,7 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
             labelled += 1
             no_task_labelled += 1
             refused += predicted.no_task
-            exact += predicted.no_task
+            exact += is_exact(predicted, expected)
             descriptions.add(_descriptions(predicted), [])  # a plan where none was due
             actions.add(_actions(predicted), [])
             continue
@@ -248,8 +306,7 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
             continue
         labelled += 1
         wrongly_refused += predicted.no_task
-        # what the planner would publish: a plan with parse errors is invalid, not right
-        exact += predicted.ok and _normalized(predicted) == _normalized(expected)
+        exact += is_exact(predicted, expected)
         descriptions.add(_descriptions(predicted), _descriptions(expected))
         if expected.has_output2:
             label_has_actions = True

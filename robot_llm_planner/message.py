@@ -4,7 +4,13 @@ The /action_plan JSON message: what behavior trees receive for every command.
 Schema (also shipped as config/action_plan.schema.json)::
 
     {schema_version, id, command, status, steps: [{index, description, action, target,
-     location}], errors: [{code, message, step}], raw_output, timing, model, stamp}
+     location}], errors: [{code, message, step}], confidence, raw_output, timing, model,
+     stamp}
+
+``confidence`` is the lowest probability the model gave a token of its answer (before the
+grammar's mask), or null where nothing was generated or the backend cannot tell: a low value
+flags a plan that is likely wrong (``validation.min_confidence`` turns such plans ``invalid``,
+code ``low_confidence``). Schema version 2 added it.
 
 ``status`` is one of:
 
@@ -22,13 +28,14 @@ from typing import List, Optional
 
 from robot_llm_planner.plan import Plan, PlanError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ('ok', 'invalid', 'error', 'rejected')
 
 
 def plan_message(request_id: str, command: str, status: str, plan: Optional[Plan] = None,
                  errors: Optional[List[PlanError]] = None, timing: Optional[dict] = None,
-                 model: Optional[dict] = None, stamp: Optional[float] = None) -> dict:
+                 model: Optional[dict] = None, stamp: Optional[float] = None,
+                 confidence: Optional[float] = None) -> dict:
     """Build the /action_plan dict; ``errors`` are added to the plan's own errors."""
     if status not in STATUSES:
         raise ValueError('status must be one of %s, got %r' % (STATUSES, status))
@@ -43,6 +50,7 @@ def plan_message(request_id: str, command: str, status: str, plan: Optional[Plan
                    'target': step.target, 'location': step.location}
                   for index, step in enumerate(steps)],
         'errors': [error.to_dict() for error in all_errors],
+        'confidence': None if confidence is None else round(float(confidence), 4),
         'raw_output': plan.raw_output if plan is not None else '',
         'timing': dict(timing or {}),
         'model': dict(model or {}),

@@ -9,6 +9,7 @@ readable errors; it never raises, so the node can report bad values instead of c
 """
 
 from dataclasses import dataclass, field, fields
+import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from robot_llm_planner.command_queue import POLICIES
@@ -30,6 +31,7 @@ class Parameter:
     default: Any = None             # None: the PlannerSettings field's default
     choices: Tuple[str, ...] = ()
     minimum: Optional[float] = None
+    maximum: Optional[float] = None
     dynamic: bool = False           # may change while the node runs (ros2 param set)
     positive: bool = False          # for floats: must be > 0
 
@@ -87,6 +89,11 @@ PARAMETERS: Tuple[Parameter, ...] = (
               'not appear in the command is invalid (argument_not_in_command): the data set '
               'copies them from the command, so anything else was made up. Off for a model '
               'trained to infer them.', 'grounded_arguments'),
+    Parameter('validation.min_confidence', float, 'A plan whose confidence (the lowest '
+              'probability the model gave a token of it) is below this is invalid '
+              '(low_confidence); 0 = off. Choose it on the validation split: cli evaluate '
+              'prints what each threshold keeps and catches.', 'min_confidence', minimum=0,
+              maximum=1),
     Parameter('topics.command', str, 'Commands in (std_msgs/String: plain text or JSON '
               '{"id", "text"}). Relative names follow the node namespace.', default='command'),
     Parameter('topics.plan', str, 'Answers out (std_msgs/String, the /action_plan JSON), '
@@ -174,6 +181,8 @@ def check_value(parameter: Parameter, value: Any) -> Tuple[Any, Optional[str]]:
     elif kind is int and isinstance(value, int) and not isinstance(value, bool):
         converted = value
     elif kind is float and is_number:
+        if math.isnan(value):
+            return None, '%s must be a number, got NaN' % parameter.name
         converted = float(value)
     if converted is None:
         wanted = {str: 'a string', int: 'an integer', float: 'a number',
@@ -184,7 +193,9 @@ def check_value(parameter: Parameter, value: Any) -> Tuple[Any, Optional[str]]:
         return None, '%s must be one of %s, got %r' % (parameter.name,
                                                        ', '.join(parameter.choices), converted)
     if parameter.minimum is not None and converted < parameter.minimum:
-        return None, '%s must be >= %d, got %r' % (parameter.name, parameter.minimum, converted)
+        return None, '%s must be >= %g, got %r' % (parameter.name, parameter.minimum, converted)
+    if parameter.maximum is not None and converted > parameter.maximum:
+        return None, '%s must be <= %g, got %r' % (parameter.name, parameter.maximum, converted)
     if parameter.positive and converted <= 0:
         return None, '%s must be > 0, got %r' % (parameter.name, converted)
     if parameter.name == 'model.device' and not _valid_device(converted):

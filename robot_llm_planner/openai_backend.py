@@ -6,6 +6,10 @@ adapter served under its own model name) or ``llamafactory-cli api``. The server
 chat template, so it must use the same one as training (LLaMA-Factory's api does; for vLLM
 pass ``--chat-template`` if the model's own template differs). Uses only the standard library.
 
+Every request asks for the answer's token log-probabilities (``logprobs``, part of the
+OpenAI API); where the server gives them (vLLM does, ``llamafactory-cli api`` does not), the
+lowest one is the answer's ``confidence``.
+
 The API key is read from the environment variable named by ``api_key_env`` at each request and
 never logged, published or put in an error message.
 """
@@ -13,6 +17,7 @@ never logged, published or put in an error message.
 from concurrent.futures import ThreadPoolExecutor
 import http.client
 import json
+import math
 import os
 import socket
 import time
@@ -103,7 +108,7 @@ class OpenAIBackend(Backend):
     def _complete(self, command: str, prompt: PromptBuilder,
                   config: GenerationConfig) -> Generation:
         body = {'model': self.model, 'messages': prompt.messages(command),
-                'max_tokens': config.max_new_tokens, 'stream': False}
+                'max_tokens': config.max_new_tokens, 'stream': False, 'logprobs': True}
         if config.do_sample:
             body.update(temperature=config.temperature, top_p=config.top_p)
         else:
@@ -125,7 +130,8 @@ class OpenAIBackend(Backend):
         return Generation(text, tokens=_count(usage.get('completion_tokens')),
                           prompt_tokens=_count(usage.get('prompt_tokens')),
                           finished=choice.get('finish_reason') != 'length',
-                          stats={'request_ms': (time.perf_counter() - started) * 1000.0})
+                          stats={'request_ms': (time.perf_counter() - started) * 1000.0},
+                          confidence=_lowest_probability(choice.get('logprobs')))
 
     def _request(self, method: str, path: str, body: Optional[dict] = None) -> dict:
         url = self.base_url + path
@@ -179,6 +185,20 @@ class OpenAIBackend(Backend):
                                                             _excerpt(raw)))
             return answer
         raise RemoteError('%s (after %d attempts)' % (last, self.retries + 1), transient=True)
+
+
+def _lowest_probability(logprobs) -> Optional[float]:
+    """Return the lowest token probability of a choice's ``logprobs``, None if it has none."""
+    content = logprobs.get('content') if isinstance(logprobs, dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    values = []
+    for entry in content:
+        value = entry.get('logprob') if isinstance(entry, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            return None  # an answer this code cannot read is no evidence either way
+        values.append(min(0.0, float(value)))
+    return math.exp(min(values))
 
 
 def _count(value) -> int:

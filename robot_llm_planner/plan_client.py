@@ -212,6 +212,8 @@ def format_answer(answer: dict) -> str:
             details.append('cached')
         if details:
             status += ' (%s)' % ', '.join(details)
+    if isinstance(answer.get('confidence'), (int, float)):
+        status += '   confidence: %.2f' % answer['confidence']
     lines.append(status)
     steps = answer.get('steps') or []
     if steps:

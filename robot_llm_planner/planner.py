@@ -57,11 +57,12 @@ class PlanResult:
     plan: Plan
     errors: List[PlanError] = field(default_factory=list)  # beyond the parser's own
     timing: dict = field(default_factory=dict)
+    confidence: Optional[float] = None  # the backend's Generation.confidence, if it ran
 
     def message(self, request_id: str, model: Optional[dict] = None) -> dict:
         """Return the /action_plan message for this result."""
         return plan_message(request_id, self.command, self.status, self.plan, self.errors,
-                            self.timing, model)
+                            self.timing, model, confidence=self.confidence)
 
 
 class Planner:
@@ -71,13 +72,18 @@ class Planner:
                  prompt: Optional[PromptBuilder] = None,
                  generation: Optional[GenerationConfig] = None, cache_size: int = 64,
                  max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS,
-                 grounded_arguments: bool = True) -> None:
+                 grounded_arguments: bool = True, min_confidence: float = 0.0) -> None:
         """
         Plan with ``backend``; cache ``cache_size`` recent plans when decoding is greedy.
 
         With ``grounded_arguments`` a plan whose target or location does not appear in the
-        command is invalid (``argument_not_in_command``).
+        command is invalid (``argument_not_in_command``). A plan whose confidence (the lowest
+        probability the model gave a token of it) is below ``min_confidence`` is invalid
+        (``low_confidence``); 0 turns the check off, and a backend that cannot tell the
+        confidence (a server without log-probabilities) is never checked.
         """
+        if not 0.0 <= float(min_confidence) <= 1.0:
+            raise ValueError('min_confidence must be between 0 and 1, got %r' % min_confidence)
         self.backend = backend
         self.skills = skills
         self.prompt = prompt or PromptBuilder()
@@ -85,6 +91,7 @@ class Planner:
         self.cache_size = cache_size if not self.generation.do_sample else 0
         self.max_command_chars = max_command_chars
         self.grounded_arguments = grounded_arguments
+        self.min_confidence = float(min_confidence)
         self._cache: 'OrderedDict[str, PlanResult]' = OrderedDict()
 
     def load(self) -> None:
@@ -146,7 +153,8 @@ class Planner:
                 cached = self._cache[command]
                 results[index] = PlanResult(command, cached.status, cached.plan, cached.errors,
                                             {'inference_ms': 0.0, 'parse_ms': 0.0,
-                                             'tokens_generated': 0, 'cached': True})
+                                             'tokens_generated': 0, 'cached': True},
+                                            cached.confidence)
             else:
                 todo.append(index)
         if todo:
@@ -188,11 +196,17 @@ class Planner:
             if plan.no_task and generation.finished:
                 status = 'rejected'  # the model found nothing to do: a clear no, not a failure
             else:
+                if plan.ok and not errors and generation.confidence is not None \
+                        and generation.confidence < self.min_confidence:
+                    errors.append(PlanError(
+                        'low_confidence', 'the model gave a token of this plan probability '
+                        '%.3f, below validation.min_confidence (%g)'
+                        % (generation.confidence, self.min_confidence)))
                 status = 'ok' if plan.ok and not errors else 'invalid'
             parse_ms = (time.perf_counter() - parse_started) * 1000.0
             timing = {'inference_ms': inference_ms, 'parse_ms': parse_ms,
                       'tokens_generated': generation.tokens, 'cached': False}
-            result = PlanResult(command, status, plan, errors, timing)
+            result = PlanResult(command, status, plan, errors, timing, generation.confidence)
             results.append(result)
             if self.cache_size:
                 self._cache[command] = result

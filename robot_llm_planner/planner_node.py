@@ -168,7 +168,9 @@ class PlannerNode(Node):
         if parameter.choices:
             parts.append('one of: ' + ', '.join(parameter.choices))
         if parameter.minimum is not None:
-            parts.append('>= %d' % parameter.minimum)
+            parts.append('>= %g' % parameter.minimum)
+        if parameter.maximum is not None:
+            parts.append('<= %g' % parameter.maximum)
         if parameter.positive:
             parts.append('> 0')
         if not parameter.dynamic:

@@ -42,6 +42,7 @@ class PlannerSettings:
     draft_tokens: int = 0                # generation.draft_tokens (prompt lookup)
     skills_file: str = ''                # skills_file ('' = the installed config/skills.yaml)
     grounded_arguments: bool = True      # validation.grounded_arguments
+    min_confidence: float = 0.0          # validation.min_confidence (0 = off)
     cache_size: int = 64                 # cache.size
     max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS  # queue.max_command_chars
 
@@ -77,4 +78,5 @@ def build_planner(settings: PlannerSettings) -> Planner:
     return Planner(build_backend(settings, skills), skills,
                    PromptBuilder(settings.system, settings.instruction), generation,
                    cache_size=settings.cache_size, max_command_chars=settings.max_command_chars,
-                   grounded_arguments=settings.grounded_arguments)
+                   grounded_arguments=settings.grounded_arguments,
+                   min_confidence=settings.min_confidence)

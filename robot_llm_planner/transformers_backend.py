@@ -10,6 +10,7 @@ told to sample. Several commands are generated as one left-padded batch with
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from robot_llm_planner.backend import (Backend, EngineError, Generation, Generat
                                        GenerationConfig, ModelLoadError)
 from robot_llm_planner.prompt import ENDOFTEXT, IM_END, PromptBuilder
 import torch
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, StoppingCriteria
 
 DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
 FAST_PATH = ('auto', 'on', 'off')
@@ -260,7 +261,8 @@ class TransformersBackend(Backend):
         result = self.decoder.decode(ids, max_new, constraint, self._cancelled)
         return Generation(self.tokenizer.decode(result.tokens, skip_special_tokens=True),
                           tokens=len(result.tokens), prompt_tokens=len(ids),
-                          finished=result.finished, stats=result.stats)
+                          finished=result.finished, stats=result.stats,
+                          confidence=result.confidence)
 
     def _generate_batch(self, prompts: List[List[int]], max_new: int,
                         config: GenerationConfig) -> List[Generation]:
@@ -278,21 +280,66 @@ class TransformersBackend(Backend):
             kwargs.update(temperature=config.temperature, top_p=config.top_p)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        confidence = _LowestTokenProbability(len(prompts), self.stop_ids)
+        kwargs['logits_processor'] = [confidence]  # first: it sees the logits unmasked
         if self.grammar is not None:
-            kwargs['logits_processor'] = [self.grammar.logits_processor(len(prompts))]
+            kwargs['logits_processor'].append(self.grammar.logits_processor(len(prompts)))
         kwargs['stopping_criteria'] = [_StopWhenSet(self._cancelled)]
         started = time.perf_counter()
         with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         elapsed = (time.perf_counter() - started) * 1000.0
+        lowest = confidence.finish(output[:, -1])
         results = []
-        for row, ids in zip(output[:, width:].tolist(), prompts):
+        for row, ids, probability in zip(output[:, width:].tolist(), prompts, lowest):
             tokens, finished = _until_stop(row, self.stop_ids, pad)
             results.append(Generation(
                 self.tokenizer.decode(tokens, skip_special_tokens=True), tokens=len(tokens),
                 prompt_tokens=len(ids), finished=finished,
-                stats={'generate_ms': elapsed, 'batch_size': len(prompts)}))
+                stats={'generate_ms': elapsed, 'batch_size': len(prompts)},
+                confidence=probability))
         return results
+
+
+class _LowestTokenProbability(LogitsProcessor):
+    """
+    Follows each row's lowest probability of a generated token, its stop token included.
+
+    Placed first among generate()'s logits processors, it sees the model's distribution
+    before the grammar's mask (greedy decoding has no other processor; with sampling the
+    temperature and top-p ones come first, so it is the sampling distribution).
+    """
+
+    def __init__(self, rows: int, stop_ids: Sequence[int]) -> None:
+        self.stop_ids = set(stop_ids)
+        self.lowest = [0.0] * rows       # log-probabilities
+        self.done = [False] * rows       # a row is done once its stop token is counted
+        self.counted = [False] * rows
+        self.previous = None             # log-softmax of the step whose token comes next
+
+    def __call__(self, input_ids, scores):
+        self._count(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _count(self, chosen) -> None:
+        if self.previous is None:
+            return
+        chosen = chosen.to(self.previous.device)
+        values = self.previous.gather(1, chosen[:, None])[:, 0].tolist()
+        for row, (token, value) in enumerate(zip(chosen.tolist(), values)):
+            if self.done[row]:
+                continue  # generate() pads a finished row
+            self.lowest[row] = min(self.lowest[row], value)
+            self.counted[row] = True
+            self.done[row] = token in self.stop_ids
+        self.previous = None
+
+    def finish(self, last_tokens) -> List[Optional[float]]:
+        """Count the last step's tokens; return each row's lowest probability."""
+        self._count(last_tokens)
+        return [math.exp(value) if counted else None
+                for value, counted in zip(self.lowest, self.counted)]
 
 
 class _StopWhenSet(StoppingCriteria):

@@ -228,7 +228,8 @@ class FakeServer:
     While ``gate`` is clear, chat requests wait (at most ``hold_s``); ``requests`` lists the
     commands received and ``bodies`` their JSON request bodies. ``answers`` maps a command
     to its reply text, or to an int HTTP status to fail with; other commands get
-    :data:`OK_PLAN`.
+    :data:`OK_PLAN`. ``logprobs`` maps a command to the token log-probabilities its reply
+    carries (``choices[0].logprobs.content``); other replies carry none.
     """
 
     def __init__(self, hold_s=20.0, port=0):
@@ -239,6 +240,7 @@ class FakeServer:
         self.requests = []
         self.bodies = []
         self.answers = {}
+        self.logprobs = {}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -270,9 +272,12 @@ class FakeServer:
                 if isinstance(answer, int):
                     self._send(answer, {'error': {'message': 'fake failure'}})
                     return
-                self._send(200, {'choices': [{'message': {'role': 'assistant',
-                                                          'content': answer},
-                                              'finish_reason': 'stop'}],
+                choice = {'message': {'role': 'assistant', 'content': answer},
+                          'finish_reason': 'stop'}
+                if command in server.logprobs:
+                    choice['logprobs'] = {'content': [
+                        {'token': 't', 'logprob': value} for value in server.logprobs[command]]}
+                self._send(200, {'choices': [choice],
                                  'usage': {'prompt_tokens': 20, 'completion_tokens': 12}})
 
         self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', port), Handler)

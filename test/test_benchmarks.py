@@ -75,13 +75,24 @@ def test_demo_curve_smoke(tmp_path):
     assert result.stdout.splitlines()[-1] == out.read_text().splitlines()[-1]
 
 
+def test_confidence_cost_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'confidence_cost.py'), '--repeats',
+         '2', '--out', str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'confidence_cost.json').read_text())
+    assert set(report['confidence_us']) == {'4374', '151646'}
+    assert report['step_us'] > 0 and all(v > 0 for v in report['confidence_us'].values())
+    assert '| 151646 |' in (tmp_path / 'confidence_cost.md').read_text()
+
+
 def test_gpu_run_script_parses_and_passes_only_known_options():
     # the one prepared GPU run cannot run here; a renamed option would only show on the GPU
     script = os.path.join(ROOT, 'benchmarks', 'gpu_run.sh')
     assert subprocess.run(['bash', '-n', script]).returncode == 0
     text = open(script, encoding='utf-8').read().replace('\\\n', ' ')
     calls = [line for line in text.splitlines() if 'python3 benchmarks/' in line]
-    assert len(calls) == 2  # latency.py, grammar_overhead.py
+    assert len(calls) == 3  # latency.py, grammar_overhead.py, confidence_cost.py
     for line in calls:
         name = line.split('python3 benchmarks/')[1].split()[0]
         options = [word for word in line.split() if word.startswith('--')]

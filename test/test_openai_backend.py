@@ -7,6 +7,7 @@ or with errors, as a broken or overloaded inference server would.
 
 import http.server
 import json
+import math
 import os
 import socket
 import threading
@@ -300,3 +301,66 @@ def test_odd_usage_figures_do_not_lose_the_plan(server):
     assert generation.text == PLAN and generation.tokens == 0
     listed = json.dumps({'choices': [{'message': {'content': PLAN}}], 'usage': [1, 2]})
     assert _generate(OpenAIBackend(server((0, 200, listed.encode())).url, 'm')).text == PLAN
+
+
+def _completion_with_logprobs(text, logprobs):
+    answer = json.loads(_completion(text))
+    answer['choices'][0]['logprobs'] = logprobs
+    return json.dumps(answer, ensure_ascii=False).encode('utf-8')
+
+
+@pytest.mark.parametrize('logprobs,expected', [
+    ({'content': [{'token': '去', 'logprob': -0.01}, {'token': '客', 'logprob': -1.2},
+                  {'token': '厅', 'logprob': 0.0}]}, math.exp(-1.2)),
+    (None, None),                                     # a server without log-probabilities
+    ({'content': []}, None),
+    ({'content': [{'token': '去', 'logprob': 'low'}]}, None),   # unreadable: no evidence
+    ({'content': [{'token': '去', 'logprob': float('nan')}]}, None),
+    ('garbage', None),
+])
+def test_confidence_is_the_lowest_token_probability_the_server_gives(
+        server, logprobs, expected):
+    srv = server((0, 200, _completion_with_logprobs(PLAN, logprobs)))
+    generation = _generate(OpenAIBackend(srv.url, 'm'))
+    assert json.loads(srv.requests[0][3])['logprobs'] is True
+    assert generation.text == PLAN
+    if expected is None:
+        assert generation.confidence is None
+    else:
+        assert generation.confidence == pytest.approx(expected)
+
+
+def test_a_remote_plan_below_min_confidence_is_invalid(server):
+    low = {'content': [{'token': '去', 'logprob': math.log(0.2)}]}
+    srv = server((0, 200, _completion_with_logprobs(PLAN, low)))
+    results = {}
+    for threshold in (0.1, 0.3):
+        planner = Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load(), cache_size=0,
+                          min_confidence=threshold)
+        results[threshold] = planner.plan('去客厅')
+    assert results[0.1].status == 'ok' and results[0.1].confidence == pytest.approx(0.2)
+    assert results[0.3].status == 'invalid'
+    assert [e.code for e in results[0.3].errors] == ['low_confidence']
+    assert results[0.3].message('x')['confidence'] == 0.2
+
+
+@pytest.mark.slow
+def test_llamafactory_api_gives_no_confidence_and_is_never_refused_for_it(
+        llamafactory_api, api_key):
+    # its request model has no logprobs: the field is ignored, the answer has none
+    planner = Planner(OpenAIBackend(llamafactory_api, 'tiny', api_key), SkillSet.load(),
+                      generation=GenerationConfig(max_new_tokens=24), min_confidence=1.0)
+    planner.load()
+    result = planner.plan('去客厅')
+    assert result.confidence is None and result.plan.raw_output
+    assert 'low_confidence' not in [e.code for e in result.errors]
+
+
+def test_an_unsure_refusal_stays_a_refusal(server):
+    # refusing is safe: min_confidence only ever stops plans from being executed
+    unsure = {'content': [{'token': '无', 'logprob': math.log(0.05)}]}
+    srv = server((0, 200, _completion_with_logprobs('无法执行', unsure)))
+    planner = Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load(), min_confidence=0.9)
+    message = planner.plan('唱歌').message('r')
+    assert message['status'] == 'rejected' and message['confidence'] == 0.05
+    assert [error['code'] for error in message['errors']] == ['not_a_task']

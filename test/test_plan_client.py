@@ -44,6 +44,9 @@ def test_format_answer_shows_steps_errors_and_latency():
     assert '1  飞      水      厨房      找水' in text
     assert '  - unknown_action (step 1): 飞 is not a skill' in text
     assert 'model output: abc' in text
+    assert 'confidence' not in text  # none given (a server without log-probabilities)
+    text = format_answer(dict(answer, confidence=0.4271))
+    assert 'latency: 12 ms (queue 2 ms, inference 10 ms, 7 tokens)   confidence: 0.43' in text
 
 
 def test_exit_codes_are_distinct_and_documented():

@@ -8,6 +8,7 @@ parameter table is checked at the top without rclpy.
 """
 
 import json
+import math
 import os
 import re
 import signal
@@ -385,6 +386,29 @@ def test_no_task_and_made_up_arguments_are_answered_with_their_codes(ros, tmp_pa
             schema_validator().validate(answer)
         final = status.wait_for(lambda s: s['answered'] == 3)
         assert final['counts'] == {'ok': 1, 'invalid': 1, 'error': 0, 'rejected': 1}
+    finally:
+        node.kill()
+
+
+def test_plans_carry_their_confidence_and_unsure_ones_are_invalid(ros, tmp_path, server):
+    server.logprobs['帮我拿一瓶水。'] = [-0.01, math.log(0.9), -0.05]
+    server.logprobs['帮我拿一瓶水吧'] = [-0.01, math.log(0.2)]
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(
+        server, **{'validation.min_confidence': 0.5}))
+    try:
+        _wait_connected(client)
+        ids = [client.send('帮我拿一瓶水。', 'c1'), client.send('帮我拿一瓶水吧', 'c2'),
+               client.send('帮我拿一瓶水', 'c3')]  # no log-probabilities in its reply
+        answers = wait_for_answers(client, ids)
+        assert answers['c1']['status'] == 'ok' and answers['c1']['confidence'] == 0.9
+        unsure = answers['c2']
+        assert unsure['status'] == 'invalid' and unsure['confidence'] == 0.2
+        assert [e['code'] for e in unsure['errors']] == ['low_confidence']
+        assert len(unsure['steps']) == 2  # kept, so a behavior tree can ask to confirm it
+        assert answers['c3']['status'] == 'ok' and answers['c3']['confidence'] is None
+        assert all(body['logprobs'] is True for body in server.bodies)
+        for answer in answers.values():
+            schema_validator().validate(answer)
     finally:
         node.kill()
 

@@ -1,0 +1,175 @@
+"""
+Plan confidence: the lowest probability the model gave a token of its answer.
+
+The local backend reports it on every decode path (generate(), the fast path, with drafts)
+as the model's own distribution before the grammar's mask, checked here against a separate
+forward pass over the answer; the planner turns plans below ``validation.min_confidence``
+into ``invalid`` / ``low_confidence``; ``cli evaluate`` tabulates what each threshold keeps.
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+
+from robot_llm_planner.backend import GenerationConfig
+from robot_llm_planner.evaluate import confidence_table
+from robot_llm_planner.grammar import PlanGrammar
+from robot_llm_planner.node_config import check_value, PARAMETERS_BY_NAME
+from robot_llm_planner.planner import Planner
+from robot_llm_planner.prompt import PromptBuilder
+from robot_llm_planner.skills import package_share_path, SkillSet
+from robot_llm_planner.transformers_backend import TransformersBackend
+import torch
+
+SKILLS = SkillSet.load()
+PROMPT = PromptBuilder()
+COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅', '打开冰箱门']
+GREEDY = GenerationConfig(max_new_tokens=24)
+# Enough tokens for the longest plan the grammar allows: every constrained plan completes.
+COMPLETE = GenerationConfig(max_new_tokens=PlanGrammar(SKILLS).max_plan_tokens())
+
+
+def _load(model, adapter, constrained, max_new_tokens=64, **kwargs):
+    backend = TransformersBackend(model, adapter, device='cpu', max_new_tokens=max_new_tokens,
+                                  grammar=PlanGrammar(SKILLS) if constrained else None, **kwargs)
+    backend.load()
+    return backend
+
+
+def _reference(model, prompt_ids, tokens):
+    """Return the lowest probability of ``tokens`` after ``prompt_ids``: one plain forward."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids + tokens])).logits[0].float()
+    logprobs = torch.log_softmax(logits[len(prompt_ids) - 1:-1], dim=-1)
+    return math.exp(min(logprobs[i, token].item() for i, token in enumerate(tokens)))
+
+
+@pytest.fixture(scope='module', params=[False, True], ids=['unconstrained', 'grammar'])
+def backends(request, tiny_model, tiny_adapter):
+    return {path: _load(tiny_model, tiny_adapter, request.param, fast_path=path)
+            for path in ('on', 'off')}
+
+
+def test_fast_path_confidence_is_the_models_own_lowest_token_probability(backends):
+    fast = backends['on']
+    for command in COMMANDS:
+        ids = fast.encode(command, PROMPT)
+        constraint = fast.grammar.matcher() if fast.grammar is not None else None
+        result = fast.decoder.decode(ids, GREEDY.max_new_tokens, constraint)
+        answer = result.tokens + (fast.stop_ids[:1] if result.finished else [])
+        # unmasked: under the grammar, the reference forward knows nothing of the mask
+        assert result.confidence == pytest.approx(_reference(fast.model, ids, answer),
+                                                  rel=1e-3)
+        generation = fast.generate([command], PROMPT, GREEDY)[0]
+        assert generation.confidence == pytest.approx(result.confidence, rel=1e-6)
+
+
+def test_every_decode_path_reports_the_same_confidence(backends, tiny_model, tiny_adapter):
+    fast = [fast_one for command in COMMANDS
+            for fast_one in backends['on'].generate([command], PROMPT, GREEDY)]
+    batch = backends['off'].generate(COMMANDS, PROMPT, GREEDY)   # left-padded generate()
+    one = [backends['off'].generate([c], PROMPT, GREEDY)[0] for c in COMMANDS]
+    constrained = backends['on'].grammar is not None
+    drafts = _load(tiny_model, tiny_adapter, constrained, fast_path='on', draft_tokens=4)
+    drafted = [drafts.generate([c], PROMPT, GREEDY)[0] for c in COMMANDS]
+    for run in (batch, one, drafted):
+        assert [g.text for g in run] == [g.text for g in fast]
+        for generation, reference in zip(run, fast):
+            assert 0.0 < generation.confidence <= 1.0
+            assert generation.confidence == pytest.approx(reference.confidence, rel=1e-3)
+
+
+def test_the_grammar_forces_tokens_the_random_model_finds_unlikely(backends):
+    # With random weights the grammar overrules the model at almost every step: the tokens
+    # it keeps are ones the model itself gave little probability (the signal that the plan
+    # is not the model's own).
+    generations = backends['on'].generate(COMMANDS[:1], PROMPT, GREEDY)
+    if backends['on'].grammar is not None:
+        assert generations[0].confidence < 0.05
+
+
+@pytest.fixture(scope='module')
+def random_backend(tiny_model):
+    return _load(tiny_model, '', True, COMPLETE.max_new_tokens, fast_path='off')
+
+
+def test_min_confidence_turns_a_less_confident_plan_invalid(random_backend):
+    def plan(threshold):
+        planner = Planner(random_backend, SKILLS, PROMPT, COMPLETE, grounded_arguments=False,
+                          min_confidence=threshold)
+        return planner.plan('去客厅')
+
+    free = plan(0.0)
+    assert free.status == 'ok' and free.errors == []
+    confidence = free.confidence
+    assert 0.0 < confidence < 1.0
+    assert plan(confidence * 0.999).status == 'ok'
+    refused = plan(min(1.0, confidence * 1.001))
+    assert refused.status == 'invalid' and refused.plan.steps == free.plan.steps
+    assert [e.code for e in refused.errors] == ['low_confidence']
+    assert '%.3f' % confidence in refused.errors[0].message
+    message = refused.message('r1')
+    assert message['confidence'] == round(confidence, 4)
+    with open(package_share_path('config', 'action_plan.schema.json'), encoding='utf-8') as f:
+        schema = json.load(f)
+    jsonschema.validate(message, schema)
+    jsonschema.validate(free.message('r0'), schema)
+
+
+def test_a_cached_plan_keeps_its_confidence(random_backend):
+    planner = Planner(random_backend, SKILLS, PROMPT, COMPLETE, grounded_arguments=False)
+    first, second = planner.plan('去客厅'), planner.plan('去客厅')
+    assert second.timing['cached'] and second.confidence == first.confidence is not None
+
+
+def test_nothing_generated_means_no_confidence(random_backend):
+    result = Planner(random_backend, SKILLS, min_confidence=0.5).plan('   ')
+    assert result.status == 'rejected' and result.confidence is None
+    assert result.message('r')['confidence'] is None
+
+
+@pytest.mark.parametrize('value', [-0.1, 1.5, float('nan')])
+def test_min_confidence_outside_zero_to_one_is_refused(value):
+    with pytest.raises(ValueError, match='min_confidence'):
+        Planner(None, SKILLS, min_confidence=value)
+    converted, error = check_value(PARAMETERS_BY_NAME['validation.min_confidence'], value)
+    assert converted is None and 'validation.min_confidence' in error
+
+
+def test_min_confidence_parameter_accepts_a_probability():
+    assert check_value(PARAMETERS_BY_NAME['validation.min_confidence'], 0.6) == (0.6, None)
+    assert check_value(PARAMETERS_BY_NAME['validation.min_confidence'], 1) == (1.0, None)
+
+
+def test_cli_refuses_a_min_confidence_that_is_not_a_probability():
+    run = subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'plan',
+                          '--min-confidence', '2', 'x'], capture_output=True, text=True)
+    assert run.returncode == 2 and 'expected a number from 0 to 1' in run.stderr
+
+
+def _row(predict, label, status='ok', confidence=0.5, errors=()):
+    return {'command': '去客厅', 'predict': predict, 'label': label, 'status': status,
+            'confidence': confidence, 'errors': list(errors)}
+
+
+def test_confidence_table_counts_what_each_threshold_keeps_and_catches():
+    right, wrong = '去客厅。移动到，客厅', '去客。移动到，客'
+    rows = [_row(right, right, confidence=0.9), _row(right, right, confidence=0.35),
+            _row(wrong, right, confidence=0.25), _row(wrong, right, confidence=0.65),
+            # refused below a threshold set while planning: still counted
+            _row(wrong, right, 'invalid', 0.05, ['low_confidence']),
+            # not counted: failed another check, no confidence, no label
+            _row(wrong, right, 'invalid', 0.9, ['argument_not_in_command']),
+            _row(right, right, confidence=None), _row(right, '', confidence=0.9)]
+    table = confidence_table(rows, thresholds=(0.3, 0.7))
+    lines = table.splitlines()
+    assert lines[0].startswith('| min_confidence | right plans kept (of 2) | '
+                               'wrong plans caught (of 3)')
+    assert lines[2] == '| 0 | 2 (100.0 %) | 0 (0.0 %) | 60.0 % |'
+    assert lines[3] == '| 0.3 | 2 (100.0 %) | 2 (66.7 %) | 33.3 % |'
+    assert lines[4] == '| 0.7 | 1 (50.0 %) | 3 (100.0 %) | 0.0 % |'
+    assert confidence_table([_row(right, right, confidence=None)]) == ''
