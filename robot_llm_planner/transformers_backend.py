@@ -305,9 +305,10 @@ class _LowestTokenProbability(LogitsProcessor):
     """
     Follows each row's lowest probability of a generated token, its stop token included.
 
-    Placed first among generate()'s logits processors, it sees the model's distribution
-    before the grammar's mask (greedy decoding has no other processor; with sampling the
-    temperature and top-p ones come first, so it is the sampling distribution).
+    Placed first among the processors given to generate(), it sees the model's distribution
+    before the grammar's mask, greedy or sampled: generate() adds no processor of its own
+    with this backend's settings (repetition_penalty 1.0, the model's generation_config
+    replaced), and appends temperature and top-p after the given ones.
     """
 
     def __init__(self, rows: int, stop_ids: Sequence[int]) -> None:
