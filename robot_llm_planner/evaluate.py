@@ -176,8 +176,9 @@ def confidence_table(rows: Sequence[dict],
     """
     Return a markdown table: what each ``validation.min_confidence`` keeps and catches.
 
-    It counts the labelled plans that pass every other check (status ``ok``, or ``invalid``
-    for ``low_confidence`` alone) and carry a confidence; "right" is :func:`is_exact`.
+    It counts the plans that pass every other check (status ``ok``, or ``invalid`` for
+    ``low_confidence`` alone), carry a confidence and have a label; "right" is
+    :func:`is_exact` (a plan for a command labelled ``无法执行`` is wrong).
     Empty when no such row exists.
     """
     scored = []
@@ -186,7 +187,8 @@ def confidence_table(rows: Sequence[dict],
             row.get('status') == 'invalid' and row.get('errors') == ['low_confidence'])
         confidence = row.get('confidence')
         expected = parse_plan(row.get('label', ''))
-        if passed and isinstance(confidence, (int, float)) and expected.steps:
+        if passed and isinstance(confidence, (int, float)) and (expected.steps
+                                                                or expected.no_task):
             predicted = parse_plan(row.get('predict', ''), row.get('command', ''))
             scored.append((float(confidence), is_exact(predicted, expected)))
     right = sum(1 for _, exact in scored if exact)

@@ -164,12 +164,14 @@ def test_confidence_table_counts_what_each_threshold_keeps_and_catches():
             _row(wrong, right, 'invalid', 0.05, ['low_confidence']),
             # not counted: failed another check, no confidence, no label
             _row(wrong, right, 'invalid', 0.9, ['argument_not_in_command']),
-            _row(right, right, confidence=None), _row(right, '', confidence=0.9)]
+            _row(right, right, confidence=None), _row(right, '', confidence=0.9),
+            # a plan for a command without a task is a wrong plan
+            _row(right, '无法执行', confidence=0.1)]
     table = confidence_table(rows, thresholds=(0.3, 0.7))
     lines = table.splitlines()
     assert lines[0].startswith('| min_confidence | right plans kept (of 2) | '
-                               'wrong plans caught (of 3)')
-    assert lines[2] == '| 0 | 2 (100.0 %) | 0 (0.0 %) | 60.0 % |'
-    assert lines[3] == '| 0.3 | 2 (100.0 %) | 2 (66.7 %) | 33.3 % |'
-    assert lines[4] == '| 0.7 | 1 (50.0 %) | 3 (100.0 %) | 0.0 % |'
+                               'wrong plans caught (of 4)')
+    assert lines[2] == '| 0 | 2 (100.0 %) | 0 (0.0 %) | 66.7 % |'
+    assert lines[3] == '| 0.3 | 2 (100.0 %) | 3 (75.0 %) | 33.3 % |'
+    assert lines[4] == '| 0.7 | 1 (50.0 %) | 4 (100.0 %) | 0.0 % |'
     assert confidence_table([_row(right, right, confidence=None)]) == ''
