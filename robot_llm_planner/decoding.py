@@ -180,7 +180,8 @@ class StaticCacheDecoder:
                 if constraint is not None:
                     constraint.accept(token)
                 kept.append(token)
-                logprobs.append(row[token].float() - total)  # an allowed logit is unmasked
+                # an allowed logit is unmasked; NaN logits (a broken model) count as impossible
+                logprobs.append(torch.nan_to_num(row[token].float() - total, nan=-math.inf))
                 if token in self.stop_ids or row_index >= len(draft) or token != draft[row_index]:
                     break
                 accepted += 1

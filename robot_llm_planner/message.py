@@ -7,10 +7,12 @@ Schema (also shipped as config/action_plan.schema.json)::
      location}], errors: [{code, message, step}], confidence, raw_output, timing, model,
      stamp}
 
-``confidence`` is the lowest probability the model gave a token of its answer (before the
-grammar's mask), or null where nothing was generated or the backend cannot tell: a low value
-flags a plan that is likely wrong (``validation.min_confidence`` turns such plans ``invalid``,
-code ``low_confidence``). Schema version 2 added it.
+``confidence`` is the lowest probability the model gave a token of its answer (the local
+backend: before the grammar's mask; a remote one: the server's log-probabilities), or null
+where nothing was generated or the backend cannot tell: a low value flags a plan that is
+likely wrong (``validation.min_confidence`` turns such plans ``invalid``, code
+``low_confidence``). It is published to 4 decimals, rounded down (:func:`published_confidence`).
+Schema version 2 added it.
 
 ``status`` is one of:
 
@@ -23,6 +25,7 @@ code ``low_confidence``). Schema version 2 added it.
 """
 
 import json
+import math
 import time
 from typing import List, Optional
 
@@ -30,6 +33,22 @@ from robot_llm_planner.plan import Plan, PlanError
 
 SCHEMA_VERSION = 2
 STATUSES = ('ok', 'invalid', 'error', 'rejected')
+
+
+def published_confidence(value: Optional[float]) -> Optional[float]:
+    """
+    Return a confidence as it is published and checked: in [0, 1], 4 decimals, rounded down.
+
+    Rounding down keeps a plan held back by ``validation.min_confidence`` below the threshold
+    in the message too; anything not a number (NaN from a broken model) is 0.
+    """
+    if value is None:
+        return None
+    value = float(value)
+    if math.isnan(value):
+        return 0.0
+    # the 1e-6 keeps an exact decimal (0.9 computed as 0.8999999999999999) from losing a digit
+    return math.floor(min(1.0, max(0.0, value)) * 1e4 + 1e-6) / 1e4
 
 
 def plan_message(request_id: str, command: str, status: str, plan: Optional[Plan] = None,
@@ -50,7 +69,7 @@ def plan_message(request_id: str, command: str, status: str, plan: Optional[Plan
                    'target': step.target, 'location': step.location}
                   for index, step in enumerate(steps)],
         'errors': [error.to_dict() for error in all_errors],
-        'confidence': None if confidence is None else round(float(confidence), 4),
+        'confidence': published_confidence(confidence),
         'raw_output': plan.raw_output if plan is not None else '',
         'timing': dict(timing or {}),
         'model': dict(model or {}),

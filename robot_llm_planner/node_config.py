@@ -181,8 +181,8 @@ def check_value(parameter: Parameter, value: Any) -> Tuple[Any, Optional[str]]:
     elif kind is int and isinstance(value, int) and not isinstance(value, bool):
         converted = value
     elif kind is float and is_number:
-        if math.isnan(value):
-            return None, '%s must be a number, got NaN' % parameter.name
+        if not math.isfinite(value):
+            return None, '%s must be a finite number, got %r' % (parameter.name, value)
         converted = float(value)
     if converted is None:
         wanted = {str: 'a string', int: 'an integer', float: 'a number',

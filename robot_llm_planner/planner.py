@@ -16,7 +16,7 @@ import unicodedata
 
 from robot_llm_planner.backend import (Backend, EngineError, GenerationCancelled,
                                        GenerationConfig)
-from robot_llm_planner.message import plan_message
+from robot_llm_planner.message import plan_message, published_confidence
 from robot_llm_planner.plan import parse_plan, Plan, PlanError, ungrounded_arguments
 from robot_llm_planner.prompt import PromptBuilder
 from robot_llm_planner.skills import SkillSet
@@ -185,6 +185,7 @@ class Planner:
                 results.append(self._error(command, 'engine_error', generation.error))
                 continue
             parse_started = time.perf_counter()
+            confidence = published_confidence(generation.confidence)  # the value checked is shown
             plan = parse_plan(generation.text, command)
             errors = self.skills.validate(plan)
             if self.grounded_arguments:
@@ -196,17 +197,17 @@ class Planner:
             if plan.no_task and generation.finished:
                 status = 'rejected'  # the model found nothing to do: a clear no, not a failure
             else:
-                if plan.ok and not errors and generation.confidence is not None \
-                        and generation.confidence < self.min_confidence:
+                if plan.ok and not errors and confidence is not None \
+                        and confidence < self.min_confidence:
                     errors.append(PlanError(
                         'low_confidence', 'the model gave a token of this plan probability '
-                        '%.3f, below validation.min_confidence (%g)'
-                        % (generation.confidence, self.min_confidence)))
+                        '%.4f, below validation.min_confidence (%g)'
+                        % (confidence, self.min_confidence)))
                 status = 'ok' if plan.ok and not errors else 'invalid'
             parse_ms = (time.perf_counter() - parse_started) * 1000.0
             timing = {'inference_ms': inference_ms, 'parse_ms': parse_ms,
                       'tokens_generated': generation.tokens, 'cached': False}
-            result = PlanResult(command, status, plan, errors, timing, generation.confidence)
+            result = PlanResult(command, status, plan, errors, timing, confidence)
             results.append(result)
             if self.cache_size:
                 self._cache[command] = result

@@ -331,7 +331,8 @@ class _LowestTokenProbability(LogitsProcessor):
         for row, (token, value) in enumerate(zip(chosen.tolist(), values)):
             if self.done[row]:
                 continue  # generate() pads a finished row
-            self.lowest[row] = min(self.lowest[row], value)
+            # NaN logits (a broken model) count as impossible, as on the fast path
+            self.lowest[row] = min(self.lowest[row], -math.inf if math.isnan(value) else value)
             self.counted[row] = True
             self.done[row] = token in self.stop_ids
         self.previous = None

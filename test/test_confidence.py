@@ -18,6 +18,7 @@ import pytest
 from robot_llm_planner.backend import GenerationConfig
 from robot_llm_planner.evaluate import confidence_table
 from robot_llm_planner.grammar import PlanGrammar
+from robot_llm_planner.message import published_confidence
 from robot_llm_planner.node_config import check_value, PARAMETERS_BY_NAME
 from robot_llm_planner.planner import Planner
 from robot_llm_planner.prompt import PromptBuilder
@@ -108,12 +109,13 @@ def test_min_confidence_turns_a_less_confident_plan_invalid(random_backend):
     confidence = free.confidence
     assert 0.0 < confidence < 1.0
     assert plan(confidence * 0.999).status == 'ok'
-    refused = plan(min(1.0, confidence * 1.001))
+    threshold = min(1.0, confidence * 1.001)
+    refused = plan(threshold)
     assert refused.status == 'invalid' and refused.plan.steps == free.plan.steps
     assert [e.code for e in refused.errors] == ['low_confidence']
-    assert '%.3f' % confidence in refused.errors[0].message
+    assert '%.4f' % confidence in refused.errors[0].message
     message = refused.message('r1')
-    assert message['confidence'] == round(confidence, 4)
+    assert message['confidence'] == confidence < threshold
     with open(package_share_path('config', 'action_plan.schema.json'), encoding='utf-8') as f:
         schema = json.load(f)
     jsonschema.validate(message, schema)
@@ -132,7 +134,37 @@ def test_nothing_generated_means_no_confidence(random_backend):
     assert result.message('r')['confidence'] is None
 
 
-@pytest.mark.parametrize('value', [-0.1, 1.5, float('nan')])
+def test_a_model_with_nan_logits_has_confidence_zero_on_every_path(tiny_model):
+    for path in ('on', 'off'):
+        backend = _load(tiny_model, '', False, fast_path=path)
+        with torch.no_grad():
+            backend.model.model.norm.weight.fill_(float('nan'))
+        generation = backend.generate(['去客厅'], PROMPT, GenerationConfig(max_new_tokens=4))[0]
+        assert generation.confidence == 0.0, path
+        result = Planner(backend, SKILLS, PROMPT, GenerationConfig(max_new_tokens=4)).plan('去客厅')
+        assert result.confidence == 0.0 and result.message('r')['confidence'] == 0.0
+
+
+@pytest.mark.parametrize('value,published', [
+    (0.59996, 0.5999),            # rounded down: a plan held back at 0.6 never shows 0.6
+    (0.8999999999999999, 0.9),    # exp(log(0.9)): an exact decimal keeps its digits
+    (1.0, 1.0), (1.2, 1.0), (0.0, 0.0), (-0.1, 0.0), (float('nan'), 0.0), (None, None)])
+def test_published_confidence(value, published):
+    assert published_confidence(value) == published
+
+
+def test_a_plan_held_back_shows_a_confidence_below_the_threshold(random_backend):
+    # the value compared is the value published
+    confidence = Planner(random_backend, SKILLS, PROMPT, COMPLETE,
+                         grounded_arguments=False).plan('去客厅').confidence
+    for threshold in (confidence, confidence + 0.00005, confidence + 0.0001):
+        result = Planner(random_backend, SKILLS, PROMPT, COMPLETE, grounded_arguments=False,
+                         min_confidence=min(1.0, threshold)).plan('去客厅')
+        shown = result.message('r')['confidence']
+        assert (result.status == 'ok') == (shown >= threshold)
+
+
+@pytest.mark.parametrize('value', [-0.1, 1.5, float('nan'), float('inf')])
 def test_min_confidence_outside_zero_to_one_is_refused(value):
     with pytest.raises(ValueError, match='min_confidence'):
         Planner(None, SKILLS, min_confidence=value)
