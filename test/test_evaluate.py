@@ -259,6 +259,15 @@ def test_planner_run_over_a_split_side_by_side(tmp_path, trained_model):
     rows = load_rows(str(out / 'trained.jsonl'))
     assert [row['command'] for row in rows] == [row['input'] for row in trained_model.rows]
     assert all(row['latency_ms'] > 0 for row in rows)
+    # what each validation.min_confidence would keep: every right plan passes the other checks
+    table = 'right plans kept (of %d)' % len(trained_model.correct)
+    assert 'by validation.min_confidence (trained)' in result.stdout and table in result.stdout
+    assert '## trained: plans by validation.min_confidence' in (out / 'results.md').read_text(
+        encoding='utf-8')
+    with open(out / 'trained.jsonl', encoding='utf-8') as stream:
+        planned = [json.loads(line) for line in stream]
+    assert all(0.0 < row['confidence'] <= 1.0 and isinstance(row['errors'], list)
+               for row in planned)
 
 
 def test_split_without_a_model_is_a_clear_error(tmp_path):
