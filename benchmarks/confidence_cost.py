@@ -7,7 +7,7 @@ synchronization). This times exactly those operations on a logits row of each vo
 and, as the baseline in the same run, one decode step (KV cache, batch 1) of a random Qwen2
 of the demo model's shape, or of the given ``--model``, so its share of a step can be read off.
 
-    python3 benchmarks/confidence_cost.py --out /tmp/c               # CPU: 4374 and 151,646
+    python3 benchmarks/confidence_cost.py --out /tmp/c               # CPU: 4374 and 151,936
     python3 benchmarks/confidence_cost.py --device cuda --out $OUT   # on a GPU (bf16 logits)
 """
 
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-VOCABS = (4374, 151646)   # the demo tokenizer, Qwen1.5's logits width
+VOCABS = (4374, 151936)   # the demo model's logits width, Qwen1.5-7B's (vocab_size, padded)
 
 
 def _sync(device):

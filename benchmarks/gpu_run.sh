@@ -35,6 +35,6 @@ else
   echo "no xgrammar here: grammar overhead not measured (run benchmarks/gpu_wheels.sh and" \
     "carry .whl)" | tee "$OUT/grammar.log"
 fi
-# the plan confidence's per-token log-sum-exp over Qwen's 151,646 logits, in bf16 on the GPU
+# the plan confidence's per-token log-sum-exp over Qwen1.5-7B's 151,936 logits, bf16, on the GPU
 timeout -k 5 45 python3 benchmarks/confidence_cost.py --device cuda --out "$OUT" 2>&1 \
   | tee "$OUT/confidence.log" || echo "confidence cost run failed"

@@ -81,9 +81,9 @@ def test_confidence_cost_smoke(tmp_path):
          '2', '--out', str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / 'confidence_cost.json').read_text())
-    assert set(report['confidence_us']) == {'4374', '151646'}
+    assert set(report['confidence_us']) == {'4374', '151936'}
     assert report['step_us'] > 0 and all(v > 0 for v in report['confidence_us'].values())
-    assert '| 151646 |' in (tmp_path / 'confidence_cost.md').read_text()
+    assert '| 151936 |' in (tmp_path / 'confidence_cost.md').read_text()
 
 
 def test_gpu_run_script_parses_and_passes_only_known_options():
