@@ -10,7 +10,7 @@ A backend turns commands into the model's raw text. Two exist:
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from robot_llm_planner.prompt import PromptBuilder
 
@@ -63,6 +63,10 @@ class Generation:
     # The lowest probability the model gave a token of this answer (the stop token included),
     # as the model saw it, before the plan grammar's mask; None where the backend cannot tell.
     confidence: Optional[float] = None
+    # Per generated token, in order: the character offset in ``text`` where it ends and its
+    # probability (as for ``confidence``); None where the backend cannot tell. The planner
+    # turns them into each step's confidence.
+    token_probabilities: Optional[List[Tuple[int, float]]] = None
     error: str = ''  # why this command got no answer while others of its batch did
 
 

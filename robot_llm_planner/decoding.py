@@ -68,6 +68,7 @@ class DecodeResult:
     finished: bool
     stats: Dict[str, float] = field(default_factory=dict)
     confidence: Optional[float] = None  # the lowest probability of a kept token (stop included)
+    logprobs: List[float] = field(default_factory=list)  # each kept token's, stop included
 
 
 class StaticCacheDecoder:
@@ -168,7 +169,7 @@ class StaticCacheDecoder:
         passes = drafted = accepted = 0
         prefill_done = None
         finished = False
-        lowest = None  # the lowest log-probability of a kept token, left on the device
+        scores = []  # each kept token's log-probability, left on the device until the end
         while True:
             kept, logprobs = [], []
             for row_index in range(logits.shape[0]):
@@ -190,7 +191,7 @@ class StaticCacheDecoder:
             for token, logprob in zip(kept, logprobs):
                 if len(out) >= max_new:
                     break  # a stop token verified past the budget does not count, as in generate()
-                lowest = logprob if lowest is None else torch.minimum(lowest, logprob)
+                scores.append(logprob)
                 if token in self.stop_ids:
                     finished = True
                     break
@@ -213,8 +214,9 @@ class StaticCacheDecoder:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
         ended = time.perf_counter()
-        confidence = math.exp(float(lowest)) if lowest is not None else None
-        return DecodeResult(out, finished, confidence=confidence, stats={
+        logprobs = torch.stack(scores).tolist() if scores else []
+        confidence = math.exp(min(logprobs)) if logprobs else None
+        return DecodeResult(out, finished, confidence=confidence, logprobs=logprobs, stats={
             'prefill_ms': (prefill_done - started) * 1000.0,
             'decode_ms': (ended - prefill_done) * 1000.0,
             'decode_passes': passes, 'drafted': drafted, 'accepted': accepted,

@@ -216,6 +216,10 @@ def stop_node(process, timeout: float = STOP_TIMEOUT_S) -> int:
 MAX_SHOWN_CHARS = 160  # of a model output printed in full otherwise
 
 
+def _probability(value) -> str:
+    return '%.2f' % value if isinstance(value, (int, float)) else '-'
+
+
 def format_plan_table(kind: str, command: str, label: Optional[str], answer: dict) -> str:
     """Return one answer as a readable block: command, status, latency, confidence, steps."""
     from robot_llm_planner.plan_client import format_table
@@ -236,9 +240,11 @@ def format_plan_table(kind: str, command: str, label: Optional[str], answer: dic
     lines = ['[%s] %s' % (kind, command), '    ' + ', '.join(facts)]
     steps = answer.get('steps') or []
     if any(step.get('action') for step in steps):  # not a table of empty rows
-        rows = [['#', 'action', 'target', 'location']]
+        scored = any(isinstance(step.get('confidence'), (int, float)) for step in steps)
+        rows = [['#', 'action', 'target', 'location'] + ['confidence'] * scored]
         rows += [[str(number), step.get('action', ''), step.get('target', ''),
-                  step.get('location', '')] for number, step in enumerate(steps, start=1)]
+                  step.get('location', '')] + [_probability(step.get('confidence'))] * scored
+                 for number, step in enumerate(steps, start=1)]
         lines += ['    ' + line for line in format_table(rows)]
     for error in answer.get('errors') or []:
         lines.append('    error %s: %s' % (error.get('code'), error.get('message')))

@@ -4,15 +4,17 @@ The /action_plan JSON message: what behavior trees receive for every command.
 Schema (also shipped as config/action_plan.schema.json)::
 
     {schema_version, id, command, status, steps: [{index, description, action, target,
-     location}], errors: [{code, message, step}], confidence, raw_output, timing, model,
-     stamp}
+     location, confidence}], errors: [{code, message, step}], confidence, raw_output, timing,
+     model, stamp}
 
 ``confidence`` is the lowest probability the model gave a token of its answer (the local
 backend: before the grammar's mask; a remote one: the server's log-probabilities), or null
 where nothing was generated or the backend cannot tell: a low value flags a plan that is
 likely wrong (``validation.min_confidence`` turns such plans ``invalid``, code
 ``low_confidence``). It is published to 4 decimals, rounded down (:func:`published_confidence`).
-Schema version 2 added it.
+Each step's ``confidence`` is the same over the tokens of that step alone (its description and
+output2 entry; null where the backend cannot tell): the step a wrong plan most likely went
+wrong at. Schema version 2 added both.
 
 ``status`` is one of:
 
@@ -66,7 +68,8 @@ def plan_message(request_id: str, command: str, status: str, plan: Optional[Plan
         'command': command,
         'status': status,
         'steps': [{'index': index, 'description': step.description, 'action': step.action,
-                   'target': step.target, 'location': step.location}
+                   'target': step.target, 'location': step.location,
+                   'confidence': published_confidence(step.confidence)}
                   for index, step in enumerate(steps)],
         'errors': [error.to_dict() for error in all_errors],
         'confidence': published_confidence(confidence),

@@ -21,7 +21,7 @@ import math
 import os
 import socket
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 import urllib.error
 import urllib.request
 
@@ -131,7 +131,8 @@ class OpenAIBackend(Backend):
                           prompt_tokens=_count(usage.get('prompt_tokens')),
                           finished=choice.get('finish_reason') != 'length',
                           stats={'request_ms': (time.perf_counter() - started) * 1000.0},
-                          confidence=_lowest_probability(choice.get('logprobs')))
+                          confidence=_lowest_probability(choice.get('logprobs')),
+                          token_probabilities=_token_probabilities(choice.get('logprobs'), text))
 
     def _request(self, method: str, path: str, body: Optional[dict] = None) -> dict:
         url = self.base_url + path
@@ -199,6 +200,28 @@ def _lowest_probability(logprobs) -> Optional[float]:
             return None  # an answer this code cannot read is no evidence either way
         values.append(min(0.0, float(value)))
     return math.exp(min(values))
+
+
+def _token_probabilities(logprobs, text: str) -> Optional[List[Tuple[int, float]]]:
+    """
+    Return (character offset where it ends, probability) per token of a choice's logprobs.
+
+    The offsets come from each entry's ``bytes`` (vLLM gives them); None when an entry has
+    none, or when the bytes do not spell ``text``.
+    """
+    if _lowest_probability(logprobs) is None:
+        return None
+    data, characters, result = b'', 0, []
+    for entry in logprobs['content']:
+        spelled = entry.get('bytes')
+        if not isinstance(spelled, list) or not all(
+                isinstance(byte, int) and not isinstance(byte, bool) and 0 <= byte < 256
+                for byte in spelled):
+            return None
+        data += bytes(spelled)
+        characters += sum(1 for byte in spelled if byte & 0xC0 != 0x80)
+        result.append((characters, math.exp(min(0.0, float(entry['logprob'])))))
+    return result if data.decode('utf-8', 'replace') == text else None
 
 
 def _count(value) -> int:

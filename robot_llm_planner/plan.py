@@ -20,7 +20,7 @@ This module uses only the standard library.
 
 from dataclasses import dataclass, field
 import re
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 SECTION_SEP = '。'
 STEP_SEP = '；'
@@ -49,6 +49,9 @@ class Step:
     action: str = ''
     target: str = ''
     location: str = ''
+    # The lowest probability the model gave a token of this step (its description and its
+    # output2 entry), where the backend tells (see :func:`assign_step_confidences`).
+    confidence: Optional[float] = field(default=None, compare=False)
 
     def arguments(self) -> List[str]:
         """Return the given arguments in output2 order, without trailing empty ones."""
@@ -165,6 +168,64 @@ def parse_plan(text: str, command: str = '') -> Plan:
     if not plan.steps:
         plan.errors.append(PlanError('empty_output', 'the model output has no steps'))
     return plan
+
+
+def _pieces(pattern: 're.Pattern', text: str, start: int, end: int) -> List[Tuple[int, int]]:
+    # the (start, end) of each part of text[start:end] between matches of ``pattern``
+    pieces, position = [], start
+    for match in pattern.finditer(text, start, end):
+        pieces.append((position, match.start()))
+        position = match.end()
+    pieces.append((position, end))
+    return pieces
+
+
+_SECTION_SPLIT = re.compile(re.escape(SECTION_SEP))
+
+
+def step_spans(text: str) -> List[List[Tuple[int, int]]]:
+    """
+    Return, per step :func:`parse_plan` finds in ``text``, where its text is.
+
+    Each step gets the (start, end) character spans of its output1 description and its
+    output2 entry (one span when it has only one of them). The no-task answer has no steps.
+    """
+    if parse_plan(text).no_task:
+        return []
+    sections = [(a, b) for a, b in _pieces(_SECTION_SPLIT, text, 0, len(text))
+                if text[a:b].strip()] or [(0, 0)]
+    descriptions = [(a, b) for a, b in _pieces(_STEP_SPLIT, text, *sections[0])
+                    if _has_content(text[a:b])]
+    entries = [(a, b) for a, b in _pieces(_STEP_SPLIT, text, *sections[1])
+               if _has_content(text[a:b])] if len(sections) > 1 else []
+    return [[span for span in (descriptions[i] if i < len(descriptions) else None,
+                               entries[i] if i < len(entries) else None) if span]
+            for i in range(max(len(descriptions), len(entries)))]
+
+
+def assign_step_confidences(plan: Plan,
+                            token_probabilities: Optional[Sequence[Tuple[int, float]]]) -> None:
+    """
+    Set each step's ``confidence`` from the answer's tokens.
+
+    ``token_probabilities`` lists, for each generated token in order, the character offset in
+    ``plan.raw_output`` where the token ends and its probability. A step's confidence is the
+    lowest probability of the tokens that overlap its description or its output2 entry;
+    separators between steps and the stop token belong to no step. Nothing is set when the
+    tokens are unknown.
+    """
+    if not token_probabilities:
+        return
+    spans = step_spans(plan.raw_output)
+    if len(spans) != len(plan.steps):
+        return
+    for step, step_span in zip(plan.steps, spans):
+        lowest, start = None, 0
+        for end, probability in token_probabilities:
+            if any(start < b and end > a for a, b in step_span):
+                lowest = probability if lowest is None else min(lowest, probability)
+            start = end
+        step.confidence = lowest
 
 
 def ungrounded_arguments(plan: Plan, command: str) -> List[PlanError]:

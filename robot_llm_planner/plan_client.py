@@ -197,6 +197,10 @@ def format_table(rows: List[List[str]]) -> List[str]:
             for row in rows]
 
 
+def _probability(value) -> str:
+    return '%.2f' % value if isinstance(value, (int, float)) else '-'
+
+
 def format_answer(answer: dict) -> str:
     """Return an /action_plan message as readable text."""
     lines = ['%s  [id %s]' % (answer.get('command', ''), answer.get('id', ''))]
@@ -217,9 +221,11 @@ def format_answer(answer: dict) -> str:
     lines.append(status)
     steps = answer.get('steps') or []
     if steps:
-        rows = [['#', 'action', 'target', 'location', 'description']]
+        scored = any(isinstance(step.get('confidence'), (int, float)) for step in steps)
+        rows = [['#', 'action', 'target', 'location', 'description'] + ['confidence'] * scored]
         rows += [[str(step.get('index', 0) + 1), step.get('action', ''), step.get('target', ''),
-                  step.get('location', ''), step.get('description', '')] for step in steps]
+                  step.get('location', ''), step.get('description', '')]
+                 + [_probability(step.get('confidence'))] * scored for step in steps]
         lines += ['  ' + line for line in format_table(rows)]
     errors = answer.get('errors') or []
     if errors:

@@ -17,7 +17,8 @@ import unicodedata
 from robot_llm_planner.backend import (Backend, EngineError, GenerationCancelled,
                                        GenerationConfig)
 from robot_llm_planner.message import plan_message, published_confidence
-from robot_llm_planner.plan import parse_plan, Plan, PlanError, ungrounded_arguments
+from robot_llm_planner.plan import (assign_step_confidences, parse_plan, Plan, PlanError,
+                                    ungrounded_arguments)
 from robot_llm_planner.prompt import PromptBuilder
 from robot_llm_planner.skills import SkillSet
 
@@ -187,6 +188,7 @@ class Planner:
             parse_started = time.perf_counter()
             confidence = published_confidence(generation.confidence)  # the value checked is shown
             plan = parse_plan(generation.text, command)
+            assign_step_confidences(plan, generation.token_probabilities)
             errors = self.skills.validate(plan)
             if self.grounded_arguments:
                 errors += ungrounded_arguments(plan, command)

@@ -63,6 +63,7 @@ class TransformersBackend(Backend):
         self.device = None
         self.decoder = None
         self.stop_ids: List[int] = []
+        self._special_ids: set = set()
         self.load_seconds = 0.0
         self._cancelled = threading.Event()
 
@@ -167,6 +168,7 @@ class TransformersBackend(Backend):
             tokenizer.pad_token = ENDOFTEXT if ENDOFTEXT in tokenizer.get_vocab() \
                 else tokenizer.eos_token
         self.stop_ids = _stop_ids(tokenizer)
+        self._special_ids = set(tokenizer.all_special_ids)
         if not self.stop_ids:
             raise ModelLoadError('model.path: the tokenizer of %s has neither %s nor an eos '
                                  'token to stop on' % (self.model_path, IM_END))
@@ -259,10 +261,8 @@ class TransformersBackend(Backend):
     def _decode_fast(self, ids: List[int], max_new: int) -> Generation:
         constraint = self.grammar.matcher() if self.grammar is not None else None
         result = self.decoder.decode(ids, max_new, constraint, self._cancelled)
-        return Generation(self.tokenizer.decode(result.tokens, skip_special_tokens=True),
-                          tokens=len(result.tokens), prompt_tokens=len(ids),
-                          finished=result.finished, stats=result.stats,
-                          confidence=result.confidence)
+        return self._generation(result.tokens, result.finished, result.logprobs, len(ids),
+                                result.stats)
 
     def _generate_batch(self, prompts: List[List[int]], max_new: int,
                         config: GenerationConfig) -> List[Generation]:
@@ -280,7 +280,7 @@ class TransformersBackend(Backend):
             kwargs.update(temperature=config.temperature, top_p=config.top_p)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        confidence = _LowestTokenProbability(len(prompts), self.stop_ids)
+        confidence = _TokenProbabilities(len(prompts), self.stop_ids)
         kwargs['logits_processor'] = [confidence]  # first: it sees the logits unmasked
         if self.grammar is not None:
             kwargs['logits_processor'].append(self.grammar.logits_processor(len(prompts)))
@@ -289,21 +289,60 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         elapsed = (time.perf_counter() - started) * 1000.0
-        lowest = confidence.finish(output[:, -1])
+        logprobs = confidence.finish(output[:, -1])
         results = []
-        for row, ids, probability in zip(output[:, width:].tolist(), prompts, lowest):
+        for row, ids, scores in zip(output[:, width:].tolist(), prompts, logprobs):
             tokens, finished = _until_stop(row, self.stop_ids, pad)
-            results.append(Generation(
-                self.tokenizer.decode(tokens, skip_special_tokens=True), tokens=len(tokens),
-                prompt_tokens=len(ids), finished=finished,
-                stats={'generate_ms': elapsed, 'batch_size': len(prompts)},
-                confidence=probability))
+            results.append(self._generation(
+                tokens, finished, scores, len(ids),
+                {'generate_ms': elapsed, 'batch_size': len(prompts)}))
         return results
 
+    def _generation(self, tokens: List[int], finished: bool, logprobs: List[float],
+                    prompt_tokens: int, stats: dict) -> Generation:
+        """Return the Generation of ``tokens`` (stop token left out) and their scores."""
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        token_probabilities = None
+        ends = self._token_ends(tokens, text)
+        if ends is not None and len(logprobs) >= len(tokens):
+            # the stop token, if it was generated, ends where the text does
+            ends += [len(text)] * (len(logprobs) - len(tokens))
+            token_probabilities = [(end, math.exp(value)) for end, value in zip(ends, logprobs)]
+        return Generation(text, tokens=len(tokens), prompt_tokens=prompt_tokens,
+                          finished=finished, stats=stats,
+                          confidence=math.exp(min(logprobs)) if logprobs else None,
+                          token_probabilities=token_probabilities)
 
-class _LowestTokenProbability(LogitsProcessor):
+    def _token_ends(self, tokens: List[int], text: str) -> Optional[List[int]]:
+        """
+        Return where each token ends in ``text`` (its decoded form), in characters.
+
+        A byte-level BPE (Qwen's) spells each token's bytes in GPT-2's byte alphabet, which
+        gives the offsets at once; any other tokenizer decodes every prefix (slower). None if
+        neither agrees with ``text``.
+        """
+        pieces = self.tokenizer.convert_ids_to_tokens(tokens)
+        data, ends, characters = b'', [], 0
+        for token, piece in zip(tokens, pieces):
+            if token not in self._special_ids:
+                spelled = _bytes_of(piece)
+                if spelled is None:
+                    break
+                data += spelled
+                # characters so far: the bytes that start one (a partial one counts as begun)
+                characters += sum(1 for byte in spelled if byte & 0xC0 != 0x80)
+            ends.append(characters)
+        else:
+            if data.decode('utf-8', 'replace') == text:
+                return ends
+        ends = [len(self.tokenizer.decode(tokens[:count], skip_special_tokens=True))
+                for count in range(1, len(tokens) + 1)]
+        return ends if not ends or ends[-1] == len(text) else None
+
+
+class _TokenProbabilities(LogitsProcessor):
     """
-    Follows each row's lowest probability of a generated token, its stop token included.
+    Records each row's log-probability of every generated token, its stop token included.
 
     Placed first among the processors given to generate(), it sees the model's distribution
     before the grammar's mask, greedy or sampled: generate() adds no processor of its own
@@ -313,9 +352,8 @@ class _LowestTokenProbability(LogitsProcessor):
 
     def __init__(self, rows: int, stop_ids: Sequence[int]) -> None:
         self.stop_ids = set(stop_ids)
-        self.lowest = [0.0] * rows       # log-probabilities
+        self.logprobs: List[List[float]] = [[] for _ in range(rows)]
         self.done = [False] * rows       # a row is done once its stop token is counted
-        self.counted = [False] * rows
         self.previous = None             # log-softmax of the step whose token comes next
 
     def __call__(self, input_ids, scores):
@@ -332,16 +370,14 @@ class _LowestTokenProbability(LogitsProcessor):
             if self.done[row]:
                 continue  # generate() pads a finished row
             # NaN logits (a broken model) count as impossible, as on the fast path
-            self.lowest[row] = min(self.lowest[row], -math.inf if math.isnan(value) else value)
-            self.counted[row] = True
+            self.logprobs[row].append(-math.inf if math.isnan(value) else value)
             self.done[row] = token in self.stop_ids
         self.previous = None
 
-    def finish(self, last_tokens) -> List[Optional[float]]:
-        """Count the last step's tokens; return each row's lowest probability."""
+    def finish(self, last_tokens) -> List[List[float]]:
+        """Count the last step's tokens; return each row's log-probabilities."""
         self._count(last_tokens)
-        return [math.exp(value) if counted else None
-                for value, counted in zip(self.lowest, self.counted)]
+        return self.logprobs
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -353,6 +389,33 @@ class _StopWhenSet(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
                           device=input_ids.device)
+
+
+def _byte_alphabet() -> Dict[str, int]:
+    # GPT-2's byte-level alphabet (Qwen's too): printable Latin-1 bytes stand for
+    # themselves, the other bytes for the characters from U+0100 on, in byte order.
+    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    alphabet, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            alphabet[chr(byte)] = byte
+        else:
+            alphabet[chr(256 + shifted)] = byte
+            shifted += 1
+    return alphabet
+
+
+_BYTE_ALPHABET = _byte_alphabet()
+
+
+def _bytes_of(piece: Optional[str]) -> Optional[bytes]:
+    """Return the bytes a byte-level BPE token stands for, None if it is not one."""
+    if piece is None:
+        return None
+    try:
+        return bytes(_BYTE_ALPHABET[char] for char in piece)
+    except KeyError:
+        return None
 
 
 def _until_stop(row: Sequence[int], stop_ids: Sequence[int], pad: int):

@@ -12,6 +12,7 @@ import math
 import subprocess
 import sys
 
+from hypothesis import given, settings, strategies as st
 import jsonschema
 import pytest
 
@@ -20,6 +21,7 @@ from robot_llm_planner.evaluate import confidence_table
 from robot_llm_planner.grammar import PlanGrammar
 from robot_llm_planner.message import published_confidence
 from robot_llm_planner.node_config import check_value, PARAMETERS_BY_NAME
+from robot_llm_planner.plan import assign_step_confidences, parse_plan, step_spans
 from robot_llm_planner.planner import Planner
 from robot_llm_planner.prompt import PromptBuilder
 from robot_llm_planner.skills import package_share_path, SkillSet
@@ -207,3 +209,111 @@ def test_confidence_table_counts_what_each_threshold_keeps_and_catches():
     assert lines[3] == '| 0.3 | 2 (100.0 %) | 3 (75.0 %) | 33.3 % |'
     assert lines[4] == '| 0.7 | 1 (50.0 %) | 4 (100.0 %) | 0.0 % |'
     assert confidence_table([_row(right, right, confidence=None)]) == ''
+
+
+# ------------------------------------------------------------------ each step's confidence
+PLAN_TEXT = '寻找水；拿起水。寻找物体，水；拿起物体，水'
+
+
+def test_step_spans_find_each_steps_description_and_entry():
+    spans = step_spans(PLAN_TEXT)
+    assert [[PLAN_TEXT[a:b] for a, b in step] for step in spans] == [
+        ['寻找水', '寻找物体，水'], ['拿起水', '拿起物体，水']]
+    assert step_spans('无法执行') == [] and step_spans('') == []
+    # what parse_plan skips is skipped here too: empty steps, a leading 。, a third section
+    messy = '。 寻找水 ；；拿起水;。寻找物体,水；拿起物体，水；。多余'
+    assert [[messy[a:b].strip() for a, b in step] for step in step_spans(messy)] == [
+        ['寻找水', '寻找物体,水'], ['拿起水', '拿起物体，水']]
+    assert [[PLAN_TEXT[a:b] for a, b in s] for s in step_spans('寻找水；拿起水')] == [
+        ['寻找水'], ['拿起水']]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='水杯拿 ，,；;。', max_size=30))
+def test_step_spans_agree_with_parse_plan(text):
+    plan = parse_plan(text)
+    spans = step_spans(text)
+    assert len(spans) == len(plan.steps)
+    for step, step_span in zip(plan.steps, spans):
+        texts = [text[a:b].strip() for a, b in step_span]
+        if step.description:
+            assert texts[0] == step.description
+        if step.action:
+            entry = parse_plan('x。' + texts[-1]).steps[0]
+            assert (entry.action, entry.target, entry.location) == (
+                step.action, step.target, step.location)
+
+
+def test_a_steps_confidence_is_its_least_likely_token():
+    # one token per character; the stop token ends where the text does
+    probabilities = [0.9] * len(PLAN_TEXT) + [0.05]
+    probabilities[PLAN_TEXT.index('；')] = 0.01          # a separator: no step's
+    probabilities[PLAN_TEXT.rindex('水')] = 0.3           # step 2's entry
+    probabilities[1] = 0.6                                # step 1's description
+    tokens = [(end, p) for end, p in zip(list(range(1, len(PLAN_TEXT) + 1)) + [len(PLAN_TEXT)],
+                                         probabilities)]
+    plan = parse_plan(PLAN_TEXT)
+    assign_step_confidences(plan, tokens)
+    assert [step.confidence for step in plan.steps] == [0.6, 0.3]
+    # a token that spans two steps counts for both
+    plan = parse_plan(PLAN_TEXT)
+    assign_step_confidences(plan, [(5, 0.5), (len(PLAN_TEXT), 0.9)])  # 寻找水；拿 and the rest
+    assert [step.confidence for step in plan.steps] == [0.5, 0.5]
+    unknown = parse_plan(PLAN_TEXT)
+    assign_step_confidences(unknown, None)
+    assert [step.confidence for step in unknown.steps] == [None, None]
+
+
+def test_every_decode_path_reports_where_each_token_ends_and_its_probability(
+        backends, tiny_model, tiny_adapter):
+    fast, batch_backend = backends['on'], backends['off']
+    constrained = fast.grammar is not None
+    drafts = _load(tiny_model, tiny_adapter, constrained, fast_path='on', draft_tokens=4)
+    runs = [[fast.generate([c], PROMPT, GREEDY)[0] for c in COMMANDS],
+            batch_backend.generate(COMMANDS, PROMPT, GREEDY),
+            [drafts.generate([c], PROMPT, GREEDY)[0] for c in COMMANDS]]
+    for command, generations in zip(COMMANDS, zip(*runs)):
+        ids = fast.encode(command, PROMPT)
+        constraint = fast.grammar.matcher() if constrained else None
+        result = fast.decoder.decode(ids, GREEDY.max_new_tokens, constraint)
+        answer = result.tokens + (fast.stop_ids[:1] if result.finished else [])
+        # independently: each prefix decoded, each token's probability from a plain forward
+        with torch.no_grad():
+            logits = fast.model(input_ids=torch.tensor([ids + answer])).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(ids) - 1:-1], dim=-1)
+        expected = [(len(fast.tokenizer.decode(answer[:k + 1], skip_special_tokens=True)),
+                     math.exp(logprobs[k, token].item())) for k, token in enumerate(answer)]
+        for generation in generations:
+            got = generation.token_probabilities
+            assert [end for end, _ in got] == [end for end, _ in expected]
+            assert [p for _, p in got] == pytest.approx([p for _, p in expected], rel=2e-3)
+            assert generation.confidence == pytest.approx(min(p for _, p in got), rel=1e-6)
+
+
+def test_each_published_step_carries_its_confidence(random_backend):
+    result = Planner(random_backend, SKILLS, PROMPT, COMPLETE,
+                     grounded_arguments=False).plan('把红色的杯子放到厨房的桌子上')
+    message = result.message('r')
+    values = [step['confidence'] for step in message['steps']]
+    assert values and all(0.0 <= value <= 1.0 for value in values)
+    # the plan's least likely token is in a step, a separator or the stop token
+    assert message['confidence'] <= min(values)
+    with open(package_share_path('config', 'action_plan.schema.json'), encoding='utf-8') as f:
+        jsonschema.validate(message, json.load(f))
+
+
+def test_token_ends_of_a_byte_level_tokenizer_need_no_decoding(random_backend, monkeypatch):
+    tokenizer = random_backend.tokenizer
+    ids = tokenizer.encode('寻找物体，iPad；拿起😀', add_special_tokens=False) + \
+        random_backend.stop_ids[:1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    expected = [len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True))
+                for k in range(len(ids))]
+    calls = []
+    decode = tokenizer.decode
+    monkeypatch.setattr(tokenizer, 'decode', lambda *a, **k: calls.append(a) or decode(*a, **k))
+    assert random_backend._token_ends(ids, text) == expected and calls == []
+    # a tokenizer whose tokens are not byte-level pieces: every prefix is decoded instead
+    monkeypatch.setattr(tokenizer, 'convert_ids_to_tokens', lambda ids: [None] * len(ids))
+    assert random_backend._token_ends(ids, text) == expected and len(calls) == len(ids)
+    assert random_backend._token_ends(ids, text + 'x') is None  # does not spell the text

@@ -37,11 +37,16 @@ def test_plan_table_shows_steps_status_latency_and_label():
     answer = {'status': 'ok', 'raw_output': '寻找一瓶水；拿起一瓶水。寻找物体，一瓶水；拿起物体，一瓶水',
               'timing': {'total_ms': 812.0, 'inference_ms': 800.0, 'tokens_generated': 30},
               'confidence': 0.9731,
-              'steps': [{'action': '寻找物体', 'target': '一瓶水', 'location': ''},
-                        {'action': '拿起物体', 'target': '一瓶水', 'location': ''}]}
+              'steps': [{'action': '寻找物体', 'target': '一瓶水', 'location': '',
+                         'confidence': 0.9731},
+                        {'action': '拿起物体', 'target': '一瓶水', 'location': '',
+                         'confidence': None}]}
     text = demo.format_plan_table('seed example', '帮我拿一瓶水。', answer['raw_output'], answer)
     assert '帮我拿一瓶水。' in text and 'status ok' in text and '812 ms' in text
     assert 'confidence 0.97' in text
+    assert [line.split() for line in text.splitlines()[2:5]] == [
+        ['#', 'action', 'target', 'location', 'confidence'], ['1', '寻找物体', '一瓶水', '0.97'],
+        ['2', '拿起物体', '一瓶水', '-']]
     assert 'matches the label' in text and '拿起物体' in text
     wrong = demo.format_plan_table('x', '帮我拿一瓶水。', '去厨房。移动到，厨房', answer)
     assert 'differs from the label' in wrong and 'label: 去厨房' in wrong

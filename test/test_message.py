@@ -42,7 +42,7 @@ def test_every_status_matches_the_schema(validator):
 def test_ok_message_content():
     message = _messages()[0]
     assert message['steps'][1] == {'index': 1, 'description': '拿起水瓶', 'action': '拿起物体',
-                                   'target': '水瓶', 'location': ''}
+                                   'target': '水瓶', 'location': '', 'confidence': None}
     assert '帮我拿一瓶水' in to_json(message)  # UTF-8, not \\u escapes
 
 

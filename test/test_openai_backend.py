@@ -364,3 +364,23 @@ def test_an_unsure_refusal_stays_a_refusal(server):
     message = planner.plan('唱歌').message('r')
     assert message['status'] == 'rejected' and message['confidence'] == 0.05
     assert [error['code'] for error in message['errors']] == ['not_a_task']
+
+
+def test_token_offsets_come_from_the_servers_token_bytes(server):
+    entries = [{'token': token, 'logprob': math.log(p), 'bytes': list(token.encode())}
+               for token, p in (('去', 0.9), ('客厅', 0.5), ('。', 0.99), ('移动到', 0.8),
+                                ('，', 0.95), ('客', 0.7), ('厅', 0.6))]
+    srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': entries})))
+    generation = _generate(OpenAIBackend(srv.url, 'm'))
+    assert [end for end, _ in generation.token_probabilities] == [1, 3, 4, 7, 8, 9, 10]
+    assert [p for _, p in generation.token_probabilities] == pytest.approx(
+        [0.9, 0.5, 0.99, 0.8, 0.95, 0.7, 0.6])
+    result = Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load()).plan('去客厅')
+    assert [step['confidence'] for step in result.message('r')['steps']] == [0.5]
+    # without bytes, or bytes that do not spell the answer: no offsets, the confidence stays
+    for broken in ([dict(e, bytes=None) for e in entries],
+                   [dict(e, bytes=[65]) for e in entries]):
+        srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': broken})))
+        generation = _generate(OpenAIBackend(srv.url, 'm'))
+        assert generation.token_probabilities is None
+        assert generation.confidence == pytest.approx(0.5)

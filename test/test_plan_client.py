@@ -47,6 +47,9 @@ def test_format_answer_shows_steps_errors_and_latency():
     assert 'confidence' not in text  # none given (a server without log-probabilities)
     text = format_answer(dict(answer, confidence=0.4271))
     assert 'latency: 12 ms (queue 2 ms, inference 10 ms, 7 tokens)   confidence: 0.43' in text
+    scored = dict(answer, steps=[dict(answer['steps'][0], confidence=0.4271)])
+    assert ['1', '飞', '水', '厨房', '找水', '0.43'] in [
+        line.split() for line in format_answer(scored).splitlines()]
 
 
 def test_exit_codes_are_distinct_and_documented():
