@@ -9,8 +9,9 @@ A backend turns commands into the model's raw text. Two exist:
   (vLLM with ``--enable-lora``, or ``llamafactory-cli api``).
 """
 
+import codecs
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from robot_llm_planner.prompt import PromptBuilder
 
@@ -68,6 +69,23 @@ class Generation:
     # turns them into each step's confidence.
     token_probabilities: Optional[List[Tuple[int, float]]] = None
     error: str = ''  # why this command got no answer while others of its batch did
+
+
+def character_ends(pieces: Sequence[bytes]) -> Tuple[List[int], str]:
+    """
+    Return where each token's bytes end in their UTF-8 text, in characters, and the text.
+
+    The text is decoded as Python and tokenizers do (an invalid byte becomes U+FFFD); a
+    character whose last bytes are in a later token counts as begun where its first byte is.
+    """
+    decoder = codecs.getincrementaldecoder('utf-8')('replace')
+    text, ends = '', []
+    for piece in pieces:
+        text += decoder.decode(piece)
+        pending = decoder.getstate()[0]
+        ends.append(len(text) + len(pending.decode('utf-8', 'replace')))
+    text += decoder.decode(b'', final=True)
+    return ends, text
 
 
 class Backend:

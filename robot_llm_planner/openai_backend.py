@@ -25,7 +25,8 @@ from typing import Dict, List, Optional, Tuple
 import urllib.error
 import urllib.request
 
-from robot_llm_planner.backend import Backend, Generation, GenerationConfig, RemoteError
+from robot_llm_planner.backend import (Backend, character_ends, Generation, GenerationConfig,
+                                       RemoteError)
 from robot_llm_planner.prompt import PromptBuilder
 
 RETRYABLE_HTTP = (429, 500, 502, 503, 504)
@@ -206,22 +207,29 @@ def _token_probabilities(logprobs, text: str) -> Optional[List[Tuple[int, float]
     """
     Return (character offset where it ends, probability) per token of a choice's logprobs.
 
-    The offsets come from each entry's ``bytes`` (vLLM gives them); None when an entry has
-    none, or when the bytes do not spell ``text``.
+    The offsets come from each entry's ``bytes``; entries past the end of the text (a stop
+    token the server lists) end where it does. None when an entry has no bytes, or when the
+    bytes do not spell ``text`` (a server that reports each token decoded on its own, as
+    vLLM does, cannot spell a character split over two tokens).
     """
     if _lowest_probability(logprobs) is None:
         return None
-    data, characters, result = b'', 0, []
+    pieces = []
     for entry in logprobs['content']:
         spelled = entry.get('bytes')
         if not isinstance(spelled, list) or not all(
                 isinstance(byte, int) and not isinstance(byte, bool) and 0 <= byte < 256
                 for byte in spelled):
             return None
-        data += bytes(spelled)
-        characters += sum(1 for byte in spelled if byte & 0xC0 != 0x80)
-        result.append((characters, math.exp(min(0.0, float(entry['logprob'])))))
-    return result if data.decode('utf-8', 'replace') == text else None
+        pieces.append(bytes(spelled))
+    ends, decoded = character_ends(pieces)
+    if not decoded.startswith(text):
+        return None
+    past = [index for index, end in enumerate(ends) if end > len(text)]
+    if past and (ends[past[0] - 1] if past[0] else 0) != len(text):
+        return None  # the text ends inside a token, not before the trailing ones
+    return [(min(end, len(text)), math.exp(min(0.0, float(entry['logprob']))))
+            for end, entry in zip(ends, logprobs['content'])]
 
 
 def _count(value) -> int:

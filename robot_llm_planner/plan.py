@@ -183,20 +183,28 @@ def _pieces(pattern: 're.Pattern', text: str, start: int, end: int) -> List[Tupl
 _SECTION_SPLIT = re.compile(re.escape(SECTION_SEP))
 
 
+def _stripped(text: str, start: int, end: int) -> Tuple[int, int]:
+    # the span without the whitespace around it, as str.strip() would leave it
+    piece = text[start:end]
+    start += len(piece) - len(piece.lstrip())
+    return start, start + len(piece.strip())
+
+
 def step_spans(text: str) -> List[List[Tuple[int, int]]]:
     """
     Return, per step :func:`parse_plan` finds in ``text``, where its text is.
 
     Each step gets the (start, end) character spans of its output1 description and its
-    output2 entry (one span when it has only one of them). The no-task answer has no steps.
+    output2 entry, without the whitespace around them (one span when it has only one of them).
+    The no-task answer has no steps.
     """
     if parse_plan(text).no_task:
         return []
     sections = [(a, b) for a, b in _pieces(_SECTION_SPLIT, text, 0, len(text))
                 if text[a:b].strip()] or [(0, 0)]
-    descriptions = [(a, b) for a, b in _pieces(_STEP_SPLIT, text, *sections[0])
+    descriptions = [_stripped(text, a, b) for a, b in _pieces(_STEP_SPLIT, text, *sections[0])
                     if _has_content(text[a:b])]
-    entries = [(a, b) for a, b in _pieces(_STEP_SPLIT, text, *sections[1])
+    entries = [_stripped(text, a, b) for a, b in _pieces(_STEP_SPLIT, text, *sections[1])
                if _has_content(text[a:b])] if len(sections) > 1 else []
     return [[span for span in (descriptions[i] if i < len(descriptions) else None,
                                entries[i] if i < len(entries) else None) if span]

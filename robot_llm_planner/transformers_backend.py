@@ -16,8 +16,8 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-from robot_llm_planner.backend import (Backend, EngineError, Generation, GenerationCancelled,
-                                       GenerationConfig, ModelLoadError)
+from robot_llm_planner.backend import (Backend, character_ends, EngineError, Generation,
+                                       GenerationCancelled, GenerationConfig, ModelLoadError)
 from robot_llm_planner.prompt import ENDOFTEXT, IM_END, PromptBuilder
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
@@ -322,18 +322,11 @@ class TransformersBackend(Backend):
         neither agrees with ``text``.
         """
         pieces = self.tokenizer.convert_ids_to_tokens(tokens)
-        data, ends, characters = b'', [], 0
-        for token, piece in zip(tokens, pieces):
-            if token not in self._special_ids:
-                spelled = _bytes_of(piece)
-                if spelled is None:
-                    break
-                data += spelled
-                # characters so far: the bytes that start one (a partial one counts as begun)
-                characters += sum(1 for byte in spelled if byte & 0xC0 != 0x80)
-            ends.append(characters)
-        else:
-            if data.decode('utf-8', 'replace') == text:
+        spelled = [b'' if token in self._special_ids else _bytes_of(piece)
+                   for token, piece in zip(tokens, pieces)]
+        if None not in spelled:
+            ends, decoded = character_ends(spelled)
+            if decoded == text:
                 return ends
         ends = [len(self.tokenizer.decode(tokens[:count], skip_special_tokens=True))
                 for count in range(1, len(tokens) + 1)]

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 import jsonschema
 import pytest
 
-from robot_llm_planner.backend import GenerationConfig
+from robot_llm_planner.backend import character_ends, GenerationConfig
 from robot_llm_planner.evaluate import confidence_table
 from robot_llm_planner.grammar import PlanGrammar
 from robot_llm_planner.message import published_confidence
@@ -25,7 +25,7 @@ from robot_llm_planner.plan import assign_step_confidences, parse_plan, step_spa
 from robot_llm_planner.planner import Planner
 from robot_llm_planner.prompt import PromptBuilder
 from robot_llm_planner.skills import package_share_path, SkillSet
-from robot_llm_planner.transformers_backend import TransformersBackend
+from robot_llm_planner.transformers_backend import _BYTE_ALPHABET, TransformersBackend
 import torch
 
 SKILLS = SkillSet.load()
@@ -317,3 +317,40 @@ def test_token_ends_of_a_byte_level_tokenizer_need_no_decoding(random_backend, m
     monkeypatch.setattr(tokenizer, 'convert_ids_to_tokens', lambda ids: [None] * len(ids))
     assert random_backend._token_ends(ids, text) == expected and len(calls) == len(ids)
     assert random_backend._token_ends(ids, text + 'x') is None  # does not spell the text
+
+
+@pytest.mark.parametrize('pieces', [
+    [b'\xe6\x8b\xbf', b'\x80\x80', b'\xe6\xb0\xb4'],          # stray continuation bytes
+    [b'\xc0\x80', b'a'],                                        # an invalid lead byte
+    [b'\xed\xa0\x80', b'a'],                                    # a surrogate's bytes
+    [b'\xf0\x9f', b'\x98\x80', b'\xe6\xb0\xb4'],                # an emoji over two tokens
+    [b'\xe6\xb0', b''],                                         # cut inside a character
+])
+def test_character_ends_count_characters_as_python_decodes_them(pieces):
+    ends, text = character_ends(pieces)
+    assert text == b''.join(pieces).decode('utf-8', 'replace') and ends[-1] == len(text)
+    for count in range(1, len(pieces)):
+        # a token ends after what its bytes complete, plus a character it begins
+        complete = b''.join(pieces[:count]).decode('utf-8', 'replace')
+        assert ends[count - 1] in (len(complete.rstrip('\ufffd')), len(complete))
+
+
+def test_token_ends_of_undecodable_bytes_agree_with_decoding_every_prefix(random_backend):
+    # a weak or sampled model can write byte tokens that are no UTF-8 at all
+    tokenizer = random_backend.tokenizer
+    alphabet = {byte: char for char, byte in _BYTE_ALPHABET.items()}
+    byte_ids = [tokenizer.convert_tokens_to_ids(alphabet[byte]) for byte in (0x80, 0xC0, 0xED)]
+    words = tokenizer.encode('拿起水', add_special_tokens=False)
+    for ids in ([words[0], byte_ids[0], byte_ids[0]] + words[1:],
+                [byte_ids[1], byte_ids[0]] + words, [byte_ids[2], byte_ids[0]] + words):
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        assert random_backend._token_ends(ids, text) == [
+            len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True)) for k in range(len(ids))]
+
+
+def test_a_space_beside_a_separator_belongs_to_no_step():
+    text = '寻找水 ；拿起水。寻找物体，水；拿起物体，水'
+    tokens = [(end, 0.01 if text[end - 1] == ' ' else 0.9) for end in range(1, len(text) + 1)]
+    plan = parse_plan(text)
+    assign_step_confidences(plan, tokens)
+    assert [step.confidence for step in plan.steps] == [0.9, 0.9]

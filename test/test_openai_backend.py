@@ -384,3 +384,15 @@ def test_token_offsets_come_from_the_servers_token_bytes(server):
         generation = _generate(OpenAIBackend(srv.url, 'm'))
         assert generation.token_probabilities is None
         assert generation.confidence == pytest.approx(0.5)
+
+
+def test_a_stop_token_the_server_lists_ends_where_the_text_does(server):
+    entries = [{'token': token, 'logprob': math.log(p), 'bytes': list(token.encode())}
+               for token, p in (('去客厅。', 0.9), ('移动到，客厅', 0.8), ('<|im_end|>', 0.4))]
+    srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': entries})))
+    generation = _generate(OpenAIBackend(srv.url, 'm'))
+    assert [end for end, _ in generation.token_probabilities] == [4, 10, 10]
+    # but text that ends inside a token is not the answer's
+    entries[1]['bytes'] = list('移动到，客厅吧'.encode())
+    srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': entries})))
+    assert _generate(OpenAIBackend(srv.url, 'm')).token_probabilities is None
