@@ -216,6 +216,19 @@ def stop_node(process, timeout: float = STOP_TIMEOUT_S) -> int:
 MAX_SHOWN_CHARS = 160  # of a model output printed in full otherwise
 
 
+SHOWN_MIN_CONFIDENCE = 0.6  # the threshold the demo shows the effect of (README)
+
+
+def confidence_summary(predictions: List[dict],
+                       threshold: float = SHOWN_MIN_CONFIDENCE) -> str:
+    """Return what ``validation.min_confidence`` = ``threshold`` would do to these plans."""
+    from robot_llm_planner.evaluate import confidence_counts
+    kept, right, caught, wrong = confidence_counts(predictions, threshold)
+    return ('   plan confidence: validation.min_confidence %g would keep %d of the %d right plans '
+            'and hold back %d of the %d wrong ones (README, "Plan confidence")'
+            % (threshold, kept, right, caught, wrong))
+
+
 def _probability(value) -> str:
     return '%.2f' % value if isinstance(value, (int, float)) else '-'
 
@@ -335,6 +348,7 @@ def _run(args: argparse.Namespace) -> int:
                      '%.1f %%' % (round(metrics['no_task_recall'] * metrics['no_task_labelled']),
                                   metrics['no_task_labelled'],
                                   100 * metrics['false_refusals']))
+            _say(confidence_summary(metrics['predictions']))
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short

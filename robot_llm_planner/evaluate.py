@@ -181,6 +181,34 @@ def confidence_table(rows: Sequence[dict],
     :func:`is_exact` (a plan for a command labelled ``无法执行`` is wrong).
     Empty when no such row exists.
     """
+    scored = _scored_plans(rows)
+    if not scored:
+        return ''
+    right = sum(1 for _, exact in scored if exact)
+    wrong = len(scored) - right
+    lines = ['| min_confidence | right plans kept (of %d) | wrong plans caught (of %d) | '
+             'wrong among the kept |' % (right, wrong), '|---|---|---|---|']
+    for threshold in (0.0,) + tuple(thresholds):
+        kept_right, _, caught, _ = _threshold_counts(scored, threshold)
+        kept = kept_right + wrong - caught
+        lines.append('| %g | %d (%s) | %d (%s) | %s |' % (
+            threshold, kept_right, _percent(kept_right, right), caught, _percent(caught, wrong),
+            _percent(wrong - caught, kept)))
+    return '\n'.join(lines) + '\n'
+
+
+def confidence_counts(rows: Sequence[dict], threshold: float) -> Tuple[int, int, int, int]:
+    """
+    Return what ``validation.min_confidence`` = ``threshold`` does to the plans of a run.
+
+    (right plans kept, right plans, wrong plans held back, wrong plans), counted over the
+    plans :func:`confidence_table` counts.
+    """
+    return _threshold_counts(_scored_plans(rows), threshold)
+
+
+def _scored_plans(rows: Sequence[dict]) -> List[Tuple[float, bool]]:
+    # (confidence, right) of each labelled plan that passes every other check
     scored = []
     for row in rows:
         passed = row.get('status') == 'ok' or (
@@ -191,20 +219,15 @@ def confidence_table(rows: Sequence[dict],
                                                                 or expected.no_task):
             predicted = parse_plan(row.get('predict', ''), row.get('command', ''))
             scored.append((float(confidence), is_exact(predicted, expected)))
+    return scored
+
+
+def _threshold_counts(scored: Sequence[Tuple[float, bool]],
+                      threshold: float) -> Tuple[int, int, int, int]:
     right = sum(1 for _, exact in scored if exact)
-    wrong = len(scored) - right
-    if not scored:
-        return ''
-    lines = ['| min_confidence | right plans kept (of %d) | wrong plans caught (of %d) | '
-             'wrong among the kept |' % (right, wrong), '|---|---|---|---|']
-    for threshold in (0.0,) + tuple(thresholds):
-        kept_right = sum(1 for value, exact in scored if exact and value >= threshold)
-        caught = sum(1 for value, exact in scored if not exact and value < threshold)
-        kept = kept_right + wrong - caught
-        lines.append('| %g | %d (%s) | %d (%s) | %s |' % (
-            threshold, kept_right, _percent(kept_right, right), caught, _percent(caught, wrong),
-            _percent(wrong - caught, kept)))
-    return '\n'.join(lines) + '\n'
+    kept_right = sum(1 for value, exact in scored if exact and value >= threshold)
+    caught = sum(1 for value, exact in scored if not exact and value < threshold)
+    return kept_right, right, caught, len(scored) - right
 
 
 def _percent(numerator: int, denominator: int) -> str:

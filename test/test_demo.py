@@ -53,6 +53,16 @@ def test_plan_table_shows_steps_status_latency_and_label():
     assert 'no answer' in demo.format_plan_table('x', '去厨房', None, {})
 
 
+def test_confidence_summary_counts_right_and_wrong_plans_by_the_threshold():
+    right, wrong = '去客厅。移动到，客厅', '去客。移动到，客'
+    rows = [{'command': '去客厅', 'predict': predict, 'label': right, 'status': 'ok',
+             'errors': [], 'confidence': confidence}
+            for predict, confidence in ((right, 0.9), (right, 0.5), (wrong, 0.3), (wrong, 0.7))]
+    assert demo.confidence_summary(rows) == (
+        '   plan confidence: validation.min_confidence 0.6 would keep 1 of the 2 right plans '
+        'and hold back 1 of the 2 wrong ones (README, "Plan confidence")')
+
+
 def test_plan_table_of_a_command_without_a_task():
     answer = {'status': 'rejected', 'raw_output': '无法执行', 'steps': [],
               'timing': {'total_ms': 30.0, 'inference_ms': 29.0, 'tokens_generated': 5},
