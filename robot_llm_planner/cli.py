@@ -30,26 +30,21 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def positive_float(text: str) -> float:
-    """Argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError('expected a number > 0, got %r' % text)
-    return value
+def float_where(accepts: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
+    """Return an argparse type: a number ``accepts`` takes (never NaN), else ``wanted``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value) or not accepts(value):
+            raise argparse.ArgumentTypeError('expected %s, got %r' % (wanted, text))
+        return value
+    return parse
 
 
-def probability(text: str) -> float:
-    """Argparse type: a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:  # NaN fails too
-        raise argparse.ArgumentTypeError('expected a number from 0 to 1, got %r' % text)
-    return value
+positive_float = float_where(lambda value: 0 < value < math.inf, 'a number > 0')
+probability = float_where(lambda value: 0.0 <= value <= 1.0, 'a number from 0 to 1')
 
 
 def _make_dataset(args: argparse.Namespace) -> int:

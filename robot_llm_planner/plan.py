@@ -130,12 +130,16 @@ def _entry_to_step(entry: str, index: int, errors: List[PlanError]) -> Step:
     return step
 
 
+def _is_no_task(text: str) -> bool:
+    return text.strip().rstrip(SECTION_SEP + '.' + ''.join(STEP_SEPS)).strip() == NO_TASK
+
+
 def parse_plan(text: str, command: str = '') -> Plan:
     """Parse a model's output text into a :class:`Plan`; never raises."""
     if not isinstance(text, str):
         text = '' if text is None else str(text)
     plan = Plan(command=command, raw_output=text)
-    if text.strip().rstrip(SECTION_SEP + '.' + ''.join(STEP_SEPS)).strip() == NO_TASK:
+    if _is_no_task(text):
         plan.no_task = True
         plan.errors.append(PlanError(
             'not_a_task', 'the model answered %s: the command asks for nothing this robot '
@@ -198,7 +202,7 @@ def step_spans(text: str) -> List[List[Tuple[int, int]]]:
     output2 entry, without the whitespace around them (one span when it has only one of them).
     The no-task answer has no steps.
     """
-    if parse_plan(text).no_task:
+    if _is_no_task(text):
         return []
     sections = [(a, b) for a, b in _pieces(_SECTION_SPLIT, text, 0, len(text))
                 if text[a:b].strip()] or [(0, 0)]
