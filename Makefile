@@ -30,7 +30,7 @@ test: build  ## build, source the install and run the whole test suite with the 
 	  pytest -p no:cacheprovider test
 
 demo: build  ## train the tiny demo model on CPU (cached), serve it over ROS 2, plan samples
-	$(ACTIVATE) && source install/setup.bash && python -m robot_llm_planner.demo
+	$(ACTIVATE) && source install/setup.bash && PYTHONPATH=training:$$PYTHONPATH python -m planner_training.demo
 
 clean:
 	rm -rf build install log .cache

@@ -9,7 +9,8 @@ PACKAGE = 'robot_llm_planner'
 setup(
     name=PACKAGE,
     version='0.1.0',
-    packages=find_packages(exclude=['test']),
+    # The robot install: the planner package only (training/ and test/ stay in the checkout).
+    packages=find_packages(include=[PACKAGE, PACKAGE + '.*']),
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
@@ -25,8 +26,8 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
-            'planner_node = robot_llm_planner.planner_node:main',
-            'plan_client = robot_llm_planner.plan_client:main',
+            'planner_node = robot_llm_planner.ros.planner_node:main',
+            'plan_client = robot_llm_planner.ros.plan_client:main',
         ],
     },
 )

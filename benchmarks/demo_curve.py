@@ -3,7 +3,7 @@
 Learning curve of a demo-model recipe: held-out exact match against rows seen.
 
 Recipe research tool, not the recipe: ``make demo`` trains with ``llamafactory-cli``
-(``robot_llm_planner.demo_model``). This script builds the same tokenizer and random-weight
+(``planner_training.demo_model``). This script builds the same tokenizer and random-weight
 Qwen2 from a ``Recipe`` and trains it on the same rows with a plain torch loop (AdamW,
 the prompt masked out of the loss as LLaMA-Factory does, batches of similar length), so
 that one run shows *when* the model starts to get held-out commands right instead of one
@@ -29,13 +29,12 @@ import time
 from typing import Callable, List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, 'training')]  # the package and the training side
 
-from robot_llm_planner import demo_model  # noqa: E402
-from robot_llm_planner.dataset import TEST_KINDS  # noqa: E402
-from robot_llm_planner.plan import NO_TASK  # noqa: E402
-from robot_llm_planner.prompt import IM_END, PromptBuilder  # noqa: E402
+from planner_training import demo_model  # noqa: E402
+from planner_training.dataset import TEST_KINDS  # noqa: E402
+from robot_llm_planner.core.plan import NO_TASK  # noqa: E402
+from robot_llm_planner.core.prompt import IM_END, PromptBuilder  # noqa: E402
 
 Encoded = Tuple[List[int], List[int]]  # prompt ids, label ids
 

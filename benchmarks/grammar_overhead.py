@@ -7,8 +7,8 @@ a matching tokenizer (tiny: the byte-level BPE the tests use; qwen1.5-7b: a synt
 Qwen1.5), or loads a model directory (``--model``, ``--adapter`` merged at load). Nothing
 downloads. Then, batch 1, for each of ``--commands`` commands:
 
-- fast path (:class:`robot_llm_planner.decoding.StaticCacheDecoder`, CUDA graphs on CUDA): one
-  constrained decode (grammar matcher, stops when the plan is complete or at
+- fast path (:class:`~robot_llm_planner.inference.decoding.StaticCacheDecoder`, CUDA graphs
+  on CUDA): one constrained decode (grammar matcher, stops when the plan is complete or at
   ``--max-new-tokens``), and an unconstrained decode of exactly as many forward passes;
 - ``generate()`` path (default on CPU; ``--paths fast generate`` on CUDA): the same with the
   grammar's logits processor;
@@ -37,13 +37,14 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # run from a checkout (the GPU machine has no colcon install)
+# run from a checkout (the GPU machine has no colcon install); training/ for the tiny model
+sys.path[:0] = [ROOT, os.path.join(ROOT, 'training')]
 
 from bench_models import build_model, SHAPES, synchronize  # noqa: E402, I100
-from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402
-from robot_llm_planner.grammar import PlanGrammar  # noqa: E402
-from robot_llm_planner.prompt import ENDOFTEXT, IM_END, IM_START, PromptBuilder  # noqa: E402
-from robot_llm_planner.skills import SkillSet  # noqa: E402
+from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, IM_START, PromptBuilder  # noqa: E402
+from robot_llm_planner.core.skills import SkillSet  # noqa: E402
+from robot_llm_planner.inference.decoding import StaticCacheDecoder  # noqa: E402
+from robot_llm_planner.inference.grammar import PlanGrammar  # noqa: E402
 import torch  # noqa: E402
 
 QWEN_REGULAR_TOKENS = 151643  # Qwen1.5: 151,643 BPE tokens, then <|endoftext|> and friends
@@ -61,7 +62,7 @@ def _version(package):
 
 
 def _project_texts():
-    from robot_llm_planner.prompt import SYSTEM_PROMPT
+    from robot_llm_planner.core.prompt import SYSTEM_PROMPT
     texts = COMMANDS + [SYSTEM_PROMPT] + SkillSet.load().names()
     for path in sorted(glob.glob(os.path.join(ROOT, 'training', 'data',
                                               'task*_prompt0_*.json'))):
@@ -134,7 +135,7 @@ def build_tokenizer(args):
         return AutoTokenizer.from_pretrained(args.model)
     directory = tempfile.mkdtemp(prefix='grammar_overhead_')
     if args.config == 'tiny':
-        from robot_llm_planner.tiny_qwen import build_tokenizer as build_tiny
+        from planner_training.tiny_qwen import build_tokenizer as build_tiny
         return build_tiny(_project_texts(), directory, vocab_size=600)
     return synthetic_qwen_tokenizer(directory)
 
@@ -224,7 +225,7 @@ def mask_alone(grammar, token_lists, vocab_size, device, dtype):
     """Replay constrained outputs through fresh matchers; return µs per token per stage."""
     logits = torch.randn(1, vocab_size, device=device).to(dtype)
     fill, apply, accept = [], [], []
-    from robot_llm_planner.grammar import apply_bitmask
+    from robot_llm_planner.inference.grammar import apply_bitmask
     import xgrammar as xgr
     bitmask = xgr.allocate_token_bitmask(1, vocab_size)
     buffers = {}

@@ -6,7 +6,8 @@ downloads), or loads a model directory (``--model``, optional ``--adapter`` merg
 and measures at fixed output lengths (every path generates exactly ``--new-tokens`` tokens):
 
 - baseline: the merged model, plain ``generate()``, dynamic cache (LLaMA-Factory's HF engine);
-- engine: :class:`robot_llm_planner.decoding.StaticCacheDecoder` (static KV cache, compiled
+- engine: :class:`~robot_llm_planner.inference.decoding.StaticCacheDecoder` (static KV cache,
+  compiled
   step with CUDA graphs on CUDA), with 0 draft tokens and with each ``--draft-tokens`` k
   (per-pass cost of verifying k drafts; acceptance needs real weights, see below);
 - the bandwidth floor: weight bytes read per step over the device copy bandwidth measured in
@@ -36,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout (the GPU machine has no colcon install)
 
 from bench_models import build_model, SHAPES, synchronize  # noqa: E402, I100
-from robot_llm_planner.decoding import StaticCacheDecoder  # noqa: E402
+from robot_llm_planner.inference.decoding import StaticCacheDecoder  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -129,9 +130,9 @@ def agreement(model, decoder, prompt, device, new_tokens):
 def acceptance(model_dir, adapter, split, draft_tokens, limit):
     """Measure prompt-lookup acceptance on a real model's plans (CPU is fine)."""
     sys.path.insert(0, ROOT)
-    from robot_llm_planner.backend import GenerationConfig
-    from robot_llm_planner.prompt import PromptBuilder
-    from robot_llm_planner.transformers_backend import TransformersBackend
+    from robot_llm_planner.core.backend import GenerationConfig
+    from robot_llm_planner.core.prompt import PromptBuilder
+    from robot_llm_planner.inference.transformers_backend import TransformersBackend
     with open(split, encoding='utf-8') as stream:
         commands = [row['input'] for row in json.load(stream)][:limit]
     results = {}
@@ -383,7 +384,7 @@ def main(argv=None):
         print('verify %d drafts: %.3f ms per forward pass' % (k, per_pass), flush=True)
 
     def int8():
-        from robot_llm_planner.quantize import quantize_int8
+        from robot_llm_planner.inference.quantize import quantize_int8
         model = state['model']
         quantize_int8(model)
         report['floor_int8_ms_per_token'] = round(

@@ -18,6 +18,11 @@ import pytest
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The training side is not installed (a robot never gets it): import it from the checkout.
+TRAINING = os.path.join(ROOT, 'training')
+sys.path.insert(0, TRAINING)
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    [TRAINING] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
@@ -46,7 +51,7 @@ def project_texts():
 
 
 def _build(directory, hidden_size, layers, seed):
-    from robot_llm_planner.tiny_qwen import build_model, build_tokenizer
+    from planner_training.tiny_qwen import build_model, build_tokenizer
     build_tokenizer(project_texts(), str(directory), vocab_size=600)
     build_model(str(directory), str(directory), hidden_size=hidden_size, layers=layers, seed=seed)
     return str(directory)
@@ -117,8 +122,7 @@ def trained_model(tmp_path_factory):
     ``correct`` lists the training commands it answers with their labels (most of them);
     a test of a decoding feature can check that it leaves those answers unchanged.
     """
-    from robot_llm_planner.demo_model import (load_planner, plan_rows, Recipe,
-                                              train_demo_model)
+    from planner_training.demo_model import load_planner, plan_rows, Recipe, train_demo_model
     model = train_demo_model(Recipe(**TRAINED_MODEL_RECIPE),
                              str(tmp_path_factory.mktemp('trained_model')), echo=None)
     with open(os.path.join(model.directory, 'data', 'demo_lora.json'),

@@ -3,7 +3,7 @@ Test helpers for planner_node over real ROS 2 (rclpy + Fast DDS), shared by the 
 
 - :func:`ros_session`: a random ROS_DOMAIN_ID (set in os.environ before rclpy.init and in the
   environment handed to subprocesses), an rclpy context, a test node spun in a thread, a
-  :class:`~robot_llm_planner.plan_client.PlanClient` and a status recorder;
+  :class:`~robot_llm_planner.ros.plan_client.PlanClient` and a status recorder;
 - :class:`NodeProcess`: the BUILT planner_node executable started as a subprocess with a
   parameters YAML written by the test plus ``-p`` overrides;
 - :class:`FakeServer`: an OpenAI-compatible HTTP server whose answers the test holds back or
@@ -26,8 +26,8 @@ import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from robot_llm_planner.plan_client import PlanClient
-from robot_llm_planner.planner_node import status_qos
+from robot_llm_planner.ros.plan_client import PlanClient
+from robot_llm_planner.ros.planner_node import status_qos
 from std_msgs.msg import String
 import yaml
 

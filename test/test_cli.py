@@ -5,7 +5,7 @@ import json
 
 from planner_harness import FakeServer
 import pytest
-from robot_llm_planner import cli
+from robot_llm_planner.cli import commands as cli
 
 # What the scripted OpenAI-compatible server answers (a real HTTP server, the real remote
 # backend and planner behind `cli plan`).

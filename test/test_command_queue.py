@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from robot_llm_planner.command_queue import (Command, CommandQueue, IdFactory, INVALID_JSON,
-                                             INVALID_REQUEST, looks_like_json, parse_command,
-                                             QUEUE_FULL, SHUTTING_DOWN)
+from robot_llm_planner.core.command import (Command, IdFactory, INVALID_JSON, INVALID_REQUEST,
+                                            looks_like_json, parse_command, QUEUE_FULL,
+                                            SHUTTING_DOWN)
+from robot_llm_planner.ros.command_queue import CommandQueue
 
 
 @pytest.fixture

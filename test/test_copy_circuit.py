@@ -1,8 +1,8 @@
 """The planted copy circuit: a random-weight Qwen2 that copies before any training."""
 
+from planner_training.copy_circuit import (copy_accuracy, CopyCircuitError, plant_copy_circuit,
+                                           rope_pairs)
 import pytest
-from robot_llm_planner.copy_circuit import (copy_accuracy, CopyCircuitError,
-                                            plant_copy_circuit, rope_pairs)
 import torch
 import transformers
 

@@ -7,17 +7,18 @@ import re
 import subprocess
 import sys
 
+from planner_training import dataset
+from planner_training.dataset import (DatasetError, generate, load_prompts, make_dataset,
+                                      shipped_files)
 import pytest
-from robot_llm_planner import dataset
-from robot_llm_planner.dataset import (DatasetError, generate, load_prompts, make_dataset,
-                                       shipped_files)
-from robot_llm_planner.plan import format_plan, NO_TASK, parse_plan
-from robot_llm_planner.skills import default_skills_path, SkillSet
+from robot_llm_planner.core.plan import format_plan, NO_TASK, parse_plan
+from robot_llm_planner.core.skills import default_skills_path, SkillSet
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, 'training', 'data')
 PROMPTS = os.path.join(ROOT, 'training', 'prompts.yaml')
+MAKE_DATASET = os.path.join(ROOT, 'training', 'make_dataset.py')
 
 # Words that only the held-out phrasing templates use.
 HELDOUT_TEMPLATE_MARKERS = ('取', '带给', '搁到', '前往', '劳驾', '辛苦你', '好吗', '有空',
@@ -89,8 +90,8 @@ def test_shipped_files_are_what_the_generator_makes(generated):
         path = os.path.join(DATA, name)
         with open(path, encoding='utf-8') as stream:
             assert stream.read() == texts[name], (
-                '%s differs from the generator output: run `python3 -m robot_llm_planner.cli '
-                'make-dataset` and commit it' % name)
+                '%s differs from the generator output: run `python3 '
+                'training/make_dataset.py` and commit it' % name)
         total += os.path.getsize(path)
     assert total < 5 * 1024 * 1024
 
@@ -298,7 +299,7 @@ def test_skills_without_a_template_action_is_a_clear_error(tmp_path):
         make_dataset(str(tmp_path / 'out'), skills_path=str(path), prompts_path=PROMPTS)
     assert not (tmp_path / 'out').exists()
     result = subprocess.run(
-        [sys.executable, '-m', 'robot_llm_planner.cli', 'make-dataset', '--out',
+        [sys.executable, MAKE_DATASET, '--out',
          str(tmp_path / 'out'), '--skills', str(path), '--prompts', PROMPTS],
         capture_output=True, text=True)
     assert result.returncode == 2
@@ -341,19 +342,17 @@ def test_prompt_variants(skills):
             assert '- %s，' % name in prompts['prompt3'][task]
     assert '<output2>' in prompts['prompt2']['task2']
     assert '<output2>' not in prompts['prompt2']['task1']
-    result = subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'prompt', 'prompt3',
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'training', 'prompt.py'),
+                             'prompt3',
                              '--prompts', PROMPTS], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == prompts['prompt3']['task2'] + '\n'
 
 
-def test_cli_and_wrapper_write_the_same_files(tmp_path):
+def test_script_and_api_write_the_same_files(tmp_path):
+    make_dataset(str(tmp_path / 'cli'), seed=3, size=40, prompts_path=PROMPTS)
     args = ['--seed', '3', '--size', '40', '--prompts', PROMPTS]
-    cli = subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'make-dataset',
-                          '--out', str(tmp_path / 'cli')] + args, capture_output=True, text=True)
-    assert cli.returncode == 0, cli.stderr
-    wrapper = subprocess.run([sys.executable, os.path.join(ROOT, 'training', 'make_dataset.py'),
-                              '--out', str(tmp_path / 'wrapper')] + args,
-                             capture_output=True, text=True)
+    wrapper = subprocess.run([sys.executable, MAKE_DATASET, '--out', str(tmp_path / 'wrapper')]
+                             + args, capture_output=True, text=True)
     assert wrapper.returncode == 0, wrapper.stderr
     names = sorted(os.listdir(tmp_path / 'cli'))
     assert names == sorted(os.listdir(tmp_path / 'wrapper')) and len(names) == 34

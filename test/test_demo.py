@@ -12,9 +12,9 @@ import subprocess
 import sys
 import threading
 
+from planner_training import demo, demo_model
 import psutil
 import pytest
-from robot_llm_planner import demo, demo_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,7 +114,7 @@ def test_demo_plans_the_samples_with_the_cached_model_over_ros(tiny_model, tiny_
                                                                tmp_path):
     directory = _fill_cache(str(tmp_path / 'cache'), tiny_model, tiny_adapter)
     process = subprocess.Popen(
-        [sys.executable, '-m', 'robot_llm_planner.demo', '--cache', str(tmp_path / 'cache'),
+        [sys.executable, '-m', 'planner_training.demo', '--cache', str(tmp_path / 'cache'),
          '--skip-accuracy'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, encoding='utf-8')
     watchdog = threading.Timer(900, process.kill)  # a hung demo fails instead of hanging
@@ -157,7 +157,7 @@ def test_the_demo_restores_the_sigterm_handler(tmp_path):
 def test_sigterm_stops_the_demo_and_its_node(tiny_model, tiny_adapter, tmp_path):
     _fill_cache(str(tmp_path / 'cache'), tiny_model, tiny_adapter)
     process = subprocess.Popen(
-        [sys.executable, '-m', 'robot_llm_planner.demo', '--cache', str(tmp_path / 'cache'),
+        [sys.executable, '-m', 'planner_training.demo', '--cache', str(tmp_path / 'cache'),
          '--skip-accuracy'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, encoding='utf-8')
     watchdog = threading.Timer(600, process.kill)

@@ -9,11 +9,11 @@ from llamafactory.data.parser import DatasetAttr
 from llamafactory.data.template import get_template_and_fix_tokenizer
 from llamafactory.hparams import (DataArguments, FinetuningArguments, GeneratingArguments,
                                   ModelArguments, TrainingArguments)
+from planner_training import demo_model
+from planner_training.demo_model import Recipe
 import pytest
-from robot_llm_planner import demo_model
-from robot_llm_planner.demo_model import Recipe
-from robot_llm_planner.plan import NO_TASK, parse_plan
-from robot_llm_planner.prompt import PromptBuilder
+from robot_llm_planner.core.plan import NO_TASK, parse_plan
+from robot_llm_planner.core.prompt import PromptBuilder
 from transformers import AutoTokenizer, HfArgumentParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ def rows():
 
 @pytest.fixture(scope='module', params=['data', 'gb2312'])
 def tokenizer_dir(request, rows, tmp_path_factory):
-    from robot_llm_planner.tiny_qwen import build_tokenizer
+    from planner_training.tiny_qwen import build_tokenizer
     directory = str(tmp_path_factory.mktemp('demo_tokenizer_' + request.param))
     texts = demo_model.tokenizer_texts(rows, Recipe(charset=request.param))
     build_tokenizer(texts, directory, vocab_size=100000, split_han=True)
@@ -132,7 +132,7 @@ def test_fresh_share_sets_how_many_random_name_characters_are_new():
 
 
 def test_verb_substitution_swaps_only_frame_verbs_and_keeps_every_plan(rows):
-    from robot_llm_planner import dataset
+    from planner_training import dataset
     plain = demo_model.training_rows(Recipe(extra_rows=600, verb_substitution=0.0), ROOT)
     swapped = demo_model.training_rows(Recipe(extra_rows=600, verb_substitution=1.0), ROOT)
     outputs = [row['output'] for row in plain]
@@ -157,7 +157,7 @@ def test_verb_substitution_swaps_only_frame_verbs_and_keeps_every_plan(rows):
 
 @pytest.mark.parametrize('planted', [False, True])
 def test_the_initial_model_copies_only_with_the_copy_circuit(planted, rows, tmp_path):
-    from robot_llm_planner.copy_circuit import copy_accuracy
+    from planner_training.copy_circuit import copy_accuracy
     from transformers import Qwen2ForCausalLM
     recipe = Recipe(copy_circuit=planted, rope_theta=1.0e6 if planted else 10000.0)
     folder = demo_model.build_initial_model(

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from robot_llm_planner.evaluate import (evaluate_rows, EvaluationError, load_rows, percentile,
-                                        run_names)
-from robot_llm_planner.skills import SkillSet
+from robot_llm_planner.cli.evaluate import (evaluate_rows, EvaluationError, load_rows, percentile,
+                                            run_names)
+from robot_llm_planner.core.skills import SkillSet
 
 SYSTEM = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.'
 
@@ -166,7 +166,7 @@ def test_load_both_formats(tmp_path):
 
 
 def test_instruction_is_stripped_before_the_grounding_check(tmp_path, skills):
-    from robot_llm_planner.dataset import load_prompts
+    from planner_training.dataset import load_prompts
     instruction = load_prompts(None, skills)['prompt3']['task2']
     assert '机器人' in instruction
     command = '帮我找遥控器'

@@ -1,5 +1,5 @@
 """
-Grammar-constrained decoding (robot_llm_planner.grammar) on the tiny models.
+Grammar-constrained decoding (robot_llm_planner.inference.grammar) on the tiny models.
 
 With random weights and the grammar on, every plan parses and validates against the skills;
 with it off, the same check fails (so the check can fail). Both decode paths (generate() with a
@@ -17,14 +17,14 @@ import shutil
 from hypothesis import given, HealthCheck, settings, strategies as st
 import pytest
 
-from robot_llm_planner.backend import EngineError, GenerationConfig, ModelLoadError
-from robot_llm_planner.grammar import GrammarError, PlanGrammar, REMOTE_FIELDS
-from robot_llm_planner.openai_backend import OpenAIBackend
-from robot_llm_planner.plan import format_plan, NO_TASK, parse_plan, SEPARATORS
-from robot_llm_planner.planner import Planner
-from robot_llm_planner.prompt import PromptBuilder
-from robot_llm_planner.skills import SkillSet
-from robot_llm_planner.transformers_backend import TransformersBackend
+from robot_llm_planner.core.backend import EngineError, GenerationConfig, ModelLoadError
+from robot_llm_planner.core.plan import format_plan, NO_TASK, parse_plan, SEPARATORS
+from robot_llm_planner.core.planner import Planner
+from robot_llm_planner.core.prompt import PromptBuilder
+from robot_llm_planner.core.skills import SkillSet
+from robot_llm_planner.inference.grammar import GrammarError, PlanGrammar, REMOTE_FIELDS
+from robot_llm_planner.inference.openai_backend import OpenAIBackend
+from robot_llm_planner.inference.transformers_backend import TransformersBackend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKILLS = SkillSet.load()
@@ -388,7 +388,8 @@ def test_guided_request_fields():
 
 @pytest.mark.parametrize('field', REMOTE_FIELDS)
 def test_remote_request_carries_the_grammar(field, server):
-    from robot_llm_planner.settings import build_planner, PlannerSettings
+    from robot_llm_planner.core.settings import PlannerSettings
+    from robot_llm_planner.inference.build import build_planner
     planner = build_planner(PlannerSettings(backend='openai', remote_base_url=server.url,
                                             remote_model='tiny', remote_grammar_field=field))
     planner.load()
@@ -417,8 +418,9 @@ def test_llamafactory_api_ignores_the_grammar(llamafactory_api, api_key):
 
 # ------------------------------------------------------------------ settings
 def test_constrained_is_the_default():
-    from robot_llm_planner.cli import build_parser, settings_from_args
-    from robot_llm_planner.settings import build_backend, PlannerSettings
+    from robot_llm_planner.cli.commands import build_parser, settings_from_args
+    from robot_llm_planner.core.settings import PlannerSettings
+    from robot_llm_planner.inference.build import build_backend
     assert PlannerSettings().constrained is True
     args = build_parser().parse_args(['plan', 'x'])
     assert settings_from_args(args).constrained is True

@@ -5,9 +5,9 @@ import json
 import jsonschema
 import pytest
 
-from robot_llm_planner.message import plan_message, to_json
-from robot_llm_planner.plan import parse_plan, PlanError
-from robot_llm_planner.skills import package_share_path, SkillSet
+from robot_llm_planner.core.message import plan_message, to_json
+from robot_llm_planner.core.plan import parse_plan, PlanError
+from robot_llm_planner.core.skills import package_share_path, SkillSet
 
 
 @pytest.fixture(scope='module')

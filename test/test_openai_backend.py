@@ -17,12 +17,12 @@ from conftest import API_KEY
 import jsonschema
 import pytest
 
-from robot_llm_planner.backend import GenerationConfig, RemoteError
-from robot_llm_planner.openai_backend import OpenAIBackend
-from robot_llm_planner.planner import Planner
-from robot_llm_planner.prompt import PromptBuilder
-from robot_llm_planner.skills import package_share_path, SkillSet
-from robot_llm_planner.transformers_backend import TransformersBackend
+from robot_llm_planner.core.backend import GenerationConfig, RemoteError
+from robot_llm_planner.core.planner import Planner
+from robot_llm_planner.core.prompt import PromptBuilder
+from robot_llm_planner.core.skills import package_share_path, SkillSet
+from robot_llm_planner.inference.openai_backend import OpenAIBackend
+from robot_llm_planner.inference.transformers_backend import TransformersBackend
 
 COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅']
 

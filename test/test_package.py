@@ -56,7 +56,7 @@ PY310 = _python_3_10()
 def test_core_imports_on_python_3_10():
     # The ROS-free, torch-free core must import on Humble's Python with only PyYAML.
     code = ('import sys; sys.path.insert(0, %r)\n'
-            'import robot_llm_planner.plan, robot_llm_planner.message, '
-            'robot_llm_planner.postprocess, robot_llm_planner.cli\n' % ROOT)
+            'import robot_llm_planner.core.plan, robot_llm_planner.core.message, '
+            'robot_llm_planner.cli.postprocess, robot_llm_planner.cli\n' % ROOT)
     result = subprocess.run([PY310, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

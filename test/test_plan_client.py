@@ -14,8 +14,8 @@ import time
 from planner_harness import (executable, fake_server_parameters, FakeServer, NodeProcess,
                              ros_session, schema_validator)
 import pytest
-from robot_llm_planner import plan_client
-from robot_llm_planner.plan_client import format_answer, format_table
+from robot_llm_planner.ros import plan_client
+from robot_llm_planner.ros.plan_client import format_answer, format_table
 from std_msgs.msg import String
 
 GARBAGE = '胡说八道'
@@ -109,7 +109,7 @@ def planner(tmp_path_factory):
 
 
 def _run(session, *args, timeout=60, module=False):
-    command = ([sys.executable, '-m', 'robot_llm_planner.plan_client'] if module
+    command = ([sys.executable, '-m', 'robot_llm_planner.ros.plan_client'] if module
                else [executable('plan_client')])
     return subprocess.run(command + list(args), env=session.env, capture_output=True,
                           text=True, timeout=timeout)
@@ -205,7 +205,7 @@ def test_bad_arguments_are_usage_errors_not_plan_statuses(planner, args, says):
 
 def test_help_documents_the_exit_codes():
     env = dict(os.environ)
-    result = subprocess.run([sys.executable, '-m', 'robot_llm_planner.plan_client', '--help'],
+    result = subprocess.run([sys.executable, '-m', 'robot_llm_planner.ros.plan_client', '--help'],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert '0 ok, 1 invalid, 2 usage, 3 error, 4 rejected, 5 timeout' in result.stdout

@@ -3,8 +3,8 @@
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from robot_llm_planner.plan import (clean_text, format_plan, NO_TASK, parse_plan, SEPARATORS,
-                                    Step, ungrounded_arguments)
+from robot_llm_planner.core.plan import (clean_text, format_plan, NO_TASK, parse_plan, SEPARATORS,
+                                         Step, ungrounded_arguments)
 
 SEED = '寻找一瓶水；拿起水瓶。寻找物体, 一瓶水；拿起物体, 水瓶'
 SEED_STEPS = [('寻找一瓶水', '寻找物体', '一瓶水', ''), ('拿起水瓶', '拿起物体', '水瓶', '')]

@@ -8,11 +8,11 @@ import sys
 import jsonschema
 import pytest
 
-from robot_llm_planner.backend import GenerationConfig
-from robot_llm_planner.planner import Planner
-from robot_llm_planner.prompt import PromptBuilder
-from robot_llm_planner.skills import package_share_path, SkillSet
-from robot_llm_planner.transformers_backend import TransformersBackend
+from robot_llm_planner.core.backend import GenerationConfig
+from robot_llm_planner.core.planner import Planner
+from robot_llm_planner.core.prompt import PromptBuilder
+from robot_llm_planner.core.skills import package_share_path, SkillSet
+from robot_llm_planner.inference.transformers_backend import TransformersBackend
 
 COMMANDS = ['帮我拿一瓶水。', '去客厅', '打开冰箱门']
 
@@ -117,7 +117,7 @@ def test_cli_plan_bad_model_path(tmp_path):
 
 
 def test_load_warms_up_and_refuses_a_prompt_that_leaves_no_room(tiny_model):
-    from robot_llm_planner.backend import ModelLoadError
+    from robot_llm_planner.core.backend import ModelLoadError
     backend = TransformersBackend(tiny_model, device='cpu', max_prompt_tokens=100)
     planner = Planner(backend, SkillSet.load(), PromptBuilder(instruction='规划' * 100))
     with pytest.raises(ModelLoadError, match='prompt.system and prompt.instruction alone make'):

@@ -21,10 +21,10 @@ import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from robot_llm_planner.node_config import (check_value, default_value, load_config,
-                                           PARAMETERS, PARAMETERS_BY_NAME,
-                                           settings_fields_without_parameter)
-from robot_llm_planner.settings import PlannerSettings
+from robot_llm_planner.core.settings import PlannerSettings
+from robot_llm_planner.ros.parameters import (check_value, default_value, load_config, PARAMETERS,
+                                              PARAMETERS_BY_NAME,
+                                              settings_fields_without_parameter)
 from std_msgs.msg import String
 import yaml
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from robot_llm_planner.postprocess import command_from_prompt
+from robot_llm_planner.cli.postprocess import command_from_prompt
 
 SYSTEM = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.'
 

@@ -5,8 +5,8 @@ from llamafactory.data.parser import DatasetAttr
 from llamafactory.data.template import get_template_and_fix_tokenizer
 from llamafactory.hparams import DataArguments
 import pytest
-from robot_llm_planner.prompt import (join_query, PromptBuilder, SYSTEM_PROMPT,
-                                      SYSTEM_PROMPT_BEFORE_0_9_3)
+from robot_llm_planner.core.prompt import (join_query, PromptBuilder, SYSTEM_PROMPT,
+                                           SYSTEM_PROMPT_BEFORE_0_9_3)
 from transformers import AutoTokenizer
 
 COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', 'go to the kitchen 然后开灯 😀',

@@ -2,8 +2,8 @@
 
 from conftest import TRAINED_MODEL_RECIPE
 import pytest
-from robot_llm_planner.quantize import Int8Linear, quantize_int8
-from robot_llm_planner.transformers_backend import TransformersBackend
+from robot_llm_planner.inference.quantize import Int8Linear, quantize_int8
+from robot_llm_planner.inference.transformers_backend import TransformersBackend
 import torch
 from torch import nn
 
@@ -31,8 +31,8 @@ def test_quantize_replaces_every_decoder_linear(tiny_model):
 
 @pytest.mark.slow
 def test_quantized_trained_model_keeps_its_answers(trained_model):
-    from robot_llm_planner.backend import GenerationConfig
-    from robot_llm_planner.prompt import PromptBuilder
+    from robot_llm_planner.core.backend import GenerationConfig
+    from robot_llm_planner.core.prompt import PromptBuilder
     backend = TransformersBackend(trained_model.base, trained_model.adapter, device='cpu',
                                   quantization='int8')
     backend.load()
@@ -51,6 +51,6 @@ def test_quantized_trained_model_keeps_its_answers(trained_model):
 
 
 def test_unknown_quantization_is_a_load_error(tiny_model):
-    from robot_llm_planner.backend import ModelLoadError
+    from robot_llm_planner.core.backend import ModelLoadError
     with pytest.raises(ModelLoadError, match='model.quantization must be none or int8'):
         TransformersBackend(tiny_model, device='cpu', quantization='int4').load()

@@ -19,8 +19,8 @@ from planner_harness import (assert_exactly_one_answer, fake_server_parameters, 
 import psutil
 import pytest
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from robot_llm_planner.grammar import PlanGrammar
-from robot_llm_planner.skills import SkillSet
+from robot_llm_planner.core.skills import SkillSet
+from robot_llm_planner.inference.grammar import PlanGrammar
 from std_msgs.msg import String
 
 SECRET = 'sk-reliability-secret-7f3a9c'
@@ -247,8 +247,8 @@ def _model_that_breaks_on_some_words(tiny_model, tmp_path):
     checkpoint): commands whose tokens fit still plan, the others raise IndexError inside
     the model's forward pass.
     """
-    from robot_llm_planner.prompt import PromptBuilder
-    from robot_llm_planner.transformers_backend import WARMUP_COMMAND
+    from robot_llm_planner.core.prompt import PromptBuilder
+    from robot_llm_planner.inference.transformers_backend import WARMUP_COMMAND
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     prompt = PromptBuilder()

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from robot_llm_planner.plan import parse_plan
-from robot_llm_planner.skills import default_skills_path, SkillError, SkillSet
+from robot_llm_planner.core.plan import parse_plan
+from robot_llm_planner.core.skills import default_skills_path, SkillError, SkillSet
 
 
 @pytest.fixture(scope='module')

@@ -12,9 +12,9 @@ import os
 import subprocess
 import sys
 
+from planner_training.demo_model import predict_config, run_llamafactory, write_config
 import pytest
-from robot_llm_planner.demo_model import predict_config, run_llamafactory, write_config
-from robot_llm_planner.postprocess import seed_record
+from robot_llm_planner.cli.postprocess import seed_record
 import torch
 import yaml
 
@@ -84,7 +84,7 @@ def test_llamafactory_predictions_agree_with_the_planner(trained_model, tmp_path
 def test_tokens_no_training_row_contains_keep_their_initial_embeddings(trained_model):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
-    from robot_llm_planner.demo_model import Recipe, seen_token_ids
+    from planner_training.demo_model import Recipe, seen_token_ids
     directory = trained_model.directory
     initial = load_file(os.path.join(directory, 'init', 'model.safetensors'))
     trained = load_file(os.path.join(directory, 'base', 'model.safetensors'))

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from robot_llm_planner.backend import EngineError, GenerationConfig, ModelLoadError
-from robot_llm_planner.prompt import PromptBuilder
-from robot_llm_planner.transformers_backend import TransformersBackend
+from robot_llm_planner.core.backend import EngineError, GenerationConfig, ModelLoadError
+from robot_llm_planner.core.prompt import PromptBuilder
+from robot_llm_planner.inference.transformers_backend import TransformersBackend
 
 COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅', '打开冰箱门']
 GREEDY = GenerationConfig(max_new_tokens=24)
@@ -235,7 +235,7 @@ def test_too_long_prompt_is_an_engine_error(merged):
 
 
 def test_oom_message_names_device_and_path():
-    from robot_llm_planner.transformers_backend import _oom_message
+    from robot_llm_planner.inference.transformers_backend import _oom_message
     message = _oom_message('/models/Qwen1.5-7B', 'cuda:0', RuntimeError('CUDA out of memory'))
     assert 'out of GPU memory on cuda:0 while loading /models/Qwen1.5-7B' in message
 
@@ -247,7 +247,7 @@ def test_model_files_are_untouched(tiny_model, tiny_adapter, merged):
 
 
 def test_ngram_index_drafts_what_followed_the_suffix():
-    from robot_llm_planner.decoding import NgramIndex
+    from robot_llm_planner.inference.decoding import NgramIndex
     index = NgramIndex(max_ngram=2)
     index.extend([5, 6, 7, 8, 9, 5, 6])
     assert index.draft(3) == [7, 8, 9]  # (5, 6) was followed by 7, 8, 9
@@ -261,7 +261,7 @@ def test_ngram_index_drafts_what_followed_the_suffix():
 def test_compiled_step_equals_generate(merged):
     # The CUDA fast path compiles its step (torch.compile, fullgraph); inductor compiles the
     # same graph on the CPU, so the traced step is checked here against plain generate().
-    from robot_llm_planner.decoding import StaticCacheDecoder
+    from robot_llm_planner.inference.decoding import StaticCacheDecoder
     ids = merged.encode('把红色的杯子放到厨房的桌子上', PROMPT)
     expected = merged.generate(['把红色的杯子放到厨房的桌子上'], PROMPT,
                                GenerationConfig(max_new_tokens=20))[0]

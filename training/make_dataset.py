@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """
-Generate the fine-tuning data set: the same as ``python3 -m robot_llm_planner.cli make-dataset``.
+Generate the fine-tuning data set into training/data (``--help`` lists the options).
 
-Run from the repository root, e.g. ``python3 training/make_dataset.py --seed 7 --size 500``.
+Run from a source checkout, e.g. ``python3 training/make_dataset.py --seed 7 --size 500``.
 """
 
 import os
 import sys
 
 if __name__ == '__main__':
-    # Let a source checkout run this without installing the package.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from robot_llm_planner.cli import main
+    HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [HERE, os.path.dirname(HERE)]  # planner_training, robot_llm_planner
+    from planner_training.cli import main
     sys.exit(main(['make-dataset'] + sys.argv[1:]))

@@ -8,7 +8,7 @@
 #   options      passed to `python3 -m robot_llm_planner.cli postprocess` (run from the
 #                repository root: relative paths in them start there), e.g.
 #                --dataset training/data/task2_prompt0_manual.json (commands by row index)
-#                --instruction "$(python3 -m robot_llm_planner.cli prompt prompt3)"
+#                --instruction "$(python3 training/prompt.py prompt3)"
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 predict_dir=training/output/predict/qwen/lora-task2_prompt0_train-manual

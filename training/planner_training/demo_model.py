@@ -5,12 +5,12 @@ The demo model: a small Qwen2 trained on the project's data with LLaMA-Factory, 
 the real deployment's, scaled down:
 
 1. a tokenizer trained on the project's texts in which every Chinese character is one token
-   (:func:`robot_llm_planner.tiny_qwen.build_tokenizer` with ``split_han``), so that a plan
+   (:func:`planner_training.tiny_qwen.build_tokenizer` with ``split_han``), so that a plan
    copies the command's characters one for one; optionally it also knows the 3755 common
    characters of GB2312 level 1, so that an object or place name the training data never
    shows is still made of single tokens;
 2. a random-weight Qwen2 model of the recipe's size with a copy (induction) circuit planted
-   in it (:mod:`robot_llm_planner.copy_circuit`; ``Recipe.copy_circuit``), without which the
+   in it (:mod:`planner_training.copy_circuit`; ``Recipe.copy_circuit``), without which the
    model does not learn to copy held-out names within the budget;
 3. ``llamafactory-cli train`` with a config derived from ``training/config/full_sft.yaml``:
    full SFT from those weights gives the base model;
@@ -20,7 +20,7 @@ the real deployment's, scaled down:
 The planner then serves base + adapter exactly like Qwen1.5-7B + its LoRA adapter.
 
 The training rows are the shipped split (``task2_prompt0_train``) plus more rows from the
-project's own generator (:func:`robot_llm_planner.dataset.generate`, another seed; no command
+project's own generator (:func:`planner_training.dataset.generate`, another seed; no command
 of the shipped validation, test or manual splits is used) in three quarters of which object,
 place and person names are replaced by random names, mostly of characters the data never uses,
 some of characters of other names (so that copying, not recalling a known word, is the only way
@@ -32,7 +32,7 @@ pretrained base would get.
 
 Everything is written into ``.cache/demo_model/<key>/`` where ``key`` hashes the recipe, the
 training rows and the shipped configs: a second run with the same inputs reuses the model.
-Run ``python3 -m robot_llm_planner.demo_model --evaluate`` to train (or reuse) the model and
+Run ``python3 -m planner_training.demo_model --evaluate`` to train (or reuse) the model and
 measure it on the held-out test split.
 """
 
@@ -49,7 +49,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from robot_llm_planner.prompt import SYSTEM_PROMPT, SYSTEM_PROMPT_BEFORE_0_9_3
+from robot_llm_planner.core.prompt import SYSTEM_PROMPT, SYSTEM_PROMPT_BEFORE_0_9_3
 import yaml
 
 # Bump when the code below changes what a recipe produces (part of the cache key).
@@ -63,7 +63,8 @@ def find_root() -> str:
     The current directory when it has them (``make demo`` and the tests run there, also with
     the colcon install space sourced), else the source tree this module lives in.
     """
-    for candidate in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+    source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for candidate in (os.getcwd(), source):
         if os.path.isdir(os.path.join(candidate, 'training', 'config')):
             return candidate
     return os.getcwd()
@@ -103,7 +104,7 @@ class Recipe:
     intermediate_size: int = 512
     rope_theta: float = 1.0e6  # Qwen1.5's; the copy circuit needs slowly turning RoPE pairs
     # start from a planted copy (induction) circuit instead of fully random weights
-    # (robot_llm_planner.copy_circuit); every weight is still trained
+    # (planner_training.copy_circuit); every weight is still trained
     copy_circuit: bool = True
     # data: the shipped training split (its first ``train_rows`` rows whose label has at most
     # ``max_label_chars`` characters; 0 = no limit) ...
@@ -203,7 +204,7 @@ def split_rows(split: str, root: str = ROOT, task: str = 'task2', prompt: str = 
 
 def _name_pattern():
     """Return (regex of every name the generator uses, names that may be replaced)."""
-    from robot_llm_planner import dataset
+    from planner_training import dataset
     names = [noun for noun, _, _ in dataset.OBJECTS] + list(dataset.ROOMS)
     names += [name for name, _, _ in dataset.FURNITURE]
     names += [person for person in dataset.PEOPLE if person != dataset.SPEAKER]
@@ -236,9 +237,9 @@ def training_rows(recipe: Recipe, root: str = ROOT) -> List[dict]:
     rows = shipped_rows(recipe, root)
     if not recipe.extra_rows:
         return rows
-    from robot_llm_planner import dataset
-    from robot_llm_planner.plan import format_plan
-    from robot_llm_planner.skills import SkillSet
+    from planner_training import dataset
+    from robot_llm_planner.core.plan import format_plan
+    from robot_llm_planner.core.skills import SkillSet
     taken = {_command_key(row['input']) for row in rows}
     for split in ('train', 'validation', 'test', 'manual'):
         taken |= {_command_key(row['input']) for row in split_rows(split, root)}
@@ -278,7 +279,7 @@ def _substitute_names(extra: List[dict], fresh: List[str], recipe: Recipe, taken
     """
     if recipe.name_substitution <= 0:
         return
-    from robot_llm_planner import dataset
+    from planner_training import dataset
     pattern, replaceable = _name_pattern()
     heldout = dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS + dataset.HELDOUT_FURNITURE
     name_chars = sorted({char for name in replaceable - set(heldout) for char in name})
@@ -322,7 +323,7 @@ def _substitute_frame_verbs(extra: List[dict], fresh: List[str], recipe: Recipe,
     """
     if recipe.verb_substitution <= 0:
         return
-    from robot_llm_planner import dataset
+    from planner_training import dataset
     patterns = dataset.FETCH_TEMPLATES + dataset.BRING_TEMPLATES + dataset.PUT_TEMPLATES + \
         dataset.GO_TEMPLATES + tuple(wrapper[:2] for wrapper in dataset.WRAPPERS) + \
         tuple(template[:2] for template in dataset.NO_TASK_TEMPLATES)
@@ -347,7 +348,7 @@ def _substitute_frame_verbs(extra: List[dict], fresh: List[str], recipe: Recipe,
 
 def tokenizer_texts(rows: Sequence[dict], recipe: Recipe, root: str = ROOT) -> List[str]:
     """Return the texts the tokenizer is trained on: system prompts, skills, training rows."""
-    from robot_llm_planner.skills import SkillSet
+    from robot_llm_planner.core.skills import SkillSet
     if recipe.charset == 'shipped':
         rows = shipped_rows(recipe, root)
     # Repeated so that the BPE merges their English words: a prompt of ~25 tokens.
@@ -601,8 +602,8 @@ def build_initial_model(recipe: Recipe, texts: Sequence[str], folder: str) -> st
 
     Return ``folder``: the model the first training stage starts from.
     """
-    from robot_llm_planner.copy_circuit import plant_copy_circuit
-    from robot_llm_planner.tiny_qwen import build_model, build_tokenizer
+    from planner_training.copy_circuit import plant_copy_circuit
+    from planner_training.tiny_qwen import build_model, build_tokenizer
     build_tokenizer(texts, folder, vocab_size=100000, split_han=True)
     build_model(folder, folder, hidden_size=recipe.hidden_size, layers=recipe.layers,
                 heads=recipe.heads, kv_heads=recipe.kv_heads,
@@ -614,7 +615,7 @@ def build_initial_model(recipe: Recipe, texts: Sequence[str], folder: str) -> st
 
 def seen_token_ids(tokenizer, rows: Sequence[dict], system: str) -> set:
     """Return the ids of every token the training rows (prompt, answer, stop) contain."""
-    from robot_llm_planner.prompt import IM_END, PromptBuilder
+    from robot_llm_planner.core.prompt import IM_END, PromptBuilder
     seen = set(tokenizer.all_special_ids)  # the template's own, never restored
     for row in rows:
         prompt = PromptBuilder(system=system, instruction=row.get('instruction', ''))
@@ -743,7 +744,7 @@ def _load_average() -> Optional[List[float]]:
 
 def plan_rows(planner, rows: Sequence[dict], batch_size: int = 50) -> List[dict]:
     """Plan the commands of ``rows`` in batches; return evaluate_rows input rows."""
-    from robot_llm_planner.evaluate import error_codes
+    from robot_llm_planner.cli.evaluate import error_codes
     results = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
@@ -757,7 +758,8 @@ def plan_rows(planner, rows: Sequence[dict], batch_size: int = 50) -> List[dict]
 
 def load_planner(model: DemoModel, **settings):
     """Return the planner serving ``model`` (loaded), greedy, on CPU unless told otherwise."""
-    from robot_llm_planner.settings import build_planner, PlannerSettings
+    from robot_llm_planner.core.settings import PlannerSettings
+    from robot_llm_planner.inference.build import build_planner
     options = {'model_path': model.base, 'adapter_path': model.adapter, 'device': 'cpu',
                'max_new_tokens': 256, 'cache_size': 0}
     options.update(settings)
@@ -773,7 +775,7 @@ def heldout_accuracy(planner, split: str = 'test', root: str = ROOT,
 
     This is the computation behind the README's figure and the one ``make demo`` prints.
     """
-    from robot_llm_planner.evaluate import evaluate_rows
+    from robot_llm_planner.cli.evaluate import evaluate_rows
     rows = split_rows(split, root)
     rows = rows[:limit] if limit else rows
     started = time.perf_counter()
@@ -787,7 +789,7 @@ def heldout_accuracy(planner, split: str = 'test', root: str = ROOT,
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Train (or reuse) the demo model; with --evaluate measure it on the test split."""
-    parser = argparse.ArgumentParser(prog='python3 -m robot_llm_planner.demo_model',
+    parser = argparse.ArgumentParser(prog='python3 -m planner_training.demo_model',
                                      description=main.__doc__)
     parser.add_argument('--evaluate', action='store_true', help='measure plan exact match')
     parser.add_argument('--split', default='test', help='split to measure (default: test)')
@@ -818,7 +820,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result['predictions'] = out
     print(json.dumps(result, ensure_ascii=False, indent=1))
     if args.evaluate:
-        from robot_llm_planner.evaluate import confidence_table
+        from robot_llm_planner.cli.evaluate import confidence_table
         print('\nPlans that pass every other check, by validation.min_confidence:\n\n'
               + confidence_table(predictions), end='')
     return 0

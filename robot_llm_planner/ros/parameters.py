@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, fields
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from robot_llm_planner.command_queue import POLICIES
-from robot_llm_planner.grammar import REMOTE_FIELDS
-from robot_llm_planner.settings import BACKENDS, PlannerSettings, QUANTIZATION
+from robot_llm_planner.core.settings import BACKENDS, PlannerSettings, QUANTIZATION
+from robot_llm_planner.inference.grammar import REMOTE_FIELDS
+from robot_llm_planner.ros.command_queue import POLICIES
 
 DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
 FAST_PATHS = ('auto', 'on', 'off')

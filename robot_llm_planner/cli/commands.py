@@ -4,9 +4,10 @@ Offline command line: ``python3 -m robot_llm_planner.cli <subcommand> ...``.
 Subcommands:
   plan         plan commands with a model and print one /action_plan JSON per line
   postprocess  split LLaMA-Factory predictions into the seed's output_1 / output_2 format
-  make-dataset generate the fine-tuning data set into training/data
-  prompt       print a prompt variant's instruction (planner_node's prompt.instruction)
   evaluate     plan metrics of prediction runs side by side (markdown, CSV, PNG)
+
+The data set generator and the prompt variants are the training side's
+(``python3 training/make_dataset.py``, ``python3 training/prompt.py``).
 """
 
 import argparse
@@ -47,38 +48,11 @@ positive_float = float_where(lambda value: 0 < value < math.inf, 'a number > 0')
 probability = float_where(lambda value: 0.0 <= value <= 1.0, 'a number from 0 to 1')
 
 
-def _make_dataset(args: argparse.Namespace) -> int:
-    from robot_llm_planner.dataset import make_dataset
-    try:
-        written = make_dataset(args.out, args.seed, args.size, args.skills, args.prompts)
-    except (OSError, ValueError) as exc:
-        print('make-dataset: %s' % exc, file=sys.stderr)
-        return 2
-    print('wrote %d files to %s' % (len(written), os.path.dirname(next(iter(written.values())))))
-    return 0
-
-
-def _prompt(args: argparse.Namespace) -> int:
-    from robot_llm_planner.dataset import load_prompts
-    from robot_llm_planner.skills import SkillSet
-    try:
-        prompts = load_prompts(args.prompts, SkillSet.load(args.skills))
-    except ValueError as exc:
-        print('prompt: %s' % exc, file=sys.stderr)
-        return 2
-    if args.name not in prompts:
-        print('prompt: no variant %r (have: %s)' % (args.name, ', '.join(prompts)),
-              file=sys.stderr)
-        return 2
-    print(prompts[args.name][args.task])
-    return 0
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from robot_llm_planner.backend import EngineError
-    from robot_llm_planner.evaluate import confidence_table, evaluate_files, plan_split
-    from robot_llm_planner.settings import build_planner
-    from robot_llm_planner.skills import SkillSet
+    from robot_llm_planner.core.backend import EngineError
+    from robot_llm_planner.cli.evaluate import confidence_table, evaluate_files, plan_split
+    from robot_llm_planner.inference.build import build_planner
+    from robot_llm_planner.core.skills import SkillSet
     runs, names = list(args.runs), list(args.names or [])
     confidence = ''
     try:
@@ -112,7 +86,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _postprocess(args: argparse.Namespace) -> int:
-    from robot_llm_planner.postprocess import postprocess_file
+    from robot_llm_planner.cli.postprocess import postprocess_file
     try:
         output, records = postprocess_file(args.predictions, args.dataset, args.output,
                                            args.instruction)
@@ -128,8 +102,8 @@ def _postprocess(args: argparse.Namespace) -> int:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options that choose and configure the model (shared by subcommands)."""
-    from robot_llm_planner.grammar import REMOTE_FIELDS
-    from robot_llm_planner.settings import BACKENDS, PlannerSettings
+    from robot_llm_planner.inference.grammar import REMOTE_FIELDS
+    from robot_llm_planner.core.settings import BACKENDS, PlannerSettings
     defaults = PlannerSettings()
     group = parser.add_argument_group('model')
     group.add_argument('--backend', choices=BACKENDS, default=defaults.backend)
@@ -176,7 +150,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     """Return the PlannerSettings that the model options describe."""
-    from robot_llm_planner.settings import PlannerSettings
+    from robot_llm_planner.core.settings import PlannerSettings
     return PlannerSettings(
         backend=args.backend, model_path=args.model, adapter_path=args.adapter,
         device=args.device, dtype=args.dtype, quantization=args.quantization,
@@ -190,10 +164,10 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from robot_llm_planner.backend import EngineError
-    from robot_llm_planner.message import to_json
-    from robot_llm_planner.settings import build_planner
-    from robot_llm_planner.skills import SkillError
+    from robot_llm_planner.core.backend import EngineError
+    from robot_llm_planner.core.message import to_json
+    from robot_llm_planner.inference.build import build_planner
+    from robot_llm_planner.core.skills import SkillError
     # A blank line on stdin (a trailing newline, a separating empty line) is no command.
     commands = args.commands or [line.rstrip('\r\n') for line in sys.stdin if line.strip()]
     try:
@@ -231,22 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument('--instruction', default='', help='the alpaca instruction the prompts '
                       'start with, stripped from the recovered command')
     post.set_defaults(run=_postprocess)
-
-    data = sub.add_parser('make-dataset', help='generate the fine-tuning data set')
-    data.add_argument('--out', help='output folder (default: training/data)')
-    data.add_argument('--seed', type=int, help='random seed (default: the shipped data set seed)')
-    data.add_argument('--size', type=int, help='training examples; validation gets size/10, '
-                      'test size/6 (default: 3000)')
-    data.add_argument('--skills', help='skills YAML (default: the shipped config/skills.yaml)')
-    data.add_argument('--prompts', help='prompt variants YAML (default: training/prompts.yaml)')
-    data.set_defaults(run=_make_dataset)
-
-    prompt = sub.add_parser('prompt', help="print a prompt variant's instruction text")
-    prompt.add_argument('name', help='variant name, e.g. prompt3')
-    prompt.add_argument('--task', choices=('task1', 'task2'), default='task2')
-    prompt.add_argument('--skills', help='skills YAML (default: the shipped config/skills.yaml)')
-    prompt.add_argument('--prompts', help='prompt variants YAML (default: training/prompts.yaml)')
-    prompt.set_defaults(run=_prompt)
 
     evaluate = sub.add_parser('evaluate', help='plan metrics of prediction runs side by side')
     evaluate.add_argument('runs', nargs='*', metavar='RUN', help='generated_predictions.jsonl '

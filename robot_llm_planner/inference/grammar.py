@@ -2,7 +2,7 @@
 Grammar-constrained decoding: only plans in the output convention, with the robot's skills.
 
 :class:`PlanGrammar` builds an EBNF grammar from the skills file (config/skills.yaml) and the
-output convention of :mod:`robot_llm_planner.plan`::
+output convention of :mod:`robot_llm_planner.core.plan`::
 
     <description>；...；<description>。<action>，<target>[，<location>]；...
 
@@ -12,7 +12,7 @@ output convention of :mod:`robot_llm_planner.plan`::
   the convention's separators (``。；，;,``), whitespace or control characters, except that a
   description may hold the part separators (``，,``) after its first character: output1 is
   not split on them, and the planner's validation accepts such a description;
-- or, instead of a plan, :data:`~robot_llm_planner.plan.NO_TASK` (``无法执行``) alone: the
+- or, instead of a plan, :data:`~robot_llm_planner.core.plan.NO_TASK` (``无法执行``) alone: the
   answer to a command that asks for nothing the robot can do. A plan's first description
   cannot start with it, so a model that has written ``无法执行`` can only stop there;
 - the stop token (``<|im_end|>``) is allowed only where a plan is complete.
@@ -31,10 +31,10 @@ import json
 import time
 from typing import Dict, List, Optional, Sequence
 
-from robot_llm_planner.backend import EngineError, ModelLoadError
-from robot_llm_planner.plan import (NO_TASK, PART_SEP, PART_SEPS, SECTION_SEP, SEPARATORS,
-                                    STEP_SEP)
-from robot_llm_planner.skills import SkillSet
+from robot_llm_planner.core.backend import EngineError, ModelLoadError
+from robot_llm_planner.core.plan import (NO_TASK, PART_SEP, PART_SEPS, SECTION_SEP, SEPARATORS,
+                                         STEP_SEP)
+from robot_llm_planner.core.skills import SkillSet
 
 DEFAULT_MAX_STEPS = 12        # the data set's longest plans have 12 steps
 DEFAULT_MAX_TEXT_CHARS = 24   # its longest description has 19 characters, argument 8
@@ -365,7 +365,7 @@ def _make_logits_processor(grammar: PlanGrammar, batch_size: int):
 
 
 def _default_stop_ids(tokenizer) -> List[int]:
-    from robot_llm_planner.prompt import IM_END
+    from robot_llm_planner.core.prompt import IM_END
     vocab = tokenizer.get_vocab()
     token = IM_END if IM_END in vocab else tokenizer.eos_token
     return [vocab[token]] if token in vocab else []

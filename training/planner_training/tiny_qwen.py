@@ -10,7 +10,7 @@ model. The tokenizer is a byte-level BPE (Qwen2's pre-tokenizer and decoder) tra
 import os
 from typing import Callable, Iterable, Optional
 
-from robot_llm_planner.prompt import ENDOFTEXT, IM_END, IM_START
+from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, IM_START
 
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
 
@@ -69,7 +69,7 @@ def build_model(tokenizer_dir: str, out_dir: str, hidden_size: int = 64, layers:
     Create a random-weight Qwen2 model sized for the tokenizer and save it in ``out_dir``.
 
     ``initialize(model)``, when given, changes the random weights in place before saving
-    (e.g. :func:`robot_llm_planner.copy_circuit.plant_copy_circuit`).
+    (e.g. :func:`planner_training.copy_circuit.plant_copy_circuit`).
     """
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM

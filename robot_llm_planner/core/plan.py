@@ -20,7 +20,7 @@ This module uses only the standard library.
 
 from dataclasses import dataclass, field
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 SECTION_SEP = '。'
 STEP_SEP = '；'
@@ -213,31 +213,6 @@ def step_spans(text: str) -> List[List[Tuple[int, int]]]:
     return [[span for span in (descriptions[i] if i < len(descriptions) else None,
                                entries[i] if i < len(entries) else None) if span]
             for i in range(max(len(descriptions), len(entries)))]
-
-
-def assign_step_confidences(plan: Plan,
-                            token_probabilities: Optional[Sequence[Tuple[int, float]]]) -> None:
-    """
-    Set each step's ``confidence`` from the answer's tokens.
-
-    ``token_probabilities`` lists, for each generated token in order, the character offset in
-    ``plan.raw_output`` where the token ends and its probability. A step's confidence is the
-    lowest probability of the tokens that overlap its description or its output2 entry;
-    separators between steps and the stop token belong to no step. Nothing is set when the
-    tokens are unknown.
-    """
-    if not token_probabilities:
-        return
-    spans = step_spans(plan.raw_output)
-    if len(spans) != len(plan.steps):
-        return
-    for step, step_span in zip(plan.steps, spans):
-        lowest, start = None, 0
-        for end, probability in token_probabilities:
-            if any(start < b and end > a for a, b in step_span):
-                lowest = probability if lowest is None else min(lowest, probability)
-            start = end
-        step.confidence = lowest
 
 
 def ungrounded_arguments(plan: Plan, command: str) -> List[PlanError]:

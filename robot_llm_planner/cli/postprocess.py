@@ -15,7 +15,7 @@ import os
 import re
 from typing import List, Optional, Tuple
 
-from robot_llm_planner.plan import NO_TASK, parse_plan
+from robot_llm_planner.core.plan import NO_TASK, parse_plan
 
 # The user turn of LLaMA-Factory's qwen template; since 0.9.2 the prompt keeps special tokens.
 _QWEN_USER = re.compile(r'<\|im_start\|>user\n(.*?)<\|im_end\|>', re.S)

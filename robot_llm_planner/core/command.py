@@ -1,23 +1,16 @@
 """
-What planner_node does with a /command message before the model sees it (ROS-free).
+A /command message, before the model sees it: parse it, give it an id, clean and check its text.
 
 :func:`parse_command` turns the text of a std_msgs/String into a :class:`Command`: plain text
 is a command; a JSON object ``{"id": "...", "text": "..."}`` carries the request id a behavior
 tree matches answers with. Anything that looks like JSON but is not such an object becomes a
 command with a rejection reason (and the id, when one could be read).
 
-:class:`CommandQueue` is the bounded, thread-safe queue between the subscription callback and
-the inference worker, with the two overflow policies:
-
-- ``fifo``: when full, the NEW command is refused (``queue_full``);
-- ``latest``: when full, the OLDEST queued command is dropped (``superseded``) and the new one
-  is queued, so the robot plans what it was told last.
-
-Either way the caller gets every refused or dropped command back to answer it: nothing is lost
-silently.
+:func:`check_command` says why a command's text cannot be planned (empty, too long, a
+chat-template control token); :func:`clean_command` and :func:`shown_command` give the text the
+planner uses and the one answers echo.
 """
 
-from collections import deque
 from dataclasses import dataclass, field
 import itertools
 import json
@@ -25,21 +18,30 @@ import os
 import re
 import threading
 import time
-from typing import Callable, Deque, List, Optional, Tuple
+from typing import Callable, Optional
+import unicodedata
 
-from robot_llm_planner.plan import PlanError
+from robot_llm_planner.core.plan import PlanError
 
-POLICIES = ('fifo', 'latest')
-
-# Rejection codes this module gives (the planner adds empty_command and command_too_long).
+# Rejection codes of a command that is not planned (the model's own no is not_a_task).
+EMPTY_COMMAND = 'empty_command'
+COMMAND_TOO_LONG = 'command_too_long'
+CONTROL_TOKEN_IN_COMMAND = 'control_token_in_command'
 INVALID_JSON = 'invalid_json'
 INVALID_REQUEST = 'invalid_request'
 QUEUE_FULL = 'queue_full'
 SUPERSEDED = 'superseded'
 SHUTTING_DOWN = 'node_shutting_down'
 
+DEFAULT_MAX_COMMAND_CHARS = 256
+
 # How much of a malformed message is echoed back in the answer's `command` field.
 ECHO_CHARS = 512
+
+# The text of a chat-template control token (<|im_start|>, <|im_end|>, <|endoftext|>, ...):
+# tokenizers turn it into the real token, so a command holding one could end the user's turn
+# and write a system turn of its own.
+CONTROL_TOKEN = re.compile(r'<\|[^<>|\s]{1,64}\|>')
 
 _ID_IN_TEXT = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
 
@@ -155,91 +157,35 @@ def parse_command(data: str, new_id: Callable[[], str]) -> Command:
     return Command(echo_id or new_id(), text)
 
 
-class CommandQueue:
-    """A bounded thread-safe queue of commands with the fifo or latest overflow policy."""
+def clean_command(text: str) -> str:
+    """
+    Return the command with control characters replaced by spaces and spaces collapsed.
 
-    def __init__(self, max_size: int = 16, policy: str = 'fifo') -> None:
-        """Hold at most ``max_size`` waiting commands; ``policy`` decides who goes when full."""
-        self._items: Deque[Command] = deque()
-        self._condition = threading.Condition()
-        self._closed = False
-        self.max_size = 1
-        self.policy = 'fifo'
-        self.configure(max_size, policy)
+    Lone surrogates (undecodable bytes that Python smuggled into a str) become U+FFFD, which
+    every tokenizer can encode.
+    """
+    text = ''.join(' ' if unicodedata.category(ch) == 'Cc'
+                   else '\ufffd' if unicodedata.category(ch) == 'Cs' else ch for ch in text)
+    return ' '.join(text.split())
 
-    def configure(self, max_size: Optional[int] = None, policy: Optional[str] = None) -> None:
-        """
-        Change the size or policy; raise ValueError for an invalid one.
 
-        Commands already queued stay queued when the size shrinks; the new limit applies to
-        the next arrivals.
-        """
-        if max_size is not None:
-            if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-                raise ValueError('queue.max_size must be an integer >= 1, got %r' % (max_size,))
-        if policy is not None and policy not in POLICIES:
-            raise ValueError('queue.policy must be one of %s, got %r'
-                             % (', '.join(POLICIES), policy))
-        with self._condition:
-            if max_size is not None:
-                self.max_size = max_size
-            if policy is not None:
-                self.policy = policy
+def shown_command(text: str, max_chars: int = DEFAULT_MAX_COMMAND_CHARS) -> str:
+    """Return the command as an answer echoes it: cleaned, cut at ``max_chars`` with '…'."""
+    if len(text) > max_chars:  # cut first: a huge string is never cleaned whole
+        return clean_command(text[:max_chars]) + '…'
+    return clean_command(text)
 
-    def __len__(self) -> int:
-        """Return how many commands are waiting."""
-        with self._condition:
-            return len(self._items)
 
-    @property
-    def closed(self) -> bool:
-        """Return True once :meth:`close` was called."""
-        return self._closed
-
-    def put(self, command: Command) -> Tuple[Optional[str], List[Command]]:
-        """
-        Queue ``command``; return (why it was refused or None, commands dropped for it).
-
-        The refusal is ``queue_full`` (fifo, full) or ``node_shutting_down`` (closed). With the
-        latest policy the dropped commands are the oldest queued ones, to be answered
-        ``superseded``.
-        """
-        with self._condition:
-            if self._closed:
-                return SHUTTING_DOWN, []
-            dropped = []
-            if len(self._items) >= self.max_size:
-                if self.policy == 'fifo':
-                    return QUEUE_FULL, []
-                while len(self._items) >= self.max_size:
-                    dropped.append(self._items.popleft())
-            self._items.append(command)
-            self._condition.notify()
-            return None, dropped
-
-    def get_batch(self, max_batch: int = 1, timeout: Optional[float] = None) -> List[Command]:
-        """
-        Wait for commands and take up to ``max_batch`` of them, oldest first.
-
-        Returns an empty list when the queue is closed (and empty) or ``timeout`` passed.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._condition:
-            while not self._items and not self._closed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return []
-                self._condition.wait(remaining)
-            batch = []
-            while self._items and len(batch) < max(1, max_batch):
-                batch.append(self._items.popleft())
-            return batch
-
-    def close(self) -> List[Command]:
-        """Refuse further commands, wake the waiting worker and return the queued ones."""
-        with self._condition:
-            self._closed = True
-            pending = list(self._items)
-            self._items.clear()
-            self._condition.notify_all()
-            return pending
+def check_command(command: str, max_chars: int = DEFAULT_MAX_COMMAND_CHARS) -> Optional[PlanError]:
+    """Return why a command's text cannot be planned, or None when it can."""
+    if not command.strip():
+        return PlanError(EMPTY_COMMAND, 'the command is empty')
+    if len(command) > max_chars:
+        return PlanError(COMMAND_TOO_LONG, 'the command has %d characters; at most %d are '
+                         'planned' % (len(command), max_chars))
+    token = CONTROL_TOKEN.search(command)
+    if token is not None:
+        return PlanError(CONTROL_TOKEN_IN_COMMAND, 'the command contains %s, the text of a '
+                         'chat-template control token; it is refused, since it could end the '
+                         'user turn and inject instructions' % token.group(0))
+    return None

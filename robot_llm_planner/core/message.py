@@ -11,7 +11,8 @@ Schema (also shipped as config/action_plan.schema.json)::
 backend: before the grammar's mask; a remote one: the server's log-probabilities), or null
 where nothing was generated or the backend cannot tell: a low value flags a plan that is
 likely wrong (``validation.min_confidence`` turns such plans ``invalid``, code
-``low_confidence``). It is published to 4 decimals, rounded down (:func:`published_confidence`).
+``low_confidence``). It is published to 4 decimals, rounded down
+(:func:`~robot_llm_planner.core.confidence.published_confidence`).
 Each step's ``confidence`` is the same over the tokens of that step alone (its description and
 output2 entry; null where the backend cannot tell): the step a wrong plan most likely went
 wrong at. Schema version 2 added both.
@@ -27,30 +28,14 @@ wrong at. Schema version 2 added both.
 """
 
 import json
-import math
 import time
 from typing import List, Optional
 
-from robot_llm_planner.plan import Plan, PlanError
+from robot_llm_planner.core.confidence import published_confidence
+from robot_llm_planner.core.plan import Plan, PlanError
 
 SCHEMA_VERSION = 2
 STATUSES = ('ok', 'invalid', 'error', 'rejected')
-
-
-def published_confidence(value: Optional[float]) -> Optional[float]:
-    """
-    Return a confidence as it is published and checked: in [0, 1], 4 decimals, rounded down.
-
-    Rounding down keeps a plan held back by ``validation.min_confidence`` below the threshold
-    in the message too; anything not a number (NaN from a broken model) is 0.
-    """
-    if value is None:
-        return None
-    value = float(value)
-    if math.isnan(value):
-        return 0.0
-    # the 1e-6 keeps an exact decimal (0.9 computed as 0.8999999999999999) from losing a digit
-    return math.floor(min(1.0, max(0.0, value)) * 1e4 + 1e-6) / 1e4
 
 
 def plan_message(request_id: str, command: str, status: str, plan: Optional[Plan] = None,

@@ -40,9 +40,9 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from robot_llm_planner.plan import clean_text, parse_plan, Plan, ungrounded_arguments
-from robot_llm_planner.postprocess import command_from_prompt
-from robot_llm_planner.skills import SkillSet
+from robot_llm_planner.cli.postprocess import command_from_prompt
+from robot_llm_planner.core.plan import clean_text, parse_plan, Plan, ungrounded_arguments
+from robot_llm_planner.core.skills import SkillSet
 
 # (key, label in the table, kind): kind 'count', 'rate' or 'ms'.
 METRICS = (

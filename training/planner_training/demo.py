@@ -2,7 +2,7 @@
 ``make demo``: the whole pipeline on CPU with a small model it trains itself.
 
 1. makes the data set if ``training/data`` lacks it (``cli make-dataset``);
-2. trains the demo model with ``llamafactory-cli train`` (:mod:`robot_llm_planner.demo_model`;
+2. trains the demo model with ``llamafactory-cli train`` (:mod:`planner_training.demo_model`;
    cached in ``.cache/demo_model``, so a second run skips this);
 3. starts the built ``planner_node`` with base + adapter, on its own random ROS_DOMAIN_ID;
 4. sends sample commands through ``plan_client``: training-like ones, unseen ones (held-out
@@ -11,7 +11,7 @@
 5. prints the held-out test split's plan exact match (the README's figure, same code);
 6. stops the node with SIGINT and waits for it.
 
-Run with ``make demo`` (or, in a sourced workspace, ``python -m robot_llm_planner.demo``).
+Run with ``make demo`` (or, in a sourced workspace, ``python -m planner_training.demo``).
 """
 
 import argparse
@@ -26,8 +26,8 @@ import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
-from robot_llm_planner import demo_model
-from robot_llm_planner.plan import NO_TASK, parse_plan
+from planner_training import demo_model
+from robot_llm_planner.core.plan import NO_TASK, parse_plan
 
 NONSENSE = '紫色的大象今天会唱歌吗？'
 READY_TIMEOUT_S = 300.0
@@ -44,8 +44,8 @@ def ensure_dataset(root: str) -> None:
         'task2_prompt0_train.json', 'task2_prompt0_test.json', 'dataset_meta.json')]
     if all(os.path.isfile(path) for path in needed):
         return
-    _say('data set missing: python3 -m robot_llm_planner.cli make-dataset')
-    subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'make-dataset'],
+    _say('data set missing: python3 training/make_dataset.py')
+    subprocess.run([sys.executable, os.path.join('training', 'make_dataset.py')],
                    cwd=root, check=True)
 
 
@@ -113,13 +113,13 @@ def _executable(name: str) -> List[str]:
             return [path]
     except Exception:  # not in a sourced workspace: run the module
         pass
-    return [sys.executable, '-m', 'robot_llm_planner.' + name]
+    return [sys.executable, '-m', 'robot_llm_planner.ros.' + name]
 
 
 def start_node(model: demo_model.DemoModel, env: Dict[str, str], log_path: str,
                namespace: str = ''):
     """Start planner_node serving the demo model (in ``namespace``); return the process."""
-    from robot_llm_planner.skills import package_share_path
+    from robot_llm_planner.core.skills import package_share_path
     params = package_share_path('config', 'planner.yaml')
     overrides = {
         'model.path': model.base, 'model.adapter_path': model.adapter, 'model.device': 'cpu',
@@ -144,7 +144,7 @@ def wait_ready(process, env: Dict[str, str], timeout: float = READY_TIMEOUT_S,
             os.environ[name] = env[name]
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from robot_llm_planner.planner_node import status_qos
+    from robot_llm_planner.ros.planner_node import status_qos
     from std_msgs.msg import String
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -222,7 +222,7 @@ SHOWN_MIN_CONFIDENCE = 0.6  # the threshold the demo shows the effect of (README
 def confidence_summary(predictions: List[dict],
                        threshold: float = SHOWN_MIN_CONFIDENCE) -> str:
     """Return what ``validation.min_confidence`` = ``threshold`` would do to these plans."""
-    from robot_llm_planner.evaluate import confidence_counts
+    from robot_llm_planner.cli.evaluate import confidence_counts
     kept, right, caught, wrong = confidence_counts(predictions, threshold)
     return ('   plan confidence: validation.min_confidence %g would keep %d of the %d right plans '
             'and hold back %d of the %d wrong ones (README, "Plan confidence")'
@@ -235,7 +235,7 @@ def _probability(value) -> str:
 
 def format_plan_table(kind: str, command: str, label: Optional[str], answer: dict) -> str:
     """Return one answer as a readable block: command, status, latency, confidence, steps."""
-    from robot_llm_planner.plan_client import format_table
+    from robot_llm_planner.ros.plan_client import format_table
     timing = answer.get('timing') or {}
     status = answer.get('status', 'no answer')
     facts = ['status %s' % status]
@@ -276,7 +276,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the demo; return 0 when every step worked."""
-    parser = argparse.ArgumentParser(prog='python -m robot_llm_planner.demo',
+    parser = argparse.ArgumentParser(prog='python -m planner_training.demo',
                                      description=__doc__.split('\n')[1])
     parser.add_argument('--root', default=os.getcwd() if os.path.isdir('training')
                         else demo_model.ROOT, help='repository root (default: here)')

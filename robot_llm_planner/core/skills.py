@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import os
 from typing import Dict, List, Optional, Tuple
 
-from robot_llm_planner.plan import ARGUMENTS, NO_TASK, Plan, PlanError, SEPARATORS
+from robot_llm_planner.core.plan import ARGUMENTS, NO_TASK, Plan, PlanError, SEPARATORS
 import yaml
 
 PACKAGE = 'robot_llm_planner'
@@ -73,7 +73,7 @@ def package_share_path(*parts: str) -> str:
         from ament_index_python.packages import get_package_share_directory
         return os.path.join(get_package_share_directory(PACKAGE), *parts)
     except Exception:  # not installed, or no ament index: use the source tree
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         return os.path.join(root, *parts)
 
 

@@ -3,17 +3,16 @@ What every inference backend provides, and the errors they raise.
 
 A backend turns commands into the model's raw text. Two exist:
 
-- :class:`robot_llm_planner.transformers_backend.TransformersBackend`: the model on this
+- :class:`robot_llm_planner.inference.transformers_backend.TransformersBackend`: the model on this
   machine's GPU or CPU (transformers + PEFT), LoRA adapters merged at load;
-- :class:`robot_llm_planner.openai_backend.OpenAIBackend`: an OpenAI-compatible server
+- :class:`robot_llm_planner.inference.openai_backend.OpenAIBackend`: an OpenAI-compatible server
   (vLLM with ``--enable-lora``, or ``llamafactory-cli api``).
 """
 
-import codecs
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from robot_llm_planner.prompt import PromptBuilder
+from robot_llm_planner.core.prompt import PromptBuilder
 
 
 class EngineError(RuntimeError):
@@ -69,23 +68,6 @@ class Generation:
     # turns them into each step's confidence.
     token_probabilities: Optional[List[Tuple[int, float]]] = None
     error: str = ''  # why this command got no answer while others of its batch did
-
-
-def character_ends(pieces: Sequence[bytes]) -> Tuple[List[int], str]:
-    """
-    Return where each token's bytes end in their UTF-8 text, in characters, and the text.
-
-    The text is decoded as Python and tokenizers do (an invalid byte becomes U+FFFD); a
-    character whose last bytes are in a later token counts as begun where its first byte is.
-    """
-    decoder = codecs.getincrementaldecoder('utf-8')('replace')
-    text, ends = '', []
-    for piece in pieces:
-        text += decoder.decode(piece)
-        pending = decoder.getstate()[0]
-        ends.append(len(text) + len(pending.decode('utf-8', 'replace')))
-    text += decoder.decode(b'', final=True)
-    return ends, text
 
 
 class Backend:

@@ -25,9 +25,9 @@ from typing import Dict, List, Optional, Tuple
 import urllib.error
 import urllib.request
 
-from robot_llm_planner.backend import (Backend, character_ends, Generation, GenerationConfig,
-                                       RemoteError)
-from robot_llm_planner.prompt import PromptBuilder
+from robot_llm_planner.core.backend import Backend, Generation, GenerationConfig, RemoteError
+from robot_llm_planner.core.confidence import character_ends
+from robot_llm_planner.core.prompt import PromptBuilder
 
 RETRYABLE_HTTP = (429, 500, 502, 503, 504)
 MAX_CONCURRENT_REQUESTS = 16
@@ -51,8 +51,8 @@ class OpenAIBackend(Backend):
         """
         Talk to ``base_url`` (e.g. http://gpu-server:8000/v1) asking for ``model``.
 
-        ``grammar`` (optional :class:`robot_llm_planner.grammar.PlanGrammar`) is sent as a
-        guided-decoding grammar to servers that support it (vLLM).
+        ``grammar`` (optional :class:`~robot_llm_planner.inference.grammar.PlanGrammar`) is sent
+        as a guided-decoding grammar to servers that support it (vLLM).
         """
         self.base_url = (base_url or '').rstrip('/')
         self.model = model

@@ -5,7 +5,8 @@ Loads a base model directory (or a fully fine-tuned / merged one), applies LoRA 
 and merges them at load (as LLaMA-Factory does for inference), then decodes greedily unless
 told to sample. Several commands are generated as one left-padded batch with
 ``generate()``; on CUDA a single command takes the fast path in
-:mod:`robot_llm_planner.decoding` (static KV cache, compiled steps, prompt-lookup drafts).
+:mod:`~robot_llm_planner.inference.decoding` (static KV cache, compiled steps, prompt-lookup
+drafts).
 """
 
 import json
@@ -16,9 +17,10 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-from robot_llm_planner.backend import (Backend, character_ends, EngineError, Generation,
-                                       GenerationCancelled, GenerationConfig, ModelLoadError)
-from robot_llm_planner.prompt import ENDOFTEXT, IM_END, PromptBuilder
+from robot_llm_planner.core.backend import (Backend, EngineError, Generation, GenerationCancelled,
+                                            GenerationConfig, ModelLoadError)
+from robot_llm_planner.core.confidence import character_ends
+from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, PromptBuilder
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
@@ -45,8 +47,8 @@ class TransformersBackend(Backend):
         """
         Remember the settings; :meth:`load` does the work.
 
-        ``grammar`` is an optional :class:`robot_llm_planner.grammar.PlanGrammar` compiled
-        against this model's tokenizer at load and enforced on every generation.
+        ``grammar`` is an optional :class:`~robot_llm_planner.inference.grammar.PlanGrammar`
+        compiled against this model's tokenizer at load and enforced on every generation.
         """
         self.model_path = model_path
         self.adapters = split_adapters(adapter_path)
@@ -158,7 +160,7 @@ class TransformersBackend(Backend):
         try:
             model.to(device)
             if self.quantization == 'int8':
-                from robot_llm_planner.quantize import quantize_int8
+                from robot_llm_planner.inference.quantize import quantize_int8
                 quantize_int8(model)  # after merging: the adapters are in the weights
         except torch.cuda.OutOfMemoryError as exc:
             raise ModelLoadError(_oom_message(self.model_path, device, exc)) from exc
@@ -184,7 +186,7 @@ class TransformersBackend(Backend):
             self.grammar.compile(tokenizer, len(tokenizer), model.config.vocab_size,
                                  stop_ids=self.stop_ids)
         if self._use_fast_path():
-            from robot_llm_planner.decoding import StaticCacheDecoder
+            from robot_llm_planner.inference.decoding import StaticCacheDecoder
             self.decoder = StaticCacheDecoder(
                 model, self.stop_ids, tokenizer.pad_token_id, self.max_prompt_tokens,
                 self.max_new_tokens, draft_tokens=self.draft_tokens,

@@ -1,11 +1,11 @@
 """
 Synthetic Chinese home-robot commands labelled with plans: the fine-tuning data set.
 
-``python3 -m robot_llm_planner.cli make-dataset`` (or ``training/make_dataset.py``) writes
-LLaMA-Factory alpaca files ``task{1,2}_prompt{0..3}_{train,validation,test,manual}.json`` plus
-``dataset_info.json`` and ``dataset_meta.json`` into ``training/data``.
+``python3 training/make_dataset.py`` writes LLaMA-Factory alpaca files
+``task{1,2}_prompt{0..3}_{train,validation,test,manual}.json`` plus ``dataset_info.json`` and
+``dataset_meta.json`` into ``training/data``.
 
-Every label is written by :func:`robot_llm_planner.plan.format_plan` from :class:`Step`
+Every label is written by :func:`robot_llm_planner.core.plan.format_plan` from :class:`Step`
 objects whose actions come from the skills file; a label that does not parse back unchanged
 or does not validate against the skills stops the generator with :class:`DatasetError`.
 
@@ -17,7 +17,7 @@ Labelling conventions (what a model learns to copy):
   person adds 移动到 and 递给 that person; putting is 寻找物体, 拿起物体, 放下物体;
 - a multi-step command is the concatenation of its clauses' plans;
 - a command that asks for nothing the robot's skills can do (chit-chat, a question, cooking,
-  a prompt injection) is answered ``无法执行`` (:data:`robot_llm_planner.plan.NO_TASK`):
+  a prompt injection) is answered ``无法执行`` (:data:`robot_llm_planner.core.plan.NO_TASK`):
   one such command per :data:`NO_TASK_EVERY` task commands ends each split.
 
 The test split holds out some objects, rooms, furniture and phrasing templates that never
@@ -32,8 +32,8 @@ import os
 import random
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from robot_llm_planner.plan import format_plan, parse_plan, Step, ungrounded_arguments
-from robot_llm_planner.skills import SkillSet
+from robot_llm_planner.core.plan import format_plan, parse_plan, Step, ungrounded_arguments
+from robot_llm_planner.core.skills import SkillSet
 import yaml
 
 DEFAULT_SEED = 20240601
@@ -859,7 +859,7 @@ def metadata(splits: Dict[str, List[Example]], prompts: Dict[str, Dict[str, str]
     templates = dict(FETCH_TEMPLATES + BRING_TEMPLATES + PUT_TEMPLATES + GO_TEMPLATES)
     templates.update((t[0], t[1]) for t in NO_TASK_TEMPLATES)
     templates.update((w[0], w[1]) for w in WRAPPERS)
-    command = 'python3 -m robot_llm_planner.cli make-dataset --seed %d --size %d' % (seed, size)
+    command = 'python3 training/make_dataset.py --seed %d --size %d' % (seed, size)
     return {
         'generator': command,
         'seed': seed,

@@ -3,13 +3,13 @@ planner_node: the ROS 2 shell around the planner (``ros2 run robot_llm_planner p
 
 Commands come in on ``topics.command`` (std_msgs/String, plain text or JSON
 ``{"id": "...", "text": "..."}``); every command gets exactly one answer on ``topics.plan``
-(std_msgs/String carrying the /action_plan JSON of :mod:`robot_llm_planner.message`). The
+(std_msgs/String carrying the /action_plan JSON of :mod:`robot_llm_planner.core.message`). The
 node's state is published on ``topics.status``. See the README section "ROS interface".
 
 Threads: the executor (one thread) runs the subscription, the 1 Hz status timer and the
 parameter services; a worker thread loads the model and plans batches taken from a bounded
-:class:`~robot_llm_planner.command_queue.CommandQueue`, so the node stays responsive while the
-model generates. The planner itself is ROS-free (:mod:`robot_llm_planner.planner`).
+:class:`~robot_llm_planner.core.command.CommandQueue`, so the node stays responsive while the
+model generates. The planner itself is ROS-free (:mod:`robot_llm_planner.core.planner`).
 """
 
 import json
@@ -26,16 +26,15 @@ from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from robot_llm_planner.backend import EngineError
-from robot_llm_planner.command_queue import (Command, CommandQueue, ECHO_CHARS, IdFactory,
-                                             parse_command, QUEUE_FULL, SHUTTING_DOWN,
-                                             SUPERSEDED)
-from robot_llm_planner.message import plan_message, STATUSES, to_json
-from robot_llm_planner.node_config import (check_value, default_value, load_config,
-                                           NodeConfig, PARAMETERS, PARAMETERS_BY_NAME)
-from robot_llm_planner.plan import PlanError
-from robot_llm_planner.planner import shown_command
-from robot_llm_planner.skills import default_skills_path
+from robot_llm_planner.core.backend import EngineError
+from robot_llm_planner.core.command import (Command, ECHO_CHARS, IdFactory, parse_command,
+                                            QUEUE_FULL, shown_command, SHUTTING_DOWN, SUPERSEDED)
+from robot_llm_planner.core.message import plan_message, STATUSES, to_json
+from robot_llm_planner.core.plan import PlanError
+from robot_llm_planner.core.skills import default_skills_path
+from robot_llm_planner.ros.command_queue import CommandQueue
+from robot_llm_planner.ros.parameters import (check_value, default_value, load_config, NodeConfig,
+                                              PARAMETERS, PARAMETERS_BY_NAME)
 from std_msgs.msg import String
 
 NODE_NAME = 'planner_node'
@@ -362,7 +361,7 @@ class PlannerNode(Node):
             self._set_state('busy' if len(self._queue) else 'ready')
 
     def _load(self) -> None:
-        from robot_llm_planner.settings import build_planner
+        from robot_llm_planner.inference.build import build_planner
         started = time.monotonic()
         retry_s = LOAD_RETRY_S
         while True:

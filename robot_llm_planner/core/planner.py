@@ -4,49 +4,23 @@ The planner: command → plan (prompt, generate, parse, validate against the ski
 ROS-free. :class:`Planner` never raises for a command: every command gets a
 :class:`PlanResult` with status ok, invalid (the model answered but the plan failed parsing or
 validation), error (the engine failed) or rejected (not run: empty or too long; or the model
-answered :data:`~robot_llm_planner.plan.NO_TASK`, code ``not_a_task``).
+answered :data:`~robot_llm_planner.core.plan.NO_TASK`, code ``not_a_task``).
 """
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-import re
 import time
 from typing import List, Optional, Sequence, Tuple
-import unicodedata
 
-from robot_llm_planner.backend import (Backend, EngineError, GenerationCancelled,
-                                       GenerationConfig)
-from robot_llm_planner.message import plan_message, published_confidence
-from robot_llm_planner.plan import (assign_step_confidences, parse_plan, Plan, PlanError,
-                                    ungrounded_arguments)
-from robot_llm_planner.prompt import PromptBuilder
-from robot_llm_planner.skills import SkillSet
-
-DEFAULT_MAX_COMMAND_CHARS = 256
-
-# The text of a chat-template control token (<|im_start|>, <|im_end|>, <|endoftext|>, ...):
-# tokenizers turn it into the real token, so a command holding one could end the user's turn
-# and write a system turn of its own.
-CONTROL_TOKEN = re.compile(r'<\|[^<>|\s]{1,64}\|>')
-
-
-def clean_command(text: str) -> str:
-    """
-    Return the command with control characters replaced by spaces and spaces collapsed.
-
-    Lone surrogates (undecodable bytes that Python smuggled into a str) become U+FFFD, which
-    every tokenizer can encode.
-    """
-    text = ''.join(' ' if unicodedata.category(ch) == 'Cc'
-                   else '\ufffd' if unicodedata.category(ch) == 'Cs' else ch for ch in text)
-    return ' '.join(text.split())
-
-
-def shown_command(text: str, max_chars: int = DEFAULT_MAX_COMMAND_CHARS) -> str:
-    """Return the command as an answer echoes it: cleaned, cut at ``max_chars`` with '…'."""
-    if len(text) > max_chars:  # cut first: a huge string is never cleaned whole
-        return clean_command(text[:max_chars]) + '…'
-    return clean_command(text)
+from robot_llm_planner.core.backend import (Backend, EngineError, GenerationCancelled,
+                                            GenerationConfig)
+from robot_llm_planner.core.command import (check_command, clean_command,
+                                            DEFAULT_MAX_COMMAND_CHARS, shown_command)
+from robot_llm_planner.core.confidence import assign_step_confidences, published_confidence
+from robot_llm_planner.core.message import plan_message
+from robot_llm_planner.core.plan import parse_plan, Plan, PlanError, ungrounded_arguments
+from robot_llm_planner.core.prompt import PromptBuilder
+from robot_llm_planner.core.skills import SkillSet
 
 
 @dataclass
@@ -106,17 +80,7 @@ class Planner:
 
     def check(self, command: str) -> Optional[PlanError]:
         """Return why a command cannot be planned, or None when it can."""
-        if not command.strip():
-            return PlanError('empty_command', 'the command is empty')
-        if len(command) > self.max_command_chars:
-            return PlanError('command_too_long', 'the command has %d characters; at most %d are '
-                             'planned' % (len(command), self.max_command_chars))
-        token = CONTROL_TOKEN.search(command)
-        if token is not None:
-            return PlanError('control_token_in_command', 'the command contains %s, the text of a '
-                             'chat-template control token; it is refused, since it could end the '
-                             'user turn and inject instructions' % token.group(0))
-        return None
+        return check_command(command, self.max_command_chars)
 
     def _prepare(self, raw: str) -> Tuple[str, Optional[PlanError]]:
         # Length first, on the raw text: a huge string is never cleaned or tokenized whole.

@@ -5,7 +5,7 @@ Usage::
 
     plan_client "帮我拿一瓶水。" [more commands ...] [--id X] [--timeout S] [--json]
                 [--topic-command /command] [--topic-plan /action_plan]
-    python3 -m robot_llm_planner.plan_client ...
+    python3 -m robot_llm_planner.ros.plan_client ...
 
 Each command is published as ``{"id": ..., "text": ...}`` once planner_node's subscription
 has matched (so the first message is not lost); the client waits for the answers carrying
@@ -31,8 +31,8 @@ import unicodedata
 import rclpy
 from rclpy.exceptions import NameValidationException
 from rclpy.node import Node
-from robot_llm_planner.message import to_json
-from robot_llm_planner.planner_node import command_qos, plan_qos
+from robot_llm_planner.core.message import to_json
+from robot_llm_planner.ros.planner_node import command_qos, plan_qos
 from std_msgs.msg import String
 
 EXIT_OK = 0

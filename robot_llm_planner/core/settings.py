@@ -1,0 +1,46 @@
+"""
+Every planner setting in one place.
+
+The node's ROS parameters, the offline CLI's options and the demo all fill a
+:class:`PlannerSettings`; :func:`robot_llm_planner.inference.build.build_planner` turns it into
+a planner (not loaded).
+"""
+
+from dataclasses import dataclass
+
+from robot_llm_planner.core.command import DEFAULT_MAX_COMMAND_CHARS
+from robot_llm_planner.core.prompt import SYSTEM_PROMPT
+
+BACKENDS = ('transformers', 'openai')
+QUANTIZATION = ('none', 'int8')
+
+
+@dataclass
+class PlannerSettings:
+    """What to serve and how; field names follow the node's parameters."""
+
+    backend: str = 'transformers'        # model.backend
+    model_path: str = ''                 # model.path
+    adapter_path: str = ''               # model.adapter_path (comma-separated for several)
+    device: str = 'auto'                 # model.device
+    dtype: str = 'auto'                  # model.dtype
+    quantization: str = 'none'           # model.quantization
+    max_prompt_tokens: int = 512         # model.max_prompt_tokens (LLaMA-Factory cutoff_len)
+    remote_base_url: str = 'http://127.0.0.1:8000/v1'  # remote.base_url
+    remote_model: str = ''               # remote.model
+    remote_api_key_env: str = ''         # remote.api_key_env
+    remote_timeout_s: float = 30.0       # remote.timeout_s
+    remote_retries: int = 2              # remote.retries
+    remote_grammar_field: str = 'structured_outputs'  # remote.grammar_field (grammar.py)
+    system: str = SYSTEM_PROMPT          # prompt.system
+    instruction: str = ''                # prompt.instruction
+    max_new_tokens: int = 256            # generation.max_new_tokens
+    do_sample: bool = False              # generation.do_sample
+    constrained: bool = True             # generation.constrained
+    fast_path: str = 'auto'              # generation.fast_path
+    draft_tokens: int = 0                # generation.draft_tokens (prompt lookup)
+    skills_file: str = ''                # skills_file ('' = the installed config/skills.yaml)
+    grounded_arguments: bool = True      # validation.grounded_arguments
+    min_confidence: float = 0.0          # validation.min_confidence (0 = off)
+    cache_size: int = 64                 # cache.size
+    max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS  # queue.max_command_chars
