@@ -50,7 +50,7 @@ def test_numeric_options_are_checked_by_argparse(capsys, argv, message):
 def test_numeric_options_at_their_limits_are_accepted():
     args = cli.build_parser().parse_args(['plan', '--timeout', '0.5', '--max-new-tokens', '1',
                                           '--draft-tokens', '0', 'x'])
-    assert (args.timeout, args.max_new_tokens, args.draft_tokens) == (0.5, 1, 0)
+    assert (args.remote_timeout_s, args.max_new_tokens, args.draft_tokens) == (0.5, 1, 0)
     assert cli.build_parser().parse_args(['evaluate', '--batch', '1']).batch == 1
 
 

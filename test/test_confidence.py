@@ -20,13 +20,13 @@ from robot_llm_planner.cli.evaluate import confidence_table
 from robot_llm_planner.core.backend import GenerationConfig
 from robot_llm_planner.core.confidence import (assign_step_confidences, character_ends,
                                                published_confidence)
+from robot_llm_planner.core.parameters import check_value, PARAMETERS_BY_NAME
 from robot_llm_planner.core.plan import parse_plan, step_spans
 from robot_llm_planner.core.planner import Planner
 from robot_llm_planner.core.prompt import PromptBuilder
 from robot_llm_planner.core.skills import package_share_path, SkillSet
 from robot_llm_planner.inference.grammar import PlanGrammar
 from robot_llm_planner.inference.transformers_backend import _BYTE_ALPHABET, TransformersBackend
-from robot_llm_planner.ros.parameters import check_value, PARAMETERS_BY_NAME
 import torch
 
 SKILLS = SkillSet.load()

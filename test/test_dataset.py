@@ -69,6 +69,18 @@ def test_sizes_and_metadata(generated):
     assert meta['test_examples_with_heldout']['no_task'] == 25
 
 
+@pytest.mark.parametrize('template', ['open.kai_yixia', 'close.yixia', 'go.zou_dao'])
+def test_metadata_names_a_held_out_template_of_any_category(monkeypatch, skills, template):
+    # Holding out an open or close template made metadata() raise KeyError: its template map
+    # had only the fetch, bring, put and go templates.
+    monkeypatch.setattr(dataset, 'HELDOUT_TEMPLATES', dataset.HELDOUT_TEMPLATES + (template,))
+    splits = generate(skills, size=60)
+    meta = dataset.metadata(splits, {}, dataset.DEFAULT_SEED, 60)
+    text = dict(t for _, table in dataset.CLAUSE_TEMPLATES for t in table)[template]
+    assert meta['heldout']['templates'][template] == text
+    assert not any(template in example.templates for example in splits['train'])
+
+
 def test_same_seed_same_files_other_seed_other_data(generated, tmp_path):
     _, texts = generated
     again = make_dataset(str(tmp_path / 'again'), prompts_path=PROMPTS)

@@ -15,7 +15,7 @@ import subprocess
 
 from planner_harness import executable, NodeProcess, ros_session, share_path
 import pytest
-from robot_llm_planner.ros.parameters import PARAMETERS_BY_NAME
+from robot_llm_planner.core.parameters import PARAMETERS_BY_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_FILE = os.path.join(ROOT, 'launch', 'planner.launch.py')

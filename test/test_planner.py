@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from robot_llm_planner.core.backend import GenerationConfig
+from robot_llm_planner.core.plan import PlanError
 from robot_llm_planner.core.planner import Planner
 from robot_llm_planner.core.prompt import PromptBuilder
 from robot_llm_planner.core.skills import package_share_path, SkillSet
@@ -49,6 +50,21 @@ def test_cache_hits_when_greedy(backend):
     assert again.timing['cached'] is True and again.plan.raw_output == first.plan.raw_output
     planner.plan_batch(['a1', 'a2'])  # evicts 去客厅 (LRU of 2)
     assert planner.plan('去客厅').timing['cached'] is False
+
+
+def test_a_caller_changing_a_result_does_not_change_the_cache(backend):
+    planner = _planner(backend, cache_size=4)
+    first = planner.plan('去客厅')
+    errors, steps = list(first.errors), list(first.plan.steps)
+    first.errors.append(PlanError('mine', 'added by the caller'))
+    first.plan.steps.clear()
+    first.plan.errors.append(PlanError('mine', 'added by the caller'))
+    again = planner.plan('去客厅')
+    assert again.timing['cached'] is True
+    assert again.errors == errors and again.plan.steps == steps
+    assert all(error.code != 'mine' for error in again.plan.errors)
+    again.errors.append(PlanError('mine', 'added by the caller'))
+    assert planner.plan('去客厅').errors == errors
 
 
 def test_no_cache_when_sampling(backend):

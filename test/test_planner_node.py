@@ -21,10 +21,10 @@ import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from robot_llm_planner.core.parameters import (check_value, cli_option, default_value, load_config,
+                                               markdown_table, PARAMETERS, PARAMETERS_BY_NAME,
+                                               parse_text, settings_fields_without_parameter)
 from robot_llm_planner.core.settings import PlannerSettings
-from robot_llm_planner.ros.parameters import (check_value, default_value, load_config, PARAMETERS,
-                                              PARAMETERS_BY_NAME,
-                                              settings_fields_without_parameter)
 from std_msgs.msg import String
 import yaml
 
@@ -64,11 +64,32 @@ def test_planner_yaml_has_every_parameter_with_its_default():
             assert '#' in line, line
 
 
-def test_readme_documents_every_parameter():
-    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as stream:
-        readme = stream.read()
+def test_docs_parameter_reference_is_generated_from_the_table():
+    with open(os.path.join(ROOT, 'docs', 'parameters.md'), encoding='utf-8') as stream:
+        assert stream.read() == markdown_table(), (
+            'docs/parameters.md differs from the parameter table: run '
+            '`python3 -m robot_llm_planner.cli parameters > docs/parameters.md`')
     for name in PARAMETERS_BY_NAME:
-        assert '`%s`' % name in readme, name
+        assert '| `%s` |' % name in markdown_table(), name
+
+
+def test_cli_options_are_the_settings_parameters_with_the_same_checks():
+    from robot_llm_planner.cli.commands import build_parser, settings_from_args
+    options = [cli_option(p) for p in PARAMETERS if p.field]
+    assert len(set(options)) == len(options) and all(options)
+    assert not any(cli_option(p) for p in PARAMETERS if not p.field)
+    # a value the node refuses the command line refuses too, and the other way round
+    parser = build_parser()
+    cases = (('model.max_prompt_tokens', '7', '0'), ('model.device', 'cuda:1', 'gpu'),
+             ('remote.timeout_s', '0.5', 'inf'), ('queue.max_command_chars', '3', '-1'))
+    for name, good, bad in cases:
+        parameter = PARAMETERS_BY_NAME[name]
+        args = parser.parse_args(['plan', cli_option(parameter), good, 'x'])
+        assert getattr(settings_from_args(args), parameter.field) == parse_text(parameter, good)
+        assert check_value(parameter, parse_text(parameter, good))[1] is None
+        with pytest.raises(SystemExit):
+            parser.parse_args(['plan', cli_option(parameter), bad, 'x'])
+    assert settings_from_args(parser.parse_args(['plan', 'x'])) == PlannerSettings()
 
 
 def test_defaults_are_valid():

@@ -5,13 +5,13 @@ Subcommands:
   plan         plan commands with a model and print one /action_plan JSON per line
   postprocess  split LLaMA-Factory predictions into the seed's output_1 / output_2 format
   evaluate     plan metrics of prediction runs side by side (markdown, CSV, PNG)
+  parameters   print the parameter reference (docs/parameters.md)
 
 The data set generator and the prompt variants are the training side's
 (``python3 training/make_dataset.py``, ``python3 training/prompt.py``).
 """
 
 import argparse
-import math
 import os
 import sys
 from typing import Callable, List, Optional
@@ -31,23 +31,6 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def float_where(accepts: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
-    """Return an argparse type: a number ``accepts`` takes (never NaN), else ``wanted``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if math.isnan(value) or not accepts(value):
-            raise argparse.ArgumentTypeError('expected %s, got %r' % (wanted, text))
-        return value
-    return parse
-
-
-positive_float = float_where(lambda value: 0 < value < math.inf, 'a number > 0')
-probability = float_where(lambda value: 0.0 <= value <= 1.0, 'a number from 0 to 1')
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from robot_llm_planner.core.backend import EngineError
     from robot_llm_planner.cli.evaluate import confidence_table, evaluate_files, plan_split
@@ -57,7 +40,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     confidence = ''
     try:
         if args.split:
-            if not args.model and args.backend == 'transformers':
+            if not args.model_path and args.backend == 'transformers':
                 raise ValueError('--split runs the planner: give --model (and --adapter)')
             planner = build_planner(settings_from_args(args))
             planner.load()
@@ -70,7 +53,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             names = names + [name] if names else names
         if not runs:
             raise ValueError('nothing to evaluate: give RUN files and/or --split')
-        skills = SkillSet.load(args.skills or None)
+        skills = SkillSet.load(args.skills_file or None)
         _, table = evaluate_files(runs, args.out, names or None, skills, args.instruction)
     except (OSError, ValueError, EngineError) as exc:
         print('evaluate: %s' % exc, file=sys.stderr)
@@ -100,67 +83,47 @@ def _postprocess(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _option_type(parameter) -> Callable[[str], object]:
+    """Return an argparse type that reads and checks a value as the node checks the parameter."""
+    from robot_llm_planner.core.parameters import parse_text
+
+    def parse(text: str):
+        try:
+            return parse_text(parameter, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    return parse
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options that choose and configure the model (shared by subcommands)."""
-    from robot_llm_planner.inference.grammar import REMOTE_FIELDS
-    from robot_llm_planner.core.settings import BACKENDS, PlannerSettings
-    defaults = PlannerSettings()
-    group = parser.add_argument_group('model')
-    group.add_argument('--backend', choices=BACKENDS, default=defaults.backend)
-    group.add_argument('--model', default='', help='base or merged model directory')
-    group.add_argument('--adapter', default='', help='LoRA adapter directory (comma-separated '
-                       'for several, merged in order)')
-    group.add_argument('--device', default=defaults.device, help='auto | cpu | cuda | cuda:N')
-    group.add_argument('--dtype', default=defaults.dtype,
-                       help='auto | bfloat16 | float16 | float32')
-    group.add_argument('--quantization', choices=('none', 'int8'),
-                       default=defaults.quantization, help='int8: weight-only int8 layers')
-    group.add_argument('--system', default=defaults.system, help='system prompt (default: '
-                       'LLaMA-Factory >= 0.9.3 qwen default)')
-    group.add_argument('--instruction', default='', help='alpaca instruction the model was '
-                       'trained with (training/prompts.yaml)')
-    group.add_argument('--max-new-tokens', type=int_at_least(1),
-                       default=defaults.max_new_tokens,
-                       help='most tokens generated per command (>= 1)')
-    group.add_argument('--constrained', action=argparse.BooleanOptionalAction,
-                       default=defaults.constrained,
-                       help='grammar-constrained decoding from the skills file')
-    group.add_argument('--fast-path', choices=('auto', 'on', 'off'), default=defaults.fast_path)
-    group.add_argument('--draft-tokens', type=int_at_least(0), default=defaults.draft_tokens,
-                       help='prompt-lookup draft tokens per step (0 = off)')
-    group.add_argument('--skills', default='', help='skills YAML (default: config/skills.yaml)')
-    group.add_argument('--grounded-arguments', action=argparse.BooleanOptionalAction,
-                       default=defaults.grounded_arguments,
-                       help='a target or location not in the command makes a plan invalid')
-    group.add_argument('--min-confidence', type=probability, default=defaults.min_confidence,
-                       help='a plan whose lowest token probability is below this is invalid '
-                       '(low_confidence; 0 = off)')
-    group.add_argument('--base-url', default=defaults.remote_base_url,
-                       help='openai backend: server URL, e.g. http://gpu:8000/v1')
-    group.add_argument('--remote-model', default='', help='openai backend: model name')
-    group.add_argument('--api-key-env', default='', help='openai backend: environment '
-                       'variable holding the API key')
-    group.add_argument('--timeout', type=positive_float, default=defaults.remote_timeout_s,
-                       help='openai backend: request timeout in seconds (> 0)')
-    group.add_argument('--remote-grammar-field', default=defaults.remote_grammar_field,
-                       choices=REMOTE_FIELDS,
-                       help='openai backend: how --constrained sends the grammar (vLLM >= 0.10.2: '
-                       'structured_outputs; older vLLM: guided_grammar)')
+    """Add an option per planner setting, from the node's parameter table (same checks)."""
+    from robot_llm_planner.core.parameters import cli_option, default_value, PARAMETERS
+    group = parser.add_argument_group('planner settings (the planner_node parameter in brackets)')
+    for parameter in PARAMETERS:
+        option = cli_option(parameter)
+        if not option:
+            continue
+        help_text = '%s [%s]' % (parameter.description.replace('%', '%%'), parameter.name)
+        if parameter.kind is bool:
+            group.add_argument(option, dest=parameter.field, default=default_value(parameter),
+                               action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            group.add_argument(option, dest=parameter.field, default=default_value(parameter),
+                               type=_option_type(parameter), choices=parameter.choices or None,
+                               metavar=parameter.field.split('_')[-1].upper(), help=help_text)
 
 
 def settings_from_args(args: argparse.Namespace):
     """Return the PlannerSettings that the model options describe."""
+    from robot_llm_planner.core.parameters import PARAMETERS
     from robot_llm_planner.core.settings import PlannerSettings
-    return PlannerSettings(
-        backend=args.backend, model_path=args.model, adapter_path=args.adapter,
-        device=args.device, dtype=args.dtype, quantization=args.quantization,
-        system=args.system, instruction=args.instruction,
-        max_new_tokens=args.max_new_tokens, constrained=args.constrained,
-        fast_path=args.fast_path, draft_tokens=args.draft_tokens, skills_file=args.skills,
-        grounded_arguments=args.grounded_arguments, min_confidence=args.min_confidence,
-        remote_base_url=args.base_url, remote_model=args.remote_model,
-        remote_api_key_env=args.api_key_env, remote_timeout_s=args.timeout,
-        remote_grammar_field=args.remote_grammar_field)
+    return PlannerSettings(**{p.field: getattr(args, p.field) for p in PARAMETERS if p.field})
+
+
+def _parameters(args: argparse.Namespace) -> int:
+    from robot_llm_planner.core.parameters import markdown_table
+    sys.stdout.write(markdown_table())
+    return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -223,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                           'per planner batch (1 gives per-command latencies)')
     add_model_arguments(evaluate)
     evaluate.set_defaults(run=_evaluate)
+
+    parameters = sub.add_parser('parameters', help='print the parameter reference (markdown)')
+    parameters.set_defaults(run=_parameters)
     return parser
 
 

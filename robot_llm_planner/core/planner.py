@@ -8,6 +8,7 @@ answered :data:`~robot_llm_planner.core.plan.NO_TASK`, code ``not_a_task``).
 """
 
 from collections import OrderedDict
+import copy
 from dataclasses import dataclass, field
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -116,7 +117,9 @@ class Planner:
             elif command in self._cache:
                 self._cache.move_to_end(command)
                 cached = self._cache[command]
-                results[index] = PlanResult(command, cached.status, cached.plan, cached.errors,
+                # a copy: what a caller does to its result must not change the cache
+                results[index] = PlanResult(command, cached.status, copy.deepcopy(cached.plan),
+                                            copy.deepcopy(cached.errors),
                                             {'inference_ms': 0.0, 'parse_ms': 0.0,
                                              'tokens_generated': 0, 'cached': True},
                                             cached.confidence)
@@ -176,7 +179,8 @@ class Planner:
             result = PlanResult(command, status, plan, errors, timing, confidence)
             results.append(result)
             if self.cache_size:
-                self._cache[command] = result
+                self._cache[command] = PlanResult(command, status, copy.deepcopy(plan),
+                                                  copy.deepcopy(errors), {}, confidence)
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return results

@@ -11,8 +11,18 @@ from dataclasses import dataclass
 from robot_llm_planner.core.command import DEFAULT_MAX_COMMAND_CHARS
 from robot_llm_planner.core.prompt import SYSTEM_PROMPT
 
+# The values a choice setting takes (the parameter table and the backends check against these).
 BACKENDS = ('transformers', 'openai')
+DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
 QUANTIZATION = ('none', 'int8')
+FAST_PATHS = ('auto', 'on', 'off')
+# How the grammar goes into a chat-completions request, per server generation:
+#   structured_outputs: vLLM >= 0.10.2 ({"structured_outputs": {"grammar": ...}})
+#   guided_grammar:     vLLM < 0.12 ({"guided_grammar": ...}; removed in 0.12)
+#   none:               send nothing (servers without guided decoding)
+REMOTE_FIELDS = ('structured_outputs', 'guided_grammar', 'none')
+# planner_node's queue when full: fifo refuses the new command, latest drops the oldest.
+QUEUE_POLICIES = ('fifo', 'latest')
 
 
 @dataclass

@@ -34,16 +34,12 @@ from typing import Dict, List, Optional, Sequence
 from robot_llm_planner.core.backend import EngineError, ModelLoadError
 from robot_llm_planner.core.plan import (NO_TASK, PART_SEP, PART_SEPS, SECTION_SEP, SEPARATORS,
                                          STEP_SEP)
+from robot_llm_planner.core.settings import REMOTE_FIELDS
 from robot_llm_planner.core.skills import SkillSet
 
 DEFAULT_MAX_STEPS = 12        # the data set's longest plans have 12 steps
 DEFAULT_MAX_TEXT_CHARS = 24   # its longest description has 19 characters, argument 8
 
-# How the grammar goes into a chat-completions request, per server generation:
-#   structured_outputs: vLLM >= 0.10.2 ({"structured_outputs": {"grammar": ...}})
-#   guided_grammar:     vLLM < 0.12 ({"guided_grammar": ...}; removed in 0.12)
-#   none:               send nothing (servers without guided decoding)
-REMOTE_FIELDS = ('structured_outputs', 'guided_grammar', 'none')
 
 # Never inside free text: C0 and C1 control characters (newlines included), DEL, Unicode line
 # and paragraph separators, every whitespace character, and the convention's separators.

@@ -21,11 +21,10 @@ from robot_llm_planner.core.backend import (Backend, EngineError, Generation, Ge
                                             GenerationConfig, ModelLoadError)
 from robot_llm_planner.core.confidence import character_ends
 from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, PromptBuilder
+from robot_llm_planner.core.settings import DTYPES, FAST_PATHS
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-DTYPES = ('auto', 'bfloat16', 'float16', 'float32')
-FAST_PATH = ('auto', 'on', 'off')
 WARMUP_COMMAND = '帮我拿一瓶水。'
 
 
@@ -137,7 +136,7 @@ class TransformersBackend(Backend):
         if self.quantization not in ('none', 'int8'):
             raise ModelLoadError('model.quantization must be none or int8, got %r'
                                  % self.quantization)
-        if self.fast_path_setting not in FAST_PATH:
+        if self.fast_path_setting not in FAST_PATHS:
             raise ModelLoadError('generation.fast_path must be auto, on or off, got %r'
                                  % self.fast_path_setting)
         from transformers import AutoModelForCausalLM, AutoTokenizer

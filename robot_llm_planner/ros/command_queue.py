@@ -17,8 +17,7 @@ import time
 from typing import Deque, List, Optional, Tuple
 
 from robot_llm_planner.core.command import Command, QUEUE_FULL, SHUTTING_DOWN
-
-POLICIES = ('fifo', 'latest')
+from robot_llm_planner.core.settings import QUEUE_POLICIES as POLICIES
 
 
 class CommandQueue:

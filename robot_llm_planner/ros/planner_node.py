@@ -30,11 +30,11 @@ from robot_llm_planner.core.backend import EngineError
 from robot_llm_planner.core.command import (Command, ECHO_CHARS, IdFactory, parse_command,
                                             QUEUE_FULL, shown_command, SHUTTING_DOWN, SUPERSEDED)
 from robot_llm_planner.core.message import plan_message, STATUSES, to_json
+from robot_llm_planner.core.parameters import (check_value, default_value, load_config, NodeConfig,
+                                               PARAMETERS, PARAMETERS_BY_NAME)
 from robot_llm_planner.core.plan import PlanError
 from robot_llm_planner.core.skills import default_skills_path
 from robot_llm_planner.ros.command_queue import CommandQueue
-from robot_llm_planner.ros.parameters import (check_value, default_value, load_config, NodeConfig,
-                                              PARAMETERS, PARAMETERS_BY_NAME)
 from std_msgs.msg import String
 
 NODE_NAME = 'planner_node'

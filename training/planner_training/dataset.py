@@ -211,6 +211,10 @@ GO_TEMPLATES = (
     ('go.zhao_person', '去找{person}'),
     ('go.qian_wang', '前往{place}'),
 )
+# The clause templates of each task category, in the order the sampler draws from them.
+CLAUSE_TEMPLATES = (('fetch', FETCH_TEMPLATES), ('bring', BRING_TEMPLATES),
+                    ('put', PUT_TEMPLATES), ('open', OPEN_TEMPLATES),
+                    ('close', CLOSE_TEMPLATES), ('go', GO_TEMPLATES))
 
 # Polite / colloquial wrappers around a whole command: (id, pattern, is it a question,
 # beginnings of the command it does not fit).
@@ -452,9 +456,7 @@ class _Pools:
                           if keep(name, HELDOUT_FURNITURE))
         templates = {
             category: tuple(t for t in table if keep(t[0], HELDOUT_TEMPLATES))
-            for category, table in (('fetch', FETCH_TEMPLATES), ('bring', BRING_TEMPLATES),
-                                    ('put', PUT_TEMPLATES), ('open', OPEN_TEMPLATES),
-                                    ('close', CLOSE_TEMPLATES), ('go', GO_TEMPLATES))}
+            for category, table in CLAUSE_TEMPLATES}
         return cls(
             objects=tuple(o for o in OBJECTS if keep(o[0], HELDOUT_OBJECTS)),
             rooms=rooms, furniture=furniture, templates=templates,
@@ -856,7 +858,7 @@ def metadata(splits: Dict[str, List[Example]], prompts: Dict[str, Dict[str, str]
             continue
         for kind in example.heldout_kinds() or ['none']:
             test_kinds[kind] += 1
-    templates = dict(FETCH_TEMPLATES + BRING_TEMPLATES + PUT_TEMPLATES + GO_TEMPLATES)
+    templates = {name: text for _, table in CLAUSE_TEMPLATES for name, text in table}
     templates.update((t[0], t[1]) for t in NO_TASK_TEMPLATES)
     templates.update((w[0], w[1]) for w in WRAPPERS)
     command = 'python3 training/make_dataset.py --seed %d --size %d' % (seed, size)
