@@ -9,7 +9,7 @@ from llamafactory.data.parser import DatasetAttr
 from llamafactory.data.template import get_template_and_fix_tokenizer
 from llamafactory.hparams import (DataArguments, FinetuningArguments, GeneratingArguments,
                                   ModelArguments, TrainingArguments)
-from planner_training import demo_model
+from planner_training import dataset, demo_model
 from planner_training.demo_model import Recipe
 import pytest
 from robot_llm_planner.core.plan import NO_TASK, parse_plan
@@ -69,7 +69,7 @@ def test_prompt_ids_equal_llamafactory_qwen_template(tokenizer_dir):
 
 
 def test_training_rows_never_use_evaluation_commands(rows):
-    key = demo_model._command_key
+    key = dataset.command_key
     held = set()
     for split in ('validation', 'test'):
         held |= {key(row['input']) for row in demo_model.split_rows(split, ROOT)}

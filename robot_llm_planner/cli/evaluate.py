@@ -75,14 +75,31 @@ class EvaluationError(ValueError):
     """A run file is missing or malformed, or the arguments do not fit."""
 
 
+def plan_examples(planner, examples: Sequence[dict], batch_size: int = 1) -> List[dict]:
+    """
+    Plan the ``input`` of each alpaca row, ``batch_size`` commands at a time; return run rows.
+
+    Each row is ``{"command", "predict", "label", "latency_ms", "status", "errors",
+    "confidence"}`` (``errors``: the answer's error codes); ``latency_ms`` is the planner's
+    total time for the command (with ``batch_size`` > 1, the time of its whole batch).
+    """
+    rows = []
+    for start in range(0, len(examples), max(1, batch_size)):
+        chunk = examples[start:start + max(1, batch_size)]
+        for example, result in zip(chunk, planner.plan_batch([row['input'] for row in chunk])):
+            rows.append({'command': example['input'], 'predict': result.plan.raw_output,
+                         'label': str(example.get('output', '')),
+                         'latency_ms': round(result.timing.get('total_ms', 0.0), 3),
+                         'status': result.status, 'errors': error_codes(result),
+                         'confidence': result.confidence})
+    return rows
+
+
 def plan_split(planner, split: str, output: str, batch_size: int = 1) -> List[dict]:
     """
     Run ``planner`` over the commands of an alpaca split and write a run file.
 
-    Each row of ``output`` (JSONL) is ``{"command", "predict", "label", "latency_ms",
-    "status", "errors", "confidence"}`` (``errors``: the answer's error codes);
-    ``latency_ms`` is the planner's total time for the command (with ``batch_size`` > 1, the
-    time of its whole batch). Return the rows.
+    The rows (:func:`plan_examples`) go to ``output``, one JSON line each; return them.
     """
     try:
         with open(split, encoding='utf-8') as stream:
@@ -94,15 +111,7 @@ def plan_split(planner, split: str, output: str, batch_size: int = 1) -> List[di
     if not isinstance(examples, list) or not all(
             isinstance(row, dict) and isinstance(row.get('input'), str) for row in examples):
         raise EvaluationError('%s: expected an alpaca JSON list of rows with "input"' % split)
-    rows = []
-    for start in range(0, len(examples), max(1, batch_size)):
-        chunk = examples[start:start + max(1, batch_size)]
-        for example, result in zip(chunk, planner.plan_batch([row['input'] for row in chunk])):
-            rows.append({'command': example['input'], 'predict': result.plan.raw_output,
-                         'label': str(example.get('output', '')),
-                         'latency_ms': round(result.timing.get('total_ms', 0.0), 3),
-                         'status': result.status, 'errors': error_codes(result),
-                         'confidence': result.confidence})
+    rows = plan_examples(planner, examples, batch_size)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, 'w', encoding='utf-8') as stream:
         for row in rows:

@@ -639,7 +639,8 @@ class _Sampler:
         return pattern.format(place=place), [goto_step(place)]
 
 
-def _dedup_key(command: str) -> str:
+def command_key(command: str) -> str:
+    """Return what two commands share when they count as the same (final punctuation aside)."""
     return command.rstrip('。！？!?.')
 
 
@@ -653,7 +654,7 @@ def _draw(sampler: _Sampler, count: int, accept: Callable[[Example, int], bool],
             raise DatasetError('could only generate %d unique %s examples of %d; ask for fewer'
                                % (len(examples), split, count))
         example = sampler.example()
-        key = _dedup_key(example.command)
+        key = command_key(example.command)
         if key in taken or not accept(example, len(examples)):
             continue
         taken.add(key)

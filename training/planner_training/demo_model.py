@@ -49,6 +49,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+from planner_training.dataset import command_key
 from robot_llm_planner.core.prompt import SYSTEM_PROMPT, SYSTEM_PROMPT_BEFORE_0_9_3
 import yaml
 
@@ -188,10 +189,6 @@ def gb2312_level1() -> List[str]:
     return chars
 
 
-def _command_key(command: str) -> str:
-    return command.rstrip('。！？!?.')  # the generator's de-duplication key
-
-
 def data_dir(root: str = ROOT) -> str:
     """Return the folder with the shipped data set and dataset_info.json."""
     return os.path.join(root, 'training', 'data')
@@ -240,9 +237,9 @@ def training_rows(recipe: Recipe, root: str = ROOT) -> List[dict]:
     from planner_training import dataset
     from robot_llm_planner.core.plan import format_plan
     from robot_llm_planner.core.skills import SkillSet
-    taken = {_command_key(row['input']) for row in rows}
+    taken = {command_key(row['input']) for row in rows}
     for split in ('train', 'validation', 'test', 'manual'):
-        taken |= {_command_key(row['input']) for row in split_rows(split, root)}
+        taken |= {command_key(row['input']) for row in split_rows(split, root)}
     generated = dataset.generate(SkillSet.load(), seed=recipe.extra_seed,
                                  size=recipe.extra_rows)['train']
     extra = []
@@ -253,7 +250,7 @@ def training_rows(recipe: Recipe, root: str = ROOT) -> List[dict]:
             if no_task_credit < 1.0:
                 continue
             no_task_credit -= 1.0
-        key = _command_key(example.command)
+        key = command_key(example.command)
         if key not in taken:
             taken.add(key)
             extra.append({'instruction': '', 'input': example.command,
@@ -300,9 +297,9 @@ def _substitute_names(extra: List[dict], fresh: List[str], recipe: Recipe, taken
             def replace(match, mapping=mapping):
                 return mapping.get(match.group(0), match.group(0))
             command = pattern.sub(replace, row['input'])
-            if _command_key(command) not in taken and \
+            if command_key(command) not in taken and \
                     not any(name in command for name in heldout):
-                taken.add(_command_key(command))
+                taken.add(command_key(command))
                 row['input'] = command
                 row['output'] = pattern.sub(replace, row['output'])
 
@@ -341,8 +338,8 @@ def _substitute_frame_verbs(extra: List[dict], fresh: List[str], recipe: Recipe,
         command = '，'.join(_FRAME_VERB.sub(replace, clause)
                            if '把' in clause or '将' in clause else clause
                            for clause in clauses)
-        if command != row['input'] and _command_key(command) not in taken:
-            taken.add(_command_key(command))
+        if command != row['input'] and command_key(command) not in taken:
+            taken.add(command_key(command))
             row['input'] = command
 
 
@@ -743,17 +740,9 @@ def _load_average() -> Optional[List[float]]:
 # --- measuring it ----------------------------------------------------------------------------
 
 def plan_rows(planner, rows: Sequence[dict], batch_size: int = 50) -> List[dict]:
-    """Plan the commands of ``rows`` in batches; return evaluate_rows input rows."""
-    from robot_llm_planner.cli.evaluate import error_codes
-    results = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        plans = planner.plan_batch([row['input'] for row in chunk])
-        for row, result in zip(chunk, plans):
-            results.append({'command': row['input'], 'predict': result.plan.raw_output,
-                            'label': row['output'], 'status': result.status,
-                            'errors': error_codes(result), 'confidence': result.confidence})
-    return results
+    """Plan the commands of alpaca ``rows`` in batches; return evaluate_rows input rows."""
+    from robot_llm_planner.cli.evaluate import plan_examples
+    return plan_examples(planner, rows, batch_size)
 
 
 def load_planner(model: DemoModel, **settings):
