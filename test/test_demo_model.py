@@ -236,3 +236,42 @@ def test_an_interrupted_training_run_stops_the_trainer(tmp_path, monkeypatch):
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # gone, and reaped
         os.kill(pid, 0)
+
+
+def _train_bytes(tmp_path, name, recipe, monkeypatch, outer_env):
+    """Train ``recipe`` with ``outer_env`` set (another CPU's kernels); return weight bytes."""
+    with monkeypatch.context() as patch:
+        for variable, value in outer_env.items():
+            patch.setenv(variable, value)
+        model = demo_model.train_demo_model(recipe, str(tmp_path / name), echo=None)
+    with open(os.path.join(model.base, 'model.safetensors'), 'rb') as stream:
+        base = stream.read()
+    with open(os.path.join(model.adapter, 'adapter_model.safetensors'), 'rb') as stream:
+        return base, stream.read()
+
+
+@pytest.mark.slow
+def test_pinned_kernels_train_the_same_bytes_whatever_kernels_the_cpu_would_pick(
+        tmp_path, monkeypatch):
+    # This CPU's own kernels (AVX-512 where it has them) against those of another CPU kind:
+    # PyTorch's scalar kernels and MKL's AVX2 reproducibility branch. Unpinned, the floats
+    # differ (as between an AMD EPYC and an Intel Xeon); pinned, every byte is the same.
+    from conftest import TRAINED_MODEL_RECIPE
+    fields = dict(TRAINED_MODEL_RECIPE, full_epochs=4.0, lora_epochs=1.0)
+    other_cpu = {'ATEN_CPU_CAPABILITY': 'default', 'MKL_CBWR': 'AVX2'}
+    pinned = Recipe(**fields)
+    assert pinned.pinned_kernels and pinned.threads == 2  # the default recipe is pinned
+    here = _train_bytes(tmp_path, 'pinned-here', pinned, monkeypatch, {})
+    there = _train_bytes(tmp_path, 'pinned-there', pinned, monkeypatch, other_cpu)
+    assert here == there
+    unpinned = Recipe(**dict(fields, pinned_kernels=False))
+    here = _train_bytes(tmp_path, 'unpinned-here', unpinned, monkeypatch, {})
+    there = _train_bytes(tmp_path, 'unpinned-there', unpinned, monkeypatch, other_cpu)
+    assert here[0] != there[0] and here[1] != there[1]
+
+
+def test_the_reproducible_environment_pins_threads_and_kernels():
+    env = demo_model.reproducible_environment(Recipe(threads=3))
+    assert env['OMP_NUM_THREADS'] == env['MKL_NUM_THREADS'] == '3'
+    assert env['MKL_CBWR'] == 'COMPATIBLE' and env['ATEN_CPU_CAPABILITY'] == 'avx2'
+    assert 'MKL_CBWR' not in demo_model.reproducible_environment(Recipe(pinned_kernels=False))

@@ -285,6 +285,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--cache', default=None, help='model cache folder (default: '
                         '<root>/%s)' % demo_model.DEFAULT_CACHE)
     args = parser.parse_args(argv)
+    # Planning (here and in the node) computes with the kernels training was pinned to, so the
+    # printed figures are the same on every x86-64 CPU (set before torch is imported).
+    os.environ.update(demo_model.reproducible_environment(demo_model.Recipe()))
     # SIGTERM (kill, a CI cancel) ends the demo like Ctrl-C: the finally blocks stop the
     # node and the trainer instead of leaving them running (main thread only: signal handlers
     # can only be set there; restored on return)

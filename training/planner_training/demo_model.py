@@ -142,6 +142,10 @@ class Recipe:
     # "never predicted" direction, and the copy circuit can no longer tell them apart
     restore_unseen_embeddings: bool = True
     seed: int = 42
+    # the same float arithmetic on every x86-64 CPU (:func:`reproducible_environment`): the
+    # threads that compute in parallel, and the CPU kernels pinned to one code path
+    threads: int = 2
+    pinned_kernels: bool = True
     # the system prompt trained with: LLaMA-Factory's default, which the planner also uses
     system: str = SYSTEM_PROMPT
     extra: Dict[str, Dict] = field(default_factory=dict)  # per-stage config overrides
@@ -446,8 +450,31 @@ _PROGRESS = re.compile(r'^\s*(\d+)%\|[^|]*\|\s*(\d+)/(\d+) \[([^\]<]*)<([^\],]*)
 _LOSS = re.compile(r"\{'loss': '?([0-9.e+-]+)'?")
 
 
-def _environment() -> Dict[str, str]:
+def reproducible_environment(recipe: Recipe) -> Dict[str, str]:
+    """
+    Return the environment variables that make training compute the same floats anywhere.
+
+    A float sum depends on its order, which the CPU's kernels decide: MKL (matrix products)
+    picks its code by CPU vendor and instruction set, PyTorch's own kernels by instruction set
+    (AVX-512 or AVX2), oneDNN likewise, and every library splits work by thread count. So the
+    same recipe trained on an AMD EPYC and on an Intel Xeon gave different adapters. Pinned:
+    MKL's conditional numerical reproducibility in its ``COMPATIBLE`` mode (documented to give
+    the same results on Intel and non-Intel processors), PyTorch's and oneDNN's kernels at
+    AVX2 (every x86-64 CPU of the last decade has it), and ``recipe.threads`` threads.
+    With ``recipe.pinned_kernels`` off only the thread count is set.
+    """
+    threads = str(recipe.threads)
+    env = {'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads}
+    if recipe.pinned_kernels:
+        env.update(MKL_CBWR='COMPATIBLE', ATEN_CPU_CAPABILITY='avx2',
+                   ONEDNN_MAX_CPU_ISA='AVX2', DNNL_MAX_CPU_ISA='AVX2')
+    return env
+
+
+def _environment(recipe: Optional[Recipe] = None) -> Dict[str, str]:
     env = dict(os.environ)
+    if recipe is not None:
+        env.update(reproducible_environment(recipe))
     env.update(HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_DATASETS_OFFLINE='1',
                LLAMAFACTORY_VERBOSITY='WARN', TRANSFORMERS_VERBOSITY='warning',
                TOKENIZERS_PARALLELISM='false', DISABLE_VERSION_CHECK='1',
@@ -473,20 +500,21 @@ def llamafactory_cli() -> List[str]:
 
 
 def run_llamafactory(config_path: str, log_path: str, label: str,
-                     echo: Optional[Callable[[str], None]] = None, cwd: str = ROOT) -> float:
+                     echo: Optional[Callable[[str], None]] = None, cwd: str = ROOT,
+                     recipe: Optional[Recipe] = None) -> float:
     """
     Run ``llamafactory-cli train CONFIG``; return its wall time in seconds.
 
     The whole output goes to ``log_path``; ``echo`` (e.g. ``print``) receives one line per
     progress update and loss log. On failure the log's last lines are in the exception. If
     this process is interrupted (Ctrl-C, SIGTERM turned into SystemExit), the trainer is
-    stopped too.
+    stopped too. With a ``recipe``, the trainer runs in its :func:`reproducible_environment`.
     """
     started = time.perf_counter()
     command = llamafactory_cli() + ['train', config_path]
     with open(log_path, 'wb') as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   cwd=cwd, env=_environment())
+                                   cwd=cwd, env=_environment(recipe))
         try:
             _follow(process, log, label, echo)
         except BaseException:
@@ -593,6 +621,22 @@ def _load_done(directory: str) -> Optional[dict]:
     return info
 
 
+def _in_environment(env: Dict[str, str], function: Callable, *args):
+    """Return ``function(*args)`` run in a fresh Python process with ``env`` added."""
+    import multiprocessing
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # a spawned process starts with this process's environment
+    try:
+        with multiprocessing.get_context('spawn').Pool(1) as pool:
+            return pool.apply(function, args)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def build_initial_model(recipe: Recipe, texts: Sequence[str], folder: str) -> str:
     """
     Write the recipe's tokenizer (trained on ``texts``) and random-weight Qwen2 to ``folder``.
@@ -601,6 +645,8 @@ def build_initial_model(recipe: Recipe, texts: Sequence[str], folder: str) -> st
     """
     from planner_training.copy_circuit import plant_copy_circuit
     from planner_training.tiny_qwen import build_model, build_tokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar between the demo's lines
     build_tokenizer(texts, folder, vocab_size=100000, split_han=True)
     build_model(folder, folder, hidden_size=recipe.hidden_size, layers=recipe.layers,
                 heads=recipe.heads, kv_heads=recipe.kv_heads,
@@ -692,14 +738,16 @@ def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] =
     _write_data(directory, rows, lora_rows)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar between our lines
-    build_initial_model(recipe, texts, os.path.join(directory, 'init'))
+    # in a child process: its random weights and QR factorisation use the pinned kernels too
+    _in_environment(reproducible_environment(recipe), build_initial_model, recipe, list(texts),
+                    os.path.join(directory, 'init'))
     timings = {}
     for stage, label in (('full', 'full SFT'), ('lora', 'LoRA SFT')):
         config = stage_configs(recipe, directory, root)[stage]
         path = write_config(config, os.path.join(directory, 'configs', stage + '.yaml'))
         say('  %s: llamafactory-cli train %s' % (label, path))
         timings[stage] = run_llamafactory(path, os.path.join(directory, 'logs', stage + '.log'),
-                                          label, echo, cwd=root)
+                                          label, echo, cwd=root, recipe=recipe)
         if stage == 'full' and recipe.restore_unseen_embeddings:
             from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(os.path.join(directory, 'init'))
@@ -791,6 +839,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # see _environment; before torch
     try:
         recipe = Recipe(**json.loads(args.recipe)) if args.recipe else Recipe()
+        # measuring too computes with the pinned kernels (set before torch is imported)
+        os.environ.update(reproducible_environment(recipe))
         model = train_demo_model(recipe, args.cache, force=args.force)
     except (DemoModelError, TypeError, ValueError) as exc:
         print('demo_model: %s' % exc, file=sys.stderr)
