@@ -621,20 +621,27 @@ def _load_done(directory: str) -> Optional[dict]:
     return info
 
 
-def _in_environment(env: Dict[str, str], function: Callable, *args):
-    """Return ``function(*args)`` run in a fresh Python process with ``env`` added."""
-    import multiprocessing
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # a spawned process starts with this process's environment
-    try:
-        with multiprocessing.get_context('spawn').Pool(1) as pool:
-            return pool.apply(function, args)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def build_initial_model_in(env: Dict[str, str], recipe: Recipe, texts: Sequence[str],
+                           folder: str) -> str:
+    """Run :func:`build_initial_model` in a fresh Python process with ``env`` added."""
+    os.makedirs(folder, exist_ok=True)
+    arguments = os.path.join(folder, 'build_arguments.json')
+    with open(arguments, 'w', encoding='utf-8') as stream:
+        json.dump({'recipe': asdict(recipe), 'texts': list(texts), 'folder': folder}, stream,
+                  ensure_ascii=False)
+    code = ('import json, sys\n'
+            'from planner_training.demo_model import Recipe, build_initial_model\n'
+            'given = json.load(open(sys.argv[1], encoding="utf-8"))\n'
+            'build_initial_model(Recipe(**given["recipe"]), given["texts"], given["folder"])\n')
+    child_env = dict(os.environ, **env)
+    child_env['PYTHONPATH'] = os.pathsep.join(path for path in sys.path if path)
+    done = subprocess.run([sys.executable, '-c', code, arguments], env=child_env,
+                          capture_output=True, text=True)
+    os.remove(arguments)
+    if done.returncode != 0:
+        raise DemoModelError('building the initial model failed (exit status %d):\n%s'
+                             % (done.returncode, done.stderr[-3000:]))
+    return folder
 
 
 def build_initial_model(recipe: Recipe, texts: Sequence[str], folder: str) -> str:
@@ -739,8 +746,8 @@ def train_demo_model(recipe: Optional[Recipe] = None, cache_dir: Optional[str] =
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar between our lines
     # in a child process: its random weights and QR factorisation use the pinned kernels too
-    _in_environment(reproducible_environment(recipe), build_initial_model, recipe, list(texts),
-                    os.path.join(directory, 'init'))
+    build_initial_model_in(reproducible_environment(recipe), recipe, texts,
+                           os.path.join(directory, 'init'))
     timings = {}
     for stage, label in (('full', 'full SFT'), ('lora', 'LoRA SFT')):
         config = stage_configs(recipe, directory, root)[stage]
