@@ -26,8 +26,8 @@ import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from robot_llm_planner.ros.interface import status_qos
 from robot_llm_planner.ros.plan_client import PlanClient
-from robot_llm_planner.ros.planner_node import status_qos
 from std_msgs.msg import String
 import yaml
 
