@@ -1,5 +1,5 @@
 """
-The planner's ROS interface in one place: topic names, QoS profiles and the rclpy start-up.
+The planner's ROS interface in one place: topic names, QoS, messages and the rclpy start-up.
 
 planner_node and every client (plan_client, the demo, a behavior tree's node) import their
 QoS from here, never from the node module. The QoS choices are explained in ``docs/ros.md``.
@@ -7,9 +7,16 @@ QoS from here, never from the node module. The QoS choices are explained in ``do
 
 from typing import List, Optional
 
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
 import rclpy
 from rclpy.context import Context
+from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from robot_llm_planner.core.parameters import limits, Parameter
+from robot_llm_planner.ros.health import key_values
+from std_msgs.msg import Header
 
 NODE_NAME = 'planner_node'
 # The absolute names a client uses by default (the node's own defaults are relative names,
@@ -17,6 +24,14 @@ NODE_NAME = 'planner_node'
 COMMAND_TOPIC = '/command'
 PLAN_TOPIC = '/action_plan'
 STATUS_TOPIC = '/planner_status'
+# Where ROS tools (rqt_robot_monitor, diagnostic_aggregator) read every node's health.
+DIAGNOSTICS_TOPIC = '/diagnostics'
+# The intermediate lifecycle states (a transition is running) and the primary ones.
+TRANSITIONS = ('configuring', 'cleaningup', 'shuttingdown', 'activating', 'deactivating',
+               'errorprocessing')
+PRIMARY_STATES = ('unconfigured', 'inactive', 'active', 'finalized')
+_LEVELS = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,
+           'ERROR': DiagnosticStatus.ERROR}
 
 
 def command_qos(depth: int) -> QoSProfile:
@@ -48,6 +63,49 @@ def status_qos() -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def diagnostics_qos() -> QoSProfile:
+    """Return the QoS of /diagnostics: what diagnostic_updater and the aggregator use."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def diagnostic_array(status: dict, stamp: Time) -> DiagnosticArray:
+    """
+    Return the planner's status as /diagnostics carries it: one DiagnosticStatus.
+
+    It is named after the node (its fully qualified name without the leading slash); the
+    hardware id is the device the model runs on (the server's URL for a remote backend).
+    """
+    model = status.get('model') or {}
+    hardware = model.get('base', '') if status.get('device') == 'remote' else status['device']
+    health = status['health']
+    return DiagnosticArray(header=Header(stamp=stamp), status=[DiagnosticStatus(
+        level=_LEVELS[health['level']], name=status['node'].lstrip('/'),
+        message=health['message'], hardware_id=hardware or '',
+        values=[KeyValue(key=key, value=value) for key, value in key_values(status)])])
+
+
+def parameter_descriptor(parameter: Parameter) -> ParameterDescriptor:
+    """Return what ``ros2 param describe`` shows of a planner parameter."""
+    constraints = [limits(parameter)] + ([] if parameter.dynamic else ['read at start-up'])
+    return ParameterDescriptor(
+        description=parameter.description, read_only=not parameter.dynamic,
+        # typed by load_config, so a wrong type is reported instead of raised
+        dynamic_typing=True, additional_constraints='; '.join(c for c in constraints if c))
+
+
+def acknowledged(publishers) -> bool:
+    """Return True when every subscriber of each publisher acknowledged its last messages."""
+    for publisher in publishers:
+        try:
+            if not publisher.wait_for_all_acked(Duration(seconds=0.02)):
+                return False
+        except Exception:  # the context is going away: nothing more will be delivered
+            pass
+    return True
 
 
 def init_ros(args: Optional[List[str]] = None, context: Optional[Context] = None) -> None:

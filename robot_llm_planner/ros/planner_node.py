@@ -1,10 +1,16 @@
 """
-planner_node: the ROS 2 shell around the planner (``ros2 run robot_llm_planner planner_node``).
+planner_node: the managed ROS 2 node around the planner (``ros2 run robot_llm_planner ...``).
 
 The node declares its parameters (:mod:`robot_llm_planner.core.parameters`), creates its
-topics (:mod:`robot_llm_planner.ros.interface`) and forwards messages to a ROS-free
-:class:`~robot_llm_planner.ros.service.PlannerService`, which answers every command exactly
-once on ``topics.plan`` and reports its state on ``topics.status``. See ``docs/ros.md``.
+topics (:mod:`robot_llm_planner.ros.interface`) and forwards messages and lifecycle
+transitions to a ROS-free :class:`~robot_llm_planner.ros.service.PlannerService`, which
+answers every command exactly once on ``topics.plan`` and reports on ``topics.status`` and
+/diagnostics. ``lifecycle.autostart`` walks it to active by itself. See ``docs/ros.md``.
+
+Threads: a multi-threaded executor runs the lifecycle and parameter services (the default
+callback group: a long configure blocks only them), and the command subscription and the 1 Hz
+timer in groups of their own, so commands are answered in every state; the service's worker
+thread loads the model and plans.
 """
 
 import json
@@ -15,52 +21,61 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 import rclpy
-from rclpy.duration import Duration
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
 from robot_llm_planner.core.message import to_json
-from robot_llm_planner.core.parameters import (check_value, default_value, limits, load_config,
+from robot_llm_planner.core.parameters import (default_value, dynamic_changes, load_config,
                                                PARAMETERS, PARAMETERS_BY_NAME)
 from robot_llm_planner.core.skills import default_skills_path
-from robot_llm_planner.ros.interface import (command_qos, init_ros, NODE_NAME, plan_qos,
-                                             status_qos)
-from robot_llm_planner.ros.service import describe_model, PlannerService
+from robot_llm_planner.ros.interface import (acknowledged, command_qos, diagnostic_array,
+                                             diagnostics_qos, DIAGNOSTICS_TOPIC, init_ros,
+                                             NODE_NAME, parameter_descriptor, plan_qos,
+                                             status_qos, TRANSITIONS)
+from robot_llm_planner.ros.service import describe_model, PlannerService, SHUTDOWN_GRACE_S
 from std_msgs.msg import String
 
 STATUS_PERIOD_S = 1.0
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
-class PlannerNode(Node):
-    """Plans every command received and publishes one answer for each."""
+class PlannerNode(LifecycleNode):
+    """Plans every command received and publishes one answer for each, in every state."""
 
     def __init__(self, **kwargs) -> None:
-        """Declare the parameters, create the topics and start loading the model."""
+        """Declare the parameters and create the topics; autostart walks it to active."""
         super().__init__(NODE_NAME, **kwargs)
-        config, errors = load_config(self._declare_parameters())
-        if not config.settings.skills_file:
-            config.settings.skills_file = default_skills_path()
-        self._status_pub = self._create_topic(
-            'publisher', 'topics.status', config.status_topic, status_qos(), errors)
-        self._plan_pub = self._create_topic(
-            'publisher', 'topics.plan', config.plan_topic, plan_qos(config.plan_depth), errors)
-        self._command_sub = self._create_topic(
-            'subscription', 'topics.command', config.command_topic,
-            command_qos(config.command_depth), errors)
+        config, _ = load_config(self._declare_parameters())  # checked again at configure
+        self._topic_errors: List[str] = []
+        # Plain publishers, not lifecycle ones: an inactive node still answers every command.
+        self._status_pub = self._create_topic('publisher', 'topics.status', config.status_topic,
+                                              status_qos())
+        self._plan_pub = self._create_topic('publisher', 'topics.plan', config.plan_topic,
+                                            plan_qos(config.plan_depth))
+        self._command_sub = self._create_topic('subscription', 'topics.command',
+                                               config.command_topic,
+                                               command_qos(config.command_depth))
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC,
+                                                      diagnostics_qos())
+        self._diagnosed = None    # (lifecycle, state, level) last sent on /diagnostics
+        self._diagnose = True     # the 1 Hz timer asks for /diagnostics
         self.service = PlannerService(
             config, lambda message: self._plan_pub.publish(String(data=to_json(message))),
-            lambda status: self._status_pub.publish(String(data=json.dumps(
-                status, ensure_ascii=False))),
-            self.get_logger(), self.get_fully_qualified_name(), errors)
+            self._publish_status, self.get_logger(), self.get_fully_qualified_name(),
+            queue_until_active=config.autostart)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._timer = self.create_timer(STATUS_PERIOD_S, self.service.publish_status)
-        self.get_logger().info('commands on %s, plans on %s, status on %s; %s' % (
-            self._command_sub.topic_name, self._plan_pub.topic_name,
-            self._status_pub.topic_name, describe_model(self.service.model)))
+        self._timer = self.create_timer(STATUS_PERIOD_S, self._tick,
+                                        callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info('commands on %s, plans on %s, status on %s and %s; %s' % (
+            self._command_sub.topic_name, self._plan_pub.topic_name, self._status_pub.topic_name,
+            DIAGNOSTICS_TOPIC, describe_model(self.service.model)))
         self.service.publish_status()
-        self.service.start()
+        if config.autostart:  # in the lifecycle services' group: they wait for the walk
+            self._autostart = self.create_timer(0.0, self._walk_to_active)
 
     def _declare_parameters(self) -> Dict[str, object]:
         values = {}
@@ -68,49 +83,89 @@ class PlannerNode(Node):
             default = default_value(parameter)
             if parameter.name == 'skills_file':
                 default = default_skills_path()
-            constraints = [limits(parameter)] + ([] if parameter.dynamic
-                                                 else ['read at start-up'])
-            descriptor = ParameterDescriptor(
-                description=parameter.description, read_only=not parameter.dynamic,
-                # typed by load_config, so a wrong type is reported instead of raised
-                dynamic_typing=True,
-                additional_constraints='; '.join(part for part in constraints if part))
             values[parameter.name] = self.declare_parameter(
-                parameter.name, default, descriptor).value
+                parameter.name, default, parameter_descriptor(parameter)).value
             self.get_logger().debug('%s = %r' % (parameter.name, values[parameter.name]))
         overrides = getattr(self, '_parameter_overrides', None) or {}
         for name in sorted(name for name in overrides if not self.has_parameter(name)):
             self.get_logger().warning('ignoring unknown parameter %r (a typo?)' % name)
         return values
 
-    def _create_topic(self, kind: str, parameter: str, name: str, qos: QoSProfile,
-                      errors: List[str]):
+    def _create_topic(self, kind: str, parameter: str, name: str, qos: QoSProfile):
         default = default_value(PARAMETERS_BY_NAME[parameter])
         for topic in (name, default):
             try:
                 if kind == 'publisher':
                     return self.create_publisher(String, topic, qos)
                 return self.create_subscription(
-                    String, topic, lambda msg: self.service.submit(msg.data), qos)
+                    String, topic, lambda msg: self.service.submit(msg.data), qos,
+                    callback_group=MutuallyExclusiveCallbackGroup())
             except Exception as exc:  # an invalid topic name: fall back to the default
-                errors.append('%s %r is not a valid topic name (%s); using %r' % (
+                self._topic_errors.append('%s %r is not a valid topic name (%s); using %r' % (
                     parameter, topic, exc, default))
         raise RuntimeError('cannot create the %s topic' % parameter)  # pragma: no cover
 
+    # ------------------------------------------------------------------ status
+    def _publish_status(self, status: dict) -> None:
+        """Publish the status; on /diagnostics too when its state changed or at 1 Hz."""
+        self._status_pub.publish(String(data=json.dumps(status, ensure_ascii=False)))
+        key = (status['lifecycle'], status['state'], status['health']['level'])
+        if self._diagnose or key != self._diagnosed:
+            self._diagnose, self._diagnosed = False, key
+            stamp = self.get_clock().now().to_msg()
+            self._diagnostics_pub.publish(diagnostic_array(status, stamp))
+
+    def _tick(self) -> None:
+        self._diagnose = True
+        self.service.publish_status()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _walk_to_active(self) -> None:
+        self._autostart.cancel()  # once: a manager may drive the node from here on
+        if self.service.lifecycle == 'unconfigured' and self.trigger_configure() == SUCCESS:
+            self.trigger_activate()
+
+    def _transition(self, label: str, action, done: str, failed: str = ''):
+        self.service.set_lifecycle(label)
+        ok = action() is not False
+        self.service.set_lifecycle(done if ok else failed)
+        return SUCCESS if ok else FAILURE
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read and check the parameters, load and warm up the model (inactive once loaded)."""
+        def configure() -> bool:
+            config, errors = load_config({name: self.get_parameter(name).value
+                                          for name in PARAMETERS_BY_NAME})
+            config.settings.skills_file = config.settings.skills_file or default_skills_path()
+            return self.service.configure(config, self._topic_errors + errors)
+        return self._transition('configuring', configure, 'inactive', 'unconfigured')
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Take commands."""
+        return self._transition('activating', self.service.activate, 'active')
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop taking commands; the one in progress finishes or is cancelled."""
+        return self._transition('deactivating', self.service.deactivate, 'inactive')
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the model and its (GPU) memory."""
+        return self._transition('cleaningup', self.service.cleanup, 'unconfigured')
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Refuse commands from now on; ``main`` flushes the answers and exits."""
+        return self._transition('shuttingdown', self.service.begin_shutdown, 'finalized')
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free what was loaded after a transition raised, and go back to unconfigured."""
+        self.get_logger().error('a transition from %s failed; cleaning up' % state.label)
+        return self._transition('errorprocessing', self.service.cleanup, 'unconfigured')
+
+    # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        changes = {}
-        for item in parameters:
-            spec = PARAMETERS_BY_NAME.get(item.name)
-            if spec is None:
-                continue  # not ours (use_sim_time, ...)
-            if not spec.dynamic:
-                return SetParametersResult(
-                    successful=False, reason='%s is read at start-up; restart the node to '
-                    'change it' % item.name)
-            value, error = check_value(spec, item.value)
-            if error:
-                return SetParametersResult(successful=False, reason=error)
-            changes[item.name] = value
+        changes, error = dynamic_changes([(item.name, item.value) for item in parameters])
+        if error:
+            return SetParametersResult(successful=False, reason=error)
         if changes:
             self.service.configure_queue(changes.get('queue.max_size'),
                                          changes.get('queue.policy'),
@@ -121,52 +176,57 @@ class PlannerNode(Node):
 
     def flushed(self) -> bool:
         """Return True once every subscriber acknowledged the last answers and status."""
-        for publisher in (self._plan_pub, self._status_pub):
-            acked = getattr(publisher, 'wait_for_all_acked', None)
-            if acked is None:  # pragma: no cover - rclpy without wait_for_all_acked
-                return False
-            try:
-                if not acked(Duration(seconds=0.02)):
-                    return False
-            except Exception as exc:  # the context is going away
-                self.get_logger().debug('flush of %s: %s' % (publisher.topic_name, exc))
-        return True
+        return acknowledged((self._plan_pub, self._status_pub))
 
 
-def _install_signal_handlers(stop: threading.Event) -> None:
-    def handler(signum, frame):
-        stop.set()
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+def _shut_down(node: PlannerNode, executor: MultiThreadedExecutor) -> bool:
+    """Answer what is pending, go to finalized, flush; return True when nothing still runs."""
+    def spin_for(seconds: float, condition=lambda: True) -> None:
+        deadline = time.monotonic() + seconds
+        while rclpy.ok() and condition() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+
+    node.get_logger().info('shutting down')
+    node.service.begin_shutdown()  # a configure in progress gives up
+    spin_for(0.3)  # commands that arrived but were not taken yet are answered too
+    spin_for(SHUTDOWN_GRACE_S, lambda: node.service.lifecycle in TRANSITIONS)
+    for _ in range(20):  # the label changes just before rcl ends a transition: try again
+        if node.service.lifecycle not in ('unconfigured', 'inactive', 'active'):
+            break
+        try:  # Humble raises RCLError when no shutdown transition is possible; later
+            node.trigger_shutdown()  # releases too, from a transition state
+            break
+        except Exception as exc:
+            node.get_logger().debug('shutdown transition: %s' % exc)
+            spin_for(0.05)
+    return node.service.finish_shutdown(
+        wait=lambda seconds: executor.spin_once(timeout_sec=seconds), flushed=node.flushed)
+
+
+def _on_signals(stop: threading.Event) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: stop.set())
 
 
 def main(args: Optional[List[str]] = None) -> int:
-    """Run planner_node until SIGINT or SIGTERM; return 0 after a clean shutdown."""
+    """Run planner_node until SIGINT, SIGTERM or the shutdown transition; 0 when clean."""
     stop = threading.Event()
-    _install_signal_handlers(stop)
+    _on_signals(stop)
     try:
         init_ros(args)
     except Exception as exc:
         print('planner_node: cannot initialize ROS: %s' % exc, file=sys.stderr)
         return 1
-    # rclpy may install its own handlers on init; ours shut down in order (docs/ros.md).
-    _install_signal_handlers(stop)
+    _on_signals(stop)  # an rclpy without signal handler options installed its own
     node = None
-    worker_stopped = True
+    stopped = True
     try:
         node = PlannerNode()
-        executor = SingleThreadedExecutor()
+        executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
+        while not stop.is_set() and rclpy.ok() and node.service.lifecycle != 'finalized':
             executor.spin_once(timeout_sec=0.1)
-        node.get_logger().info('shutting down')
-        node.service.begin_shutdown()
-        # commands that arrived but were not taken yet are answered rejected as well
-        deadline = time.monotonic() + 0.3
-        while rclpy.ok() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        worker_stopped = node.service.finish_shutdown(
-            wait=lambda seconds: executor.spin_once(timeout_sec=seconds), flushed=node.flushed)
+        stopped = _shut_down(node, executor)
         executor.remove_node(node)
     except Exception as exc:  # a ROS failure at start-up (e.g. a bad remapping)
         print('planner_node: %s: %s' % (type(exc).__name__, exc), file=sys.stderr)
@@ -175,8 +235,8 @@ def main(args: Optional[List[str]] = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    if not worker_stopped:
-        # the model is still generating for nobody: do not wait for it
+    if not stopped:
+        # the model is still loading or generating for nobody: do not wait for it
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
