@@ -7,7 +7,9 @@ Test helpers for planner_node over real ROS 2 (rclpy + Fast DDS), shared by the 
 - :class:`NodeProcess`: the BUILT planner_node executable started as a subprocess with a
   parameters YAML written by the test plus ``-p`` overrides;
 - :class:`FakeServer`: an OpenAI-compatible HTTP server whose answers the test holds back or
-  releases, so queue and shutdown behaviour can be driven deterministically.
+  releases, so queue and shutdown behaviour can be driven deterministically;
+- :class:`LifecycleClient` and :class:`DiagnosticsRecorder`: the managed node's lifecycle
+  services as ``ros2 lifecycle`` calls them, and /diagnostics as rqt_robot_monitor reads it.
 """
 
 from contextlib import contextmanager
@@ -21,13 +23,15 @@ import threading
 import time
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
+from diagnostic_msgs.msg import DiagnosticArray
 import jsonschema
+from lifecycle_msgs.srv import ChangeState, GetState
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from robot_llm_planner.ros.interface import diagnostics_qos, status_qos
 from robot_llm_planner.ros.plan_client import PlanClient
-from robot_llm_planner.ros.planner_node import status_qos
 from std_msgs.msg import String
 import yaml
 
@@ -96,6 +100,86 @@ class StatusRecorder:
         pytest.fail('status never matched; last: %s' % self.latest())
 
 
+def _wait_future(future, timeout):
+    deadline = time.monotonic() + timeout
+    while not future.done():
+        if time.monotonic() > deadline:
+            pytest.fail('no response within %g s' % timeout)
+        time.sleep(0.02)
+    return future.result()
+
+
+class LifecycleClient:
+    """Call a managed node's change_state and get_state services, as `ros2 lifecycle` does."""
+
+    def __init__(self, node, target='/planner_node'):
+        """Create the service clients on the test node."""
+        self._change = node.create_client(ChangeState, target + '/change_state')
+        self._get = node.create_client(GetState, target + '/get_state')
+
+    def get(self, timeout=30):
+        """Return the node's lifecycle state label (`ros2 lifecycle get`)."""
+        assert self._get.wait_for_service(timeout_sec=timeout), 'no get_state service'
+        return _wait_future(self._get.call_async(GetState.Request()), timeout).current_state.label
+
+    def set_async(self, transition, timeout=30):
+        """Request a transition by label (`ros2 lifecycle set`); return the future."""
+        assert self._change.wait_for_service(timeout_sec=timeout), 'no change_state service'
+        request = ChangeState.Request()
+        request.transition.label = transition
+        return self._change.call_async(request)
+
+    def change(self, transition, timeout=120):
+        """Request a transition by label and wait; return whether it succeeded."""
+        return _wait_future(self.set_async(transition), timeout).success
+
+    @staticmethod
+    def wait(future, timeout=120):
+        """Wait for a transition requested with set_async; return whether it succeeded."""
+        return _wait_future(future, timeout).success
+
+
+class DiagnosticsRecorder:
+    """Keep every planner status received on /diagnostics as a plain dict."""
+
+    def __init__(self, node, name='planner_node'):
+        """Subscribe to /diagnostics (default QoS, like rqt_robot_monitor)."""
+        self.name = name
+        self.messages = []
+        self._lock = threading.Lock()
+        self._subscription = node.create_subscription(DiagnosticArray, '/diagnostics',
+                                                      self._on_array, diagnostics_qos())
+
+    def _on_array(self, msg):
+        for status in msg.status:
+            if status.name != self.name:
+                continue
+            level = status.level
+            entry = {'level': ('OK', 'WARN', 'ERROR', 'STALE')[
+                         level[0] if isinstance(level, bytes) else int(level)],
+                     'message': status.message, 'hardware_id': status.hardware_id,
+                     'values': {pair.key: pair.value for pair in status.values},
+                     'received': time.monotonic()}
+            with self._lock:
+                self.messages.append(entry)
+
+    def wait_for(self, predicate, timeout=ANSWERED, fresh=True):
+        """Wait until a status (received from now on if ``fresh``) satisfies ``predicate``."""
+        with self._lock:
+            seen = len(self.messages) if fresh else 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                fresh = self.messages[seen:]
+            for entry in fresh:
+                if predicate(entry):
+                    return entry
+            time.sleep(0.02)
+        with self._lock:
+            last = self.messages[-1] if self.messages else None
+        pytest.fail('/diagnostics never matched; last: %s' % last)
+
+
 # Discovery stays on this machine: the range variable from Iron on, the older flag on Humble.
 LOCALHOST_ONLY = {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
 if os.environ.get('ROS_DISTRO') == 'humble':
@@ -132,6 +216,14 @@ class RosSession:
     def status(self, namespace=''):
         """Return a StatusRecorder on the planner's status topic."""
         return StatusRecorder(self.node, namespace + '/planner_status')
+
+    def lifecycle(self, node='/planner_node'):
+        """Return a LifecycleClient on the managed node's lifecycle services."""
+        return LifecycleClient(self.node, node)
+
+    def diagnostics(self):
+        """Return a DiagnosticsRecorder on /diagnostics."""
+        return DiagnosticsRecorder(self.node)
 
     def close(self):
         """Stop spinning and shut the context down."""

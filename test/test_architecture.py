@@ -111,6 +111,25 @@ def test_the_module_graph_has_no_cycle():
         visit(module, [])
 
 
+def test_the_node_is_thin_and_its_service_ros_free():
+    with open(MODULES['robot_llm_planner.ros.planner_node'], encoding='utf-8') as stream:
+        node = stream.read()
+    assert node.count('\n') < 250
+    assert node.count('_plan_pub.publish(') == 1  # the one publish_answer the service gets
+    with open(MODULES['robot_llm_planner.ros.service'], encoding='utf-8') as stream:
+        service = stream.read()
+    assert service.count('self._publish_answer(') == 1  # inside _answer: one way to answer
+    for module in ('robot_llm_planner.ros.service', 'robot_llm_planner.ros.health',
+                   'robot_llm_planner.ros.command_queue'):
+        tops = {name.split('.')[0] for name in _imports(MODULES[module])}
+        assert not tops & {'rclpy', 'std_msgs', 'rcl_interfaces', 'diagnostic_msgs'}, module
+
+
+def test_the_service_loads_no_ros():
+    loaded = _loaded_after_import(['robot_llm_planner.ros.service'])
+    assert not loaded & {'rclpy', 'torch'}, loaded
+
+
 def _loaded_after_import(modules):
     code = ('import sys\nimport %s\nprint(" ".join(sorted(m.split(".")[0] for m in '
             'sys.modules)))' % ', '.join(modules))

@@ -13,13 +13,13 @@ import re
 import signal
 import subprocess
 
-from planner_harness import executable, NodeProcess, ros_session, share_path
+from planner_harness import executable, NodeProcess, ros_session, share_path, wait_for_answers
 import pytest
 from robot_llm_planner.core.parameters import PARAMETERS_BY_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_FILE = os.path.join(ROOT, 'launch', 'planner.launch.py')
-EXPECTED = ('params_file', 'model_path', 'adapter_path', 'namespace', 'log_level')
+EXPECTED = ('params_file', 'model_path', 'adapter_path', 'namespace', 'log_level', 'autostart')
 
 
 @pytest.fixture(scope='module')
@@ -49,7 +49,7 @@ def test_declares_the_launch_arguments(tree):
     params_default = ast.unparse(defaults['params_file'])
     assert "get_package_share_directory('robot_llm_planner')" in params_default
     assert "'config', 'planner.yaml'" in params_default
-    for name in ('model_path', 'adapter_path', 'namespace'):
+    for name in ('model_path', 'adapter_path', 'namespace', 'autostart'):
         assert defaults[name].value == ''
     assert defaults['log_level'].value == 'info'
     declared = _calls(tree, 'DeclareLaunchArgument')
@@ -66,7 +66,8 @@ def test_overrides_name_real_node_parameters(tree):
 
 
 def test_starts_planner_node_with_params_file_namespace_and_log_level(tree):
-    nodes = _calls(tree, 'Node')
+    nodes = _calls(tree, 'LifecycleNode')  # a managed node: launch sees its transitions
+    assert _calls(tree, 'Node') == []
     assert len(nodes) == 1
     keywords = {k.arg: k.value for k in nodes[0].keywords}
     assert keywords['package'].value == 'robot_llm_planner'
@@ -78,6 +79,29 @@ def test_starts_planner_node_with_params_file_namespace_and_log_level(tree):
     assert ast.unparse(keywords['parameters']) == 'parameters'
     source = ast.unparse(tree)
     assert "parameters = [LaunchConfiguration('params_file')]" in source
+
+
+def _function(tree, name):
+    """Return a module-level function of the launch file, compiled on its own."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            namespace = {}
+            exec(compile(ast.Module(body=[node], type_ignores=[]), LAUNCH_FILE, 'exec'),
+                 namespace)
+            return namespace[name]
+    raise AssertionError('%s is not defined at module level' % name)
+
+
+def test_autostart_overrides_lifecycle_autostart_only_when_given(tree):
+    autostart = _function(tree, '_autostart')
+    assert autostart('') is None and autostart(' ') is None  # the params file decides
+    assert autostart('true') is True and autostart(' False ') is False
+    with pytest.raises(ValueError, match="autostart must be true or false, got 'yes'"):
+        autostart('yes')
+    source = ast.unparse(tree)
+    assert "autostart = _autostart(LaunchConfiguration('autostart').perform(context))" in source
+    assert "parameters.append({'lifecycle.autostart': autostart})" in source
+    assert PARAMETERS_BY_NAME['lifecycle.autostart'].kind is bool
 
 
 def test_generate_launch_description_with_launch_ros():
@@ -116,6 +140,33 @@ def test_installed_params_file_with_overrides_answers_plan_client(tiny_model, ti
             log = node.stderr()
             assert 'model.path = %r' % tiny_model in log  # a DEBUG line: log_level applied
             assert 'commands on /robot1/command, plans on /robot1/action_plan' in log
+            assert node.stop(signal.SIGINT) == 0
+            assert 'Traceback' not in node.stderr()
+        finally:
+            node.kill()
+
+
+def test_autostart_false_leaves_the_node_to_a_lifecycle_manager(tiny_model, tmp_path):
+    # what `ros2 launch robot_llm_planner planner.launch.py model_path:=... autostart:=false`
+    # runs, then `ros2 lifecycle set /planner_node configure` and `... activate`
+    with ros_session() as session:
+        client, lifecycle = session.client(), session.lifecycle()
+        node = NodeProcess(
+            session, tmp_path, params_file=share_path('config', 'planner.yaml'),
+            overrides=[('model.path', tiny_model), ('lifecycle.autostart', 'false'),
+                       ('model.device', 'cpu'), ('generation.max_new_tokens', 8)],
+            ros_args=['-r', '__node:=planner_node'])
+        try:
+            assert lifecycle.get() == 'unconfigured'
+            assert client.wait_for_planner(60)
+            early = client.send('去客厅', 'before-configure')
+            answer = wait_for_answers(client, [early])[early]
+            assert answer['status'] == 'rejected'
+            assert answer['errors'][0]['code'] == 'node_inactive'
+            assert lifecycle.change('configure', timeout=240), node.stderr()[-3000:]
+            assert lifecycle.change('activate') and lifecycle.get() == 'active'
+            late = client.send('去客厅', 'after-activate')
+            assert wait_for_answers(client, [late])[late]['status'] in ('ok', 'invalid')
             assert node.stop(signal.SIGINT) == 0
             assert 'Traceback' not in node.stderr()
         finally:

@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 
 from ament_index_python.packages import get_package_share_directory
 
@@ -48,3 +49,36 @@ def test_the_robot_install_carries_no_training_or_demo_module():
         assert 'site-packages/robot_llm_planner/' in path, path
         for word in ('training', 'demo', 'dataset', 'tiny_qwen', 'copy_circuit'):
             assert word not in os.path.basename(path), path
+
+
+def _imported_top_levels(folder):
+    names = set()
+    for path in _python_files():
+        if not path.startswith(os.path.join(ROOT, folder) + os.sep):
+            continue
+        with open(path, encoding='utf-8') as stream:
+            tree = ast.parse(stream.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split('.')[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split('.')[0])
+                if node.module == 'rclpy.lifecycle':
+                    names.add('lifecycle_msgs')  # rclpy's lifecycle node needs its services
+    return names
+
+
+def test_ros_packages_the_node_imports_are_declared_and_pinned():
+    imported = _imported_top_levels('robot_llm_planner') | _imported_top_levels('launch')
+    ros = {name for name in imported if name.endswith(('_msgs', '_interfaces'))
+           or name in ('rclpy', 'launch', 'launch_ros', 'ament_index_python')}
+    assert {'rclpy', 'std_msgs', 'lifecycle_msgs', 'diagnostic_msgs'} <= ros
+    with open(os.path.join(ROOT, 'package.xml'), encoding='utf-8') as stream:
+        declared = set(re.findall(r'<exec_depend>([\w]+)</exec_depend>', stream.read()))
+    assert ros <= declared, ros - declared
+    # without a ROS install, the message packages come as pinned wheels
+    with open(os.path.join(ROOT, 'requirements-dev.txt'), encoding='utf-8') as stream:
+        pins = set(re.findall(r'^ros-kilted-([a-z-]+)==', stream.read(), re.M))
+    for name in ros:
+        if name.endswith('_msgs'):
+            assert name.replace('_', '-') in pins, name

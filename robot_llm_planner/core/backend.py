@@ -82,6 +82,13 @@ class Backend:
     def cancel(self) -> None:
         """Stop a generation in progress as soon as possible (it raises GenerationCancelled)."""
 
+    def resume(self) -> None:
+        """Generate again after :meth:`cancel` (the node was deactivated, not shut down)."""
+
+    def placement(self) -> Dict[str, str]:
+        """Return where the loaded model runs: ``device`` and ``dtype`` ('' where unknown)."""
+        return {'device': '', 'dtype': ''}
+
     def warm_up(self, prompt: PromptBuilder) -> None:
         """Run a first generation with the served prompt (a no-op where nothing warms up)."""
 

@@ -32,6 +32,7 @@ INVALID_REQUEST = 'invalid_request'
 QUEUE_FULL = 'queue_full'
 SUPERSEDED = 'superseded'
 SHUTTING_DOWN = 'node_shutting_down'
+NODE_INACTIVE = 'node_inactive'  # the managed node is not active (lifecycle)
 
 DEFAULT_MAX_COMMAND_CHARS = 256
 

@@ -116,6 +116,10 @@ PARAMETERS: Tuple[Parameter, ...] = (
     Parameter('qos.plan_depth', int, 'History depth of the plan publisher (reliable, transient '
               'local): answers kept for slow or late-matching subscribers.', default=64,
               minimum=1),
+    Parameter('lifecycle.autostart', bool, 'Walk the managed node to active by itself at start-up '
+              '(configure: load the model; activate: take commands). false: it stays '
+              'unconfigured until a lifecycle manager or `ros2 lifecycle set` drives it.',
+              default=True),
 )
 
 PARAMETERS_BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
@@ -141,6 +145,7 @@ class NodeConfig:
     queue_max_batch: int = 1
     command_depth: int = 0
     plan_depth: int = 64
+    autostart: bool = True
 
 
 _NODE_FIELDS = {
@@ -148,6 +153,7 @@ _NODE_FIELDS = {
     'topics.status': 'status_topic', 'queue.max_size': 'queue_max_size',
     'queue.policy': 'queue_policy', 'queue.max_batch': 'queue_max_batch',
     'qos.command_depth': 'command_depth', 'qos.plan_depth': 'plan_depth',
+    'lifecycle.autostart': 'autostart',
 }
 
 
@@ -206,6 +212,27 @@ def _valid_device(device: str) -> bool:
     if device in ('auto', 'cpu', 'cuda'):
         return True
     return device.startswith('cuda:') and device[5:].isdigit()
+
+
+def dynamic_changes(values: List[Tuple[str, Any]]) -> Tuple[Dict[str, Any], Optional[str]]:
+    """
+    Check parameter values set while the node runs; return (the changes, None) or ({}, why).
+
+    Names that are not in :data:`PARAMETERS` (``use_sim_time``, ...) are left out; a
+    parameter read at start-up, or a bad value, refuses the whole set.
+    """
+    changes = {}
+    for name, value in values:
+        parameter = PARAMETERS_BY_NAME.get(name)
+        if parameter is None:
+            continue
+        if not parameter.dynamic:
+            return {}, '%s is read at start-up; restart the node to change it' % name
+        converted, error = check_value(parameter, value)
+        if error:
+            return {}, error
+        changes[name] = converted
+    return changes, None
 
 
 def load_config(values: Dict[str, Any]) -> Tuple[NodeConfig, List[str]]:

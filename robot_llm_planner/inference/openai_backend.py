@@ -67,6 +67,10 @@ class OpenAIBackend(Backend):
         """Return the backend, server and model name (never the key)."""
         return {'backend': self.name, 'base': self.base_url, 'adapter': self.model}
 
+    def placement(self) -> Dict[str, str]:
+        """Return where the model runs: on the server (its dtype is the server's business)."""
+        return {'device': 'remote', 'dtype': ''}
+
     def load(self) -> None:
         """Check the settings and that the server answers ``GET /models``."""
         if not self.base_url.startswith(('http://', 'https://')):

@@ -222,6 +222,16 @@ class TransformersBackend(Backend):
         """Stop the generation in progress after its current token; refuse new ones."""
         self._cancelled.set()
 
+    def resume(self) -> None:
+        """Accept generations again after :meth:`cancel`."""
+        self._cancelled.clear()
+
+    def placement(self) -> Dict[str, str]:
+        """Return the device and dtype of the loaded model ('' before it is loaded)."""
+        if self.model is None:
+            return {'device': '', 'dtype': ''}
+        return {'device': str(self.device), 'dtype': str(self.model.dtype).replace('torch.', '')}
+
     def encode(self, command: str, prompt: PromptBuilder) -> List[int]:
         """Return the prompt token ids for a command (LLaMA-Factory's encoding)."""
         return prompt.token_ids(self.tokenizer, command)

@@ -32,7 +32,8 @@ import rclpy
 from rclpy.exceptions import NameValidationException
 from rclpy.node import Node
 from robot_llm_planner.core.message import to_json
-from robot_llm_planner.ros.planner_node import command_qos, plan_qos
+from robot_llm_planner.ros.interface import (command_qos, COMMAND_TOPIC, init_ros, plan_qos,
+                                             PLAN_TOPIC)
 from std_msgs.msg import String
 
 EXIT_OK = 0
@@ -61,8 +62,8 @@ class PlanClient:
     command line); leave it out when an executor already spins the node in another thread.
     """
 
-    def __init__(self, node: Node, command_topic: str = '/command',
-                 plan_topic: str = '/action_plan', executor=None) -> None:
+    def __init__(self, node: Node, command_topic: str = COMMAND_TOPIC,
+                 plan_topic: str = PLAN_TOPIC, executor=None) -> None:
         """Subscribe to ``plan_topic`` and create the ``command_topic`` publisher."""
         self.node = node
         self.executor = executor
@@ -253,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'may still be loading; default: %(default)s)')
     parser.add_argument('--json', action='store_true',
                         help='print each answer as one /action_plan JSON line')
-    parser.add_argument('--topic-command', default='/command', help='default: %(default)s')
-    parser.add_argument('--topic-plan', default='/action_plan', help='default: %(default)s')
+    parser.add_argument('--topic-command', default=COMMAND_TOPIC, help='default: %(default)s')
+    parser.add_argument('--topic-plan', default=PLAN_TOPIC, help='default: %(default)s')
     return parser
 
 
@@ -330,12 +331,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         try:
             # a bad --ros-args, topic name or remapping is a usage error, not an invalid plan
-            try:
-                from rclpy.signals import SignalHandlerOptions
-                rclpy.init(args=argv, context=context,
-                           signal_handler_options=SignalHandlerOptions.NO)
-            except ImportError:  # pragma: no cover - an rclpy without signal handler options
-                rclpy.init(args=argv, context=context)
+            init_ros(argv, context)
             node = Node('plan_client_%d' % os.getpid(), context=context)
             executor = SingleThreadedExecutor(context=context)
             executor.add_node(node)

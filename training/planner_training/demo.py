@@ -144,7 +144,7 @@ def wait_ready(process, env: Dict[str, str], timeout: float = READY_TIMEOUT_S,
             os.environ[name] = env[name]
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from robot_llm_planner.ros.planner_node import status_qos
+    from robot_llm_planner.ros.interface import status_qos
     from std_msgs.msg import String
     context = rclpy.Context()
     rclpy.init(context=context)

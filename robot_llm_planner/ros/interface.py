@@ -1,0 +1,123 @@
+"""
+The planner's ROS interface in one place: topic names, QoS, messages and the rclpy start-up.
+
+planner_node and every client (plan_client, the demo, a behavior tree's node) import their
+QoS from here, never from the node module. The QoS choices are explained in ``docs/ros.md``.
+"""
+
+from typing import List, Optional
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+import rclpy
+from rclpy.context import Context
+from rclpy.duration import Duration
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from robot_llm_planner.core.parameters import limits, Parameter
+from robot_llm_planner.ros.health import key_values
+from std_msgs.msg import Header
+
+NODE_NAME = 'planner_node'
+# The absolute names a client uses by default (the node's own defaults are relative names,
+# the topics.* parameters, so they follow its namespace).
+COMMAND_TOPIC = '/command'
+PLAN_TOPIC = '/action_plan'
+STATUS_TOPIC = '/planner_status'
+# Where ROS tools (rqt_robot_monitor, diagnostic_aggregator) read every node's health.
+DIAGNOSTICS_TOPIC = '/diagnostics'
+# The intermediate lifecycle states (a transition is running) and the primary ones.
+TRANSITIONS = ('configuring', 'cleaningup', 'shuttingdown', 'activating', 'deactivating',
+               'errorprocessing')
+PRIMARY_STATES = ('unconfigured', 'inactive', 'active', 'finalized')
+_LEVELS = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,
+           'ERROR': DiagnosticStatus.ERROR}
+
+
+def command_qos(depth: int) -> QoSProfile:
+    """Return the QoS of the command subscription (and of command publishers); 0: keep all."""
+    if depth == 0:
+        return QoSProfile(history=HistoryPolicy.KEEP_ALL, depth=1,
+                          reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def plan_qos(depth: int) -> QoSProfile:
+    """
+    Return the QoS of the plan publisher: reliable, transient local, keep last ``depth``.
+
+    Transient local keeps the last answers for a subscriber that matches late (a client that
+    sent its command just after discovery); volatile subscribers, the ROS default, still get
+    only new answers, so a behavior tree started later is not handed old plans.
+    """
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def status_qos() -> QoSProfile:
+    """Return the QoS of the status topic: the latest state, kept for late joiners."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def diagnostics_qos() -> QoSProfile:
+    """Return the QoS of /diagnostics: what diagnostic_updater and the aggregator use."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def diagnostic_array(status: dict, stamp: Time) -> DiagnosticArray:
+    """
+    Return the planner's status as /diagnostics carries it: one DiagnosticStatus.
+
+    It is named after the node (its fully qualified name without the leading slash); the
+    hardware id is the device the model runs on (the server's URL for a remote backend).
+    """
+    model = status.get('model') or {}
+    hardware = model.get('base', '') if status.get('device') == 'remote' else status['device']
+    health = status['health']
+    return DiagnosticArray(header=Header(stamp=stamp), status=[DiagnosticStatus(
+        level=_LEVELS[health['level']], name=status['node'].lstrip('/'),
+        message=health['message'], hardware_id=hardware or '',
+        values=[KeyValue(key=key, value=value) for key, value in key_values(status)])])
+
+
+def parameter_descriptor(parameter: Parameter) -> ParameterDescriptor:
+    """Return what ``ros2 param describe`` shows of a planner parameter."""
+    constraints = [limits(parameter)] + ([] if parameter.dynamic else ['read at start-up'])
+    return ParameterDescriptor(
+        description=parameter.description, read_only=not parameter.dynamic,
+        # typed by load_config, so a wrong type is reported instead of raised
+        dynamic_typing=True, additional_constraints='; '.join(c for c in constraints if c))
+
+
+def acknowledged(publishers) -> bool:
+    """Return True when every subscriber of each publisher acknowledged its last messages."""
+    for publisher in publishers:
+        try:
+            if not publisher.wait_for_all_acked(Duration(seconds=0.02)):
+                return False
+        except Exception:  # the context is going away: nothing more will be delivered
+            pass
+    return True
+
+
+def init_ros(args: Optional[List[str]] = None, context: Optional[Context] = None) -> None:
+    """
+    Initialize rclpy without its signal handlers: the caller decides what SIGINT does.
+
+    planner_node shuts down in order on SIGINT and SIGTERM; plan_client turns Ctrl-C into
+    its exit status 130.
+    """
+    try:
+        from rclpy.signals import SignalHandlerOptions
+    except ImportError:  # pragma: no cover - an rclpy without signal handler options
+        rclpy.init(args=args, context=context)
+    else:
+        rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
