@@ -93,6 +93,13 @@ PARAMETERS: Tuple[Parameter, ...] = (
               '(low_confidence); 0 = off. Choose it on the validation split: cli evaluate '
               'prints what each threshold keeps and catches.', 'min_confidence', minimum=0,
               maximum=1),
+    Parameter('validation.preconditions', bool, 'Run every plan over the symbolic state of the '
+              'skills file (requires/effects): a plan with a step that cannot run where it is '
+              '(hand over what was never picked up) is invalid (precondition_failed).',
+              'preconditions'),
+    Parameter('message.bt_xml', bool, 'Add the plan as a BehaviorTree.CPP v4 XML document to '
+              'each ok /action_plan message (bt_xml); a plan value holding { or } is then '
+              'invalid (bt_xml_unsafe_value).', 'bt_xml'),
     Parameter('topics.command', str, 'Commands in (std_msgs/String: plain text or JSON '
               '{"id", "text"}). Relative names follow the node namespace.', default='command'),
     Parameter('topics.plan', str, 'Answers out (std_msgs/String, the /action_plan JSON), '

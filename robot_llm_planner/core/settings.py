@@ -52,5 +52,7 @@ class PlannerSettings:
     skills_file: str = ''                # skills_file ('' = the installed config/skills.yaml)
     grounded_arguments: bool = True      # validation.grounded_arguments
     min_confidence: float = 0.0          # validation.min_confidence (0 = off)
+    preconditions: bool = True           # validation.preconditions
+    bt_xml: bool = False                 # message.bt_xml
     cache_size: int = 64                 # cache.size
     max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS  # queue.max_command_chars
