@@ -5,8 +5,10 @@ Launch arguments:
   params_file   YAML parameters (default: the installed config/planner.yaml)
   model_path    overrides model.path when not empty
   adapter_path  overrides model.adapter_path when not empty
-  namespace     ROS namespace of the node (default: none)
+  namespace     ROS namespace of the nodes (default: none)
   log_level     debug | info | warn | error (default: info)
+  executor      true: also start plan_executor, which runs the plans (default: false)
+  executor_params_file  its YAML parameters (default: the installed config/plan_executor.yaml)
 """
 
 import os
@@ -22,8 +24,12 @@ ARGUMENTS = (
                                  'config', 'planner.yaml'), 'YAML parameters for planner_node'),
     ('model_path', '', 'base or merged model directory (overrides model.path)'),
     ('adapter_path', '', 'LoRA adapter directory (overrides model.adapter_path)'),
-    ('namespace', '', 'ROS namespace of the node'),
+    ('namespace', '', 'ROS namespace of the nodes'),
     ('log_level', 'info', 'logging level: debug, info, warn, error'),
+    ('executor', 'false', 'true: also start plan_executor, which executes the plans'),
+    ('executor_params_file', os.path.join(get_package_share_directory('robot_llm_planner'),
+                                          'config', 'plan_executor.yaml'),
+     'YAML parameters for plan_executor'),
 )
 OVERRIDES = (('model_path', 'model.path'), ('adapter_path', 'model.adapter_path'))
 
@@ -35,15 +41,30 @@ def _planner_node(context):
         value = LaunchConfiguration(argument).perform(context)
         if value:
             parameters.append({parameter: value})
-    return [Node(
+    nodes = [Node(
         package='robot_llm_planner', executable='planner_node', name='planner_node',
         namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
         parameters=parameters,
         arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')])]
+    if starts_executor(LaunchConfiguration('executor').perform(context)):
+        nodes.append(Node(
+            package='robot_llm_planner', executable='plan_executor', name='plan_executor',
+            namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+            parameters=[LaunchConfiguration('executor_params_file')],
+            arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')]))
+    return nodes
+
+
+def starts_executor(value):
+    """Return whether the ``executor`` argument asks for plan_executor; refuse other values."""
+    text = value.strip().lower()
+    if text not in ('true', 'false', '1', '0', 'yes', 'no', 'on', 'off'):
+        raise ValueError("launch argument executor must be true or false, got '%s'" % value)
+    return text in ('true', '1', 'yes', 'on')
 
 
 def generate_launch_description():
-    """Declare the launch arguments and start planner_node."""
+    """Declare the launch arguments and start planner_node (and plan_executor)."""
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=text)
          for name, default, text in ARGUMENTS]

@@ -19,7 +19,8 @@ from robot_llm_planner.core.parameters import PARAMETERS_BY_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_FILE = os.path.join(ROOT, 'launch', 'planner.launch.py')
-EXPECTED = ('params_file', 'model_path', 'adapter_path', 'namespace', 'log_level')
+EXPECTED = ('params_file', 'model_path', 'adapter_path', 'namespace', 'log_level', 'executor',
+            'executor_params_file')
 
 
 @pytest.fixture(scope='module')
@@ -52,6 +53,9 @@ def test_declares_the_launch_arguments(tree):
     for name in ('model_path', 'adapter_path', 'namespace'):
         assert defaults[name].value == ''
     assert defaults['log_level'].value == 'info'
+    assert defaults['executor'].value == 'false'
+    executor_default = ast.unparse(defaults['executor_params_file'])
+    assert "'config', 'plan_executor.yaml'" in executor_default
     declared = _calls(tree, 'DeclareLaunchArgument')
     assert len(declared) == 1  # one comprehension over ARGUMENTS
     assert [k.arg for k in declared[0].keywords] == ['default_value', 'description']
@@ -67,7 +71,7 @@ def test_overrides_name_real_node_parameters(tree):
 
 def test_starts_planner_node_with_params_file_namespace_and_log_level(tree):
     nodes = _calls(tree, 'Node')
-    assert len(nodes) == 1
+    assert len(nodes) == 2
     keywords = {k.arg: k.value for k in nodes[0].keywords}
     assert keywords['package'].value == 'robot_llm_planner'
     assert keywords['executable'].value == 'planner_node'
@@ -120,3 +124,26 @@ def test_installed_params_file_with_overrides_answers_plan_client(tiny_model, ti
             assert 'Traceback' not in node.stderr()
         finally:
             node.kill()
+
+
+def test_starts_plan_executor_when_the_executor_argument_says_so(tree):
+    executor = {k.arg: k.value for k in _calls(tree, 'Node')[1].keywords}
+    assert executor['executable'].value == 'plan_executor'
+    assert executor['name'].value == 'plan_executor'
+    assert ast.unparse(executor['namespace']) == "LaunchConfiguration('namespace')"
+    assert ast.unparse(executor['parameters']) == "[LaunchConfiguration('executor_params_file')]"
+    assert ast.unparse(executor['arguments']) == (
+        "['--ros-args', '--log-level', LaunchConfiguration('log_level')]")
+    source = ast.unparse(tree)
+    assert "if starts_executor(LaunchConfiguration('executor').perform(context)):" in source
+    # the argument's values, by the launch file's own function
+    function = [node for node in tree.body if isinstance(node, ast.FunctionDef)
+                and node.name == 'starts_executor']
+    namespace = {}
+    exec(compile(ast.Module(body=function, type_ignores=[]), LAUNCH_FILE, 'exec'), namespace)
+    starts = namespace['starts_executor']
+    assert [starts(v) for v in ('true', 'True', '1', 'yes', 'on')] == [True] * 5
+    assert [starts(v) for v in ('false', ' False ', '0', 'no', 'off')] == [False] * 5
+    with pytest.raises(ValueError, match='launch argument executor must be true or false, got '
+                       "'maybe'"):
+        starts('maybe')

@@ -139,8 +139,8 @@ def test_every_fact_of_the_vocabulary(tmp_path):
     assert failure('a；b。开，门；开，门') == 'step 2: 开 needs 门 not to be open'
     assert failure('a。关，门') == 'step 1: 关 needs 门 to be open'
     assert failure('a；b；c。开，门；关，门；取，门') == 'step 3: 取 needs 门 not to be closed'
-    assert failure('a；b。取，杯；取，碗') == ('step 2: 取 needs a free hand (the robot holds '
-                                              '1 object, the most it can: 杯)')
+    assert failure('a；b。取，杯；取，碗') == (
+        'step 2: 取 needs a free hand (the robot holds 1 object, the most it can: 杯)')
     assert failure('a；b。取，杯；走，厨房') == 'step 2: 走 needs the robot to hold nothing ' \
         '(it holds 杯)'
     assert failure('a；b。走，厨房；走，厨房') == 'step 2: 走 needs the robot not to be at 厨房 ' \

@@ -72,13 +72,13 @@ def plan_to_bt_xml(tree_id: str, steps: List[StepLike]) -> str:
     """
     Return the BehaviorTree.CPP v4 document running ``steps`` in order as tree ``tree_id``.
 
-    Raise :class:`BtXmlError` when there is no step, the id is empty, or a value cannot be
-    written (:func:`unsafe_value`).
+    The tree ID loses any character XML cannot carry ('plan' if nothing is left). Raise
+    :class:`BtXmlError` when there is no step or a value cannot be written
+    (:func:`unsafe_value`).
     """
     if not steps:
         raise BtXmlError('a plan without steps has no behavior tree')
-    if not tree_id or _NOT_XML.search(tree_id):
-        raise BtXmlError('the tree ID %r is empty or holds a control character' % tree_id)
+    tree_id = _NOT_XML.sub('', tree_id) or 'plan'
     problem = unsafe_value(steps)
     if problem:
         raise BtXmlError(problem)

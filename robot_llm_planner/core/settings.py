@@ -23,6 +23,10 @@ FAST_PATHS = ('auto', 'on', 'off')
 REMOTE_FIELDS = ('structured_outputs', 'guided_grammar', 'none')
 # planner_node's queue when full: fifo refuses the new command, latest drops the oldest.
 QUEUE_POLICIES = ('fifo', 'latest')
+# plan_executor, when a plan arrives while one runs: queue it, or preempt the running one.
+EXECUTION_POLICIES = ('queue', 'preempt')
+# plan_executor's behaviour factory for skills given no other: the simulated household.
+SIMULATED_BEHAVIOUR = 'robot_llm_planner.execution.simulation:simulated_skill'
 
 
 @dataclass
