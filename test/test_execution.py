@@ -167,6 +167,12 @@ def test_preempt_policy_stops_the_running_behaviour_and_starts_the_new_plan(vali
         ('b', None, 'RUNNING', '', '')]
     # the gripper was told to stop (py_trees_ros action clients cancel their goal here)
     assert executor_behaviours.EVENTS[-1] == ('拿起物体 水', 'INVALID')
+    # a plan that cannot start preempts nothing
+    unknown = json.loads(plan('c', FETCH))
+    unknown['steps'][1]['action'] = '飞行'
+    messages, _ = preempting.submit(json.dumps(unknown, ensure_ascii=False))
+    assert [m['code'] for m in messages] == ['not_executable']
+    assert preempting.current.plan['id'] == 'b'
     executor_behaviours.RELEASED['done'] = True
     assert run_out(preempting, validator)[-1] == ('b', None, 'SUCCESS', '', '')
 

@@ -9,7 +9,8 @@ arrives while one runs is handled by the policy:
 - ``queue``: it waits its turn, behind at most ``max_queued`` others; one more is refused
   (FAILURE, ``queue_full``);
 - ``preempt``: the running plan is stopped (its running behaviour terminated, FAILURE
-  ``preempted``), so are the waiting ones, and the new plan starts.
+  ``preempted``), so are the waiting ones, and the new plan starts; a new plan that cannot
+  start (``not_executable``, ``behaviour_error``) preempts nothing.
 """
 
 from collections import deque
@@ -66,34 +67,35 @@ class PlanRunner:
             return [execution_message({}, FAILURE, code='not_executable', reason=reason)], reason
         if plan.get('status') != 'ok':
             return [], 'plan %s is %s: not executed' % (plan['id'], plan.get('status'))
-        messages = []
-        if self.current is not None or self.waiting:
-            if self.policy == 'preempt':
-                reason = 'preempted by plan %s' % plan['id']
-                if self.current is not None:
-                    messages += self.current.stop('preempted', reason)
-                    self.current = None
-                while self.waiting:
-                    messages.append(execution_message(self.waiting.popleft(), FAILURE,
-                                                      code='preempted', reason=reason))
-            elif len(self.waiting) >= self.max_queued:
-                return messages + [execution_message(
+        if self.idle:
+            return self._start(plan), ''
+        if self.policy == 'queue':
+            if len(self.waiting) >= self.max_queued:
+                return [execution_message(
                     plan, FAILURE, code='queue_full', reason='%d plans are waiting already '
                     '(execution.max_queued)' % self.max_queued)], ''
-            else:
-                self.waiting.append(plan)
-                return messages, 'plan %s waits behind %d' % (plan['id'], len(self.waiting))
-        return messages + self._start(plan), ''
+            self.waiting.append(plan)
+            return [], 'plan %s waits behind %d' % (plan['id'], len(self.waiting))
+        run, refused = self._build(plan)  # preempt: only for a plan that can start
+        if run is None:
+            return refused, ''
+        messages = self.shutdown('preempted by plan %s' % plan['id'], 'preempted')
+        self.current = run
+        return messages + run.take(), ''
+
+    def _build(self, plan: dict) -> Tuple[Optional[PlanRun], List[dict]]:
+        try:
+            return PlanRun(plan, self.skills, self.behaviours, self.simulation, self.setup,
+                           self.setup_timeout_s), []
+        except BehaviourFailed as exc:
+            code, reason = 'behaviour_error', str(exc)
+        except ValueError as exc:
+            code, reason = 'not_executable', str(exc)
+        return None, [execution_message(plan, FAILURE, code=code, reason=reason)]
 
     def _start(self, plan: dict) -> List[dict]:
-        try:
-            self.current = PlanRun(plan, self.skills, self.behaviours, self.simulation,
-                                   self.setup, self.setup_timeout_s)
-        except BehaviourFailed as exc:
-            return [execution_message(plan, FAILURE, code='behaviour_error', reason=str(exc))]
-        except ValueError as exc:
-            return [execution_message(plan, FAILURE, code='not_executable', reason=str(exc))]
-        return self.current.take()
+        self.current, messages = self._build(plan)
+        return self.current.take() if self.current is not None else messages
 
     def tick(self) -> List[dict]:
         """Tick the running plan once (start the next waiting one first if none runs)."""
@@ -107,14 +109,15 @@ class PlanRunner:
                 self.current = None
         return messages
 
-    def shutdown(self, reason: str = 'the executor shut down') -> List[dict]:
-        """Stop the running plan and drop the waiting ones (FAILURE ``shutting_down``)."""
+    def shutdown(self, reason: str = 'the executor shut down',
+                 code: str = 'shutting_down') -> List[dict]:
+        """Stop the running plan and drop the waiting ones (FAILURE ``code``)."""
         messages: List[dict] = []
         if self.current is not None:
-            messages += self.current.stop('shutting_down', reason)
+            messages += self.current.stop(code, reason)
             self.warnings += self.current.warnings
             self.current = None
         while self.waiting:
-            messages.append(execution_message(self.waiting.popleft(), FAILURE,
-                                              code='shutting_down', reason=reason))
+            messages.append(execution_message(self.waiting.popleft(), FAILURE, code=code,
+                                              reason=reason))
         return messages
