@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: env build test demo clean
+.PHONY: env build test demo clean btcpp-source
 
 env: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -21,11 +21,23 @@ $(STAMP): requirements.txt requirements-train.txt requirements-dev.txt
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+# The BehaviorTree.CPP source test/test_bt_xml.py builds (once, cached in .cache/btcpp) to load
+# the plans' XML: the sdist of behaviortreepy pinned with its hash (downloaded, not installed).
+BTCPP_SOURCE := .cache/btcpp/behaviortreepy-0.1.4.tar.gz
+
+btcpp-source: $(BTCPP_SOURCE)  ## download the pinned BehaviorTree.CPP source for the XML test
+
+$(BTCPP_SOURCE): requirements-btcpp.txt | $(STAMP)
+	mkdir -p .cache/btcpp
+	$(VENV)/bin/pip download --quiet --no-deps --no-binary :all: --require-hashes \
+	  -r requirements-btcpp.txt -d .cache/btcpp
+	touch $(BTCPP_SOURCE)
+
 build: env  ## colcon build into install/ and check colcon sees an ament_python package
 	$(ACTIVATE) && colcon list | tee /dev/stderr | grep -q 'robot_llm_planner.*(ros.ament_python)'
 	$(ACTIVATE) && colcon build --event-handlers console_direct- summary+
 
-test: build  ## build, source the install and run the whole test suite with the linters
+test: build $(BTCPP_SOURCE)  ## build, source the install and run the whole test suite with the linters
 	$(ACTIVATE) && source install/setup.bash && \
 	  pytest -p no:cacheprovider test
 

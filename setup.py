@@ -28,6 +28,7 @@ setup(
         'console_scripts': [
             'planner_node = robot_llm_planner.ros.planner_node:main',
             'plan_client = robot_llm_planner.ros.plan_client:main',
+            'plan_executor = robot_llm_planner.ros.plan_executor:main',
         ],
     },
 )

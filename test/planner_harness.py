@@ -253,10 +253,10 @@ def ros_session():
 
 
 class NodeProcess:
-    """The installed planner_node executable in a subprocess."""
+    """An installed node executable (planner_node unless told) in a subprocess."""
 
     def __init__(self, session, directory, parameters=None, overrides=(), ros_args=(),
-                 params_file=None):
+                 params_file=None, node='planner_node'):
         """Write ``parameters`` as a YAML params file and start the node with ``overrides``."""
         directory = str(directory)
         os.makedirs(directory, exist_ok=True)
@@ -265,7 +265,8 @@ class NodeProcess:
             with open(params_file, 'w', encoding='utf-8') as stream:
                 yaml.safe_dump({'/**': {'ros__parameters': _nest(parameters or {})}}, stream,
                                allow_unicode=True)
-        command = [executable('planner_node'), '--ros-args', '--params-file', params_file]
+        self.node = node
+        command = [executable(node), '--ros-args', '--params-file', params_file]
         for name, value in overrides:
             command += ['-p', '%s:=%s' % (name, value)]
         command += list(ros_args)
@@ -292,8 +293,8 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            pytest.fail('planner_node did not exit %d s after signal %d:\n%s'
-                        % (timeout, signum, self.stderr()[-3000:]))
+            pytest.fail('%s did not exit %d s after signal %d:\n%s'
+                        % (self.node, timeout, signum, self.stderr()[-3000:]))
 
     def kill(self):
         """Kill the process if it still runs (test teardown)."""

@@ -1,10 +1,11 @@
 """
 The layers and their boundaries: what each subpackage may import, and on which Pythons.
 
-Layers, lowest first: ``core`` (no ROS, no torch), ``inference``, then ``ros`` and ``cli``
-beside each other; the training side (``training/planner_training``) sits above them all and
-is not installed. A module imports only its own layer and the layers below it, lazy imports
-inside functions included, and the module graph has no cycle.
+Layers, lowest first: ``core`` (no ROS, no torch), ``inference`` and ``execution``
+(py_trees) beside each other, then ``ros`` and ``cli`` beside each other; the training side
+(``training/planner_training``) sits above them all and is not installed. A module imports
+only its own layer and the layers below it, lazy imports inside functions included, and the
+module graph has no cycle.
 """
 
 import ast
@@ -23,15 +24,18 @@ TRAINING = os.path.join(ROOT, 'training', 'planner_training')
 ALLOWED = {
     'core': set(),
     'inference': {'core'},
-    'ros': {'core', 'inference'},
+    'execution': {'core'},
+    'ros': {'core', 'inference', 'execution'},
     'cli': {'core', 'inference'},
-    'planner_training': {'core', 'inference', 'ros', 'cli'},
+    'planner_training': {'core', 'inference', 'execution', 'ros', 'cli'},
 }
 # Third-party packages a layer must never import, lazily or not.
 FORBIDDEN = {
     'core': {'torch', 'transformers', 'peft', 'xgrammar', 'rclpy', 'std_msgs', 'rcl_interfaces',
              'llamafactory'},
     'inference': {'rclpy', 'std_msgs', 'rcl_interfaces', 'llamafactory'},
+    'execution': {'torch', 'transformers', 'peft', 'xgrammar', 'rclpy', 'std_msgs',
+                  'rcl_interfaces', 'llamafactory'},
     'cli': {'rclpy', 'std_msgs', 'rcl_interfaces', 'llamafactory'},
     'ros': {'llamafactory'},
 }

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from robot_llm_planner.core.plan import parse_plan
+from robot_llm_planner.core.skills import SkillSet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,3 +103,43 @@ def test_gpu_run_script_parses_and_passes_only_known_options():
             capture_output=True, text=True, cwd=ROOT).stdout
         for option in options:
             assert option in help_text, (name, option)
+
+
+def test_preconditions_benchmark_smoke(tiny_model, tiny_adapter, tmp_path):
+    out = tmp_path / 'preconditions.json'
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'preconditions.py'), '--base',
+         tiny_model, '--adapter', tiny_adapter, '--limit', '4', '--out', str(out)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text(encoding='utf-8'))
+    assert report['commands'] == len(report['rows']) == 4
+    assert [line['min_confidence'] for line in report['table']] == [0.0, 0.3, 0.6]
+    assert 'validation.preconditions caught' in result.stdout
+
+
+def test_preconditions_benchmark_counts():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        import preconditions
+    finally:
+        sys.path.pop(0)
+
+    def row(right, ok, kept, confidence, unmet=''):
+        return {'right': right, 'ok': ok, 'ok_with_preconditions': kept,
+                'confidence': confidence, 'unmet': unmet}
+    rows = [row(True, True, True, 0.9), row(True, True, True, 0.2),
+            row(False, True, False, 0.8, '拿起物体 found(target)'),
+            row(False, True, False, 0.1, '递给 held(last)'),
+            row(False, True, True, 0.7), row(False, False, False, 0.9)]
+    report = preconditions.summary(rows)
+    assert (report['ok'], report['right'], report['wrong']) == (5, 2, 3)
+    assert (report['wrong_caught'], report['right_kept']) == (2, 2)
+    assert report['table'][0] == {'min_confidence': 0.0, 'without': {'ok': 5, 'wrong': 3},
+                                  'with': {'ok': 3, 'wrong': 1}}
+    assert report['table'][2] == {'min_confidence': 0.6, 'without': {'ok': 3, 'wrong': 2},
+                                  'with': {'ok': 2, 'wrong': 1}}
+    assert report['reasons'] == [('拿起物体 found(target)', 1), ('递给 held(last)', 1)]
+    assert preconditions.unmet_fact(SkillSet.load(), parse_plan(
+        '找；拿。寻找物体，水；拿起物体，杯子')) == '拿起物体 found(target)'
+    assert '| 0.6 | 2 of 3 (66.7 %) | 1 of 2 (50.0 %) |' in preconditions.markdown(report)

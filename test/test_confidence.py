@@ -103,8 +103,9 @@ def random_backend(tiny_model):
 
 def test_min_confidence_turns_a_less_confident_plan_invalid(random_backend):
     def plan(threshold):
+        # the random model's plan: arguments and step order are not checked
         planner = Planner(random_backend, SKILLS, PROMPT, COMPLETE, grounded_arguments=False,
-                          min_confidence=threshold)
+                          preconditions=False, min_confidence=threshold)
         return planner.plan('去客厅')
 
     free = plan(0.0)
@@ -126,7 +127,8 @@ def test_min_confidence_turns_a_less_confident_plan_invalid(random_backend):
 
 
 def test_a_cached_plan_keeps_its_confidence(random_backend):
-    planner = Planner(random_backend, SKILLS, PROMPT, COMPLETE, grounded_arguments=False)
+    planner = Planner(random_backend, SKILLS, PROMPT, COMPLETE, grounded_arguments=False,
+                      preconditions=False)
     first, second = planner.plan('去客厅'), planner.plan('去客厅')
     assert second.timing['cached'] and second.confidence == first.confidence is not None
 
@@ -159,9 +161,10 @@ def test_published_confidence(value, published):
 def test_a_plan_held_back_shows_a_confidence_below_the_threshold(random_backend):
     # the value compared is the value published
     confidence = Planner(random_backend, SKILLS, PROMPT, COMPLETE,
-                         grounded_arguments=False).plan('去客厅').confidence
+                         grounded_arguments=False, preconditions=False).plan('去客厅').confidence
     for threshold in (confidence, confidence + 0.00005, confidence + 0.0001):
         result = Planner(random_backend, SKILLS, PROMPT, COMPLETE, grounded_arguments=False,
+                         preconditions=False,
                          min_confidence=min(1.0, threshold)).plan('去客厅')
         shown = result.message('r')['confidence']
         assert (result.status == 'ok') == (shown >= threshold)
@@ -292,8 +295,8 @@ def test_every_decode_path_reports_where_each_token_ends_and_its_probability(
 
 
 def test_each_published_step_carries_its_confidence(random_backend):
-    result = Planner(random_backend, SKILLS, PROMPT, COMPLETE,
-                     grounded_arguments=False).plan('把红色的杯子放到厨房的桌子上')
+    result = Planner(random_backend, SKILLS, PROMPT, COMPLETE, grounded_arguments=False,
+                     preconditions=False).plan('把红色的杯子放到厨房的桌子上')
     message = result.message('r')
     values = [step['confidence'] for step in message['steps']]
     assert values and all(0.0 <= value <= 1.0 for value in values)

@@ -326,6 +326,10 @@ def test_a_label_that_fails_validation_stops_the_generator(skills):
     made_up = dataset.Example('去客厅', [dataset.Step('去厨房', '移动到', '厨房')], 'go')
     with pytest.raises(DatasetError, match="target '厨房' does not appear in the command"):
         dataset.check_label(made_up, skills, 'train')
+    # and validation.preconditions on every label: nothing handed over that was not picked up
+    impossible = dataset.Example('把水递给我', [dataset.hand_step('水', '我')], 'bring')
+    with pytest.raises(DatasetError, match='step 1: 递给 needs the robot to hold something'):
+        dataset.check_label(impossible, skills, 'train')
 
 
 @pytest.mark.parametrize('content,message', [

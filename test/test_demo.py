@@ -25,7 +25,7 @@ def test_samples_cover_training_heldout_and_nonsense():
     for kind in ('training', 'held-out object', 'held-out place', 'held-out phrasing'):
         assert kinds.count(kind) >= 2, kinds
     assert kinds[-1] == 'nonsense' and samples[-1][2] is None
-    assert samples[-2][0] == 'held-out, no task' and samples[-2][2] == '无法执行'
+    assert samples[-3][0] == 'held-out, no task' and samples[-3][2] == '无法执行'
     assert len(samples) <= 16  # planner_node's default queue.max_size: none is rejected
     test = {row['input']: row['output'] for row in demo_model.split_rows('test', ROOT)}
     for kind, command, label in samples:
@@ -61,6 +61,42 @@ def test_confidence_summary_counts_right_and_wrong_plans_by_the_threshold():
     assert demo.confidence_summary(rows) == (
         '   plan confidence: validation.min_confidence 0.6 would keep 1 of the 2 right plans '
         'and hold back 1 of the 2 wrong ones (README, "Plan confidence")')
+
+
+def test_samples_include_a_plan_the_demo_model_makes_impossible():
+    kind, command, label = demo.sample_commands(ROOT)[-2]
+    assert (kind, command) == ('held-out, planned impossibly', demo.IMPOSSIBLE)
+    assert label and label != '无法执行'
+
+
+def _execution(step, status, action='', target='', code='', reason='', state=None):
+    return {'plan_id': 'p', 'step': step, 'steps': 2, 'action': action, 'target': target,
+            'location': '', 'status': status, 'code': code, 'reason': reason, 'state': state}
+
+
+def test_execution_is_shown_step_by_step_with_the_state():
+    empty = {'place': '', 'found': [], 'held': [], 'open': [], 'closed': []}
+    found = dict(empty, found=['水'])
+    held = dict(found, held=['水'])
+    messages = [_execution(None, 'RUNNING', state=empty),
+                _execution(0, 'RUNNING', '寻找物体', '水', state=empty),
+                _execution(0, 'SUCCESS', '寻找物体', '水', state=found),
+                _execution(1, 'RUNNING', '拿起物体', '水', state=found),
+                _execution(1, 'SUCCESS', '拿起物体', '水', state=held),
+                _execution(None, 'SUCCESS', state=held)]
+    assert demo.format_execution(messages).splitlines() == [
+        '    plan RUNNING', '    step 1 寻找物体 水: RUNNING',
+        '    step 1 寻找物体 水: SUCCESS  (place unknown, holds nothing, found 水)',
+        '    step 2 拿起物体 水: RUNNING',
+        '    step 2 拿起物体 水: SUCCESS  (place unknown, holds 水, found 水)',
+        '    plan SUCCESS  (place unknown, holds 水, found 水)']
+    assert demo.execution_line('training', '拿水', messages) == (
+        '[training] 拿水: SUCCESS, 2 steps (place unknown, holds 水, found 水)')
+    failed = messages[:4] + [_execution(None, 'FAILURE', code='step_failed',
+                                        reason='simulated failure', state=found)]
+    assert demo.execution_line('x', '拿水', failed) == (
+        '[x] 拿水: FAILURE (step_failed: simulated failure)')
+    assert demo.execution_line('x', '拿水', messages[:2]) == '[x] 拿水: did not end'
 
 
 def test_plan_table_of_a_command_without_a_task():
@@ -140,9 +176,13 @@ def test_demo_plans_the_samples_with_the_cached_model_over_ros(tiny_model, tiny_
     assert 'demo model: reusing %s' % directory in output
     assert 'base %s' % os.path.join(directory, 'base') in output
     kinds = [kind for kind, _, _ in demo.sample_commands(ROOT)]
-    headers = [line for line in lines if line.startswith('[')]
+    tables = lines[:next(i for i, line in enumerate(lines) if line.startswith('== 4.'))]
+    headers = [line for line in tables if line.startswith('[')]
     assert [line[1:].split('] ')[0] for line in headers] == kinds, output
     assert not any('status no answer' in line for line in lines), output
+    # the random tiny model plans nothing ok: plan_executor runs nothing, and says so
+    assert '== 4. plan_executor runs the 0 ok plans in the simulated household' in output
+    assert 'plan_executor exited with 0' in output
     assert 'planner_node exited with 0' in output
 
 

@@ -19,7 +19,8 @@ from robot_llm_planner.core.parameters import PARAMETERS_BY_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_FILE = os.path.join(ROOT, 'launch', 'planner.launch.py')
-EXPECTED = ('params_file', 'model_path', 'adapter_path', 'namespace', 'log_level', 'autostart')
+EXPECTED = ('params_file', 'model_path', 'adapter_path', 'namespace', 'log_level', 'autostart',
+            'executor', 'executor_params_file')
 
 
 @pytest.fixture(scope='module')
@@ -47,11 +48,16 @@ def test_declares_the_launch_arguments(tree):
     defaults = {element.elts[0].value: element.elts[1] for element in arguments.elts}
     # params_file defaults to the installed config/planner.yaml
     params_default = ast.unparse(defaults['params_file'])
-    assert "get_package_share_directory('robot_llm_planner')" in params_default
+    assert "os.path.join(SHARE, " in params_default
+    share = ast.unparse(_assignment(tree, 'SHARE'))
+    assert share == "get_package_share_directory('robot_llm_planner')"
     assert "'config', 'planner.yaml'" in params_default
     for name in ('model_path', 'adapter_path', 'namespace', 'autostart'):
         assert defaults[name].value == ''
     assert defaults['log_level'].value == 'info'
+    assert defaults['executor'].value == 'false'
+    executor_default = ast.unparse(defaults['executor_params_file'])
+    assert "'config', 'plan_executor.yaml'" in executor_default
     declared = _calls(tree, 'DeclareLaunchArgument')
     assert len(declared) == 1  # one comprehension over ARGUMENTS
     assert [k.arg for k in declared[0].keywords] == ['default_value', 'description']
@@ -67,8 +73,7 @@ def test_overrides_name_real_node_parameters(tree):
 
 def test_starts_planner_node_with_params_file_namespace_and_log_level(tree):
     nodes = _calls(tree, 'LifecycleNode')  # a managed node: launch sees its transitions
-    assert _calls(tree, 'Node') == []
-    assert len(nodes) == 1
+    assert len(nodes) == 1 and len(_calls(tree, 'Node')) == 1  # and plan_executor
     keywords = {k.arg: k.value for k in nodes[0].keywords}
     assert keywords['package'].value == 'robot_llm_planner'
     assert keywords['executable'].value == 'planner_node'
@@ -92,14 +97,20 @@ def _function(tree, name):
     raise AssertionError('%s is not defined at module level' % name)
 
 
+def test_true_false_arguments_are_read_by_one_function(tree):
+    flag = _function(tree, 'flag')
+    assert flag('autostart', '') is None and flag('autostart', ' ') is None  # not given
+    assert [flag('executor', v) for v in ('true', 'True', '1', 'yes', 'on')] == [True] * 5
+    assert [flag('executor', v) for v in ('false', ' False ', '0', 'no', 'off')] == [False] * 5
+    with pytest.raises(ValueError, match="must be true or false, got 'maybe'"):
+        flag('autostart', 'maybe')
+
+
 def test_autostart_overrides_lifecycle_autostart_only_when_given(tree):
-    autostart = _function(tree, '_autostart')
-    assert autostart('') is None and autostart(' ') is None  # the params file decides
-    assert autostart('true') is True and autostart(' False ') is False
-    with pytest.raises(ValueError, match="autostart must be true or false, got 'yes'"):
-        autostart('yes')
     source = ast.unparse(tree)
-    assert "autostart = _autostart(LaunchConfiguration('autostart').perform(context))" in source
+    assert "autostart = flag('autostart', LaunchConfiguration('autostart').perform(context))" \
+        in source
+    assert 'if autostart is not None:' in source
     assert "parameters.append({'lifecycle.autostart': autostart})" in source
     assert PARAMETERS_BY_NAME['lifecycle.autostart'].kind is bool
 
@@ -171,3 +182,15 @@ def test_autostart_false_leaves_the_node_to_a_lifecycle_manager(tiny_model, tmp_
             assert 'Traceback' not in node.stderr()
         finally:
             node.kill()
+
+
+def test_starts_plan_executor_when_the_executor_argument_says_so(tree):
+    executor = {k.arg: k.value for k in _calls(tree, 'Node')[0].keywords}
+    assert executor['executable'].value == 'plan_executor'
+    assert executor['name'].value == 'plan_executor'
+    assert ast.unparse(executor['namespace']) == "LaunchConfiguration('namespace')"
+    assert ast.unparse(executor['parameters']) == "[LaunchConfiguration('executor_params_file')]"
+    assert ast.unparse(executor['arguments']) == (
+        "['--ros-args', '--log-level', LaunchConfiguration('log_level')]")
+    source = ast.unparse(tree)
+    assert "if flag('executor', LaunchConfiguration('executor').perform(context)):" in source

@@ -12,14 +12,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_share_directory_has_launch_and_config():
     share = get_package_share_directory('robot_llm_planner')
     for name in ('package.xml', 'launch/planner.launch.py', 'config/skills.yaml',
-                 'config/planner.yaml', 'config/action_plan.schema.json'):
+                 'config/planner.yaml', 'config/action_plan.schema.json',
+                 'config/plan_executor.yaml', 'config/plan_execution.schema.json'):
         assert os.path.isfile(os.path.join(share, name)), name
 
 
 def test_console_scripts_are_installed_where_ros2_run_looks():
     share = get_package_share_directory('robot_llm_planner')
     prefix = os.path.dirname(os.path.dirname(share))
-    for script in ('planner_node', 'plan_client'):
+    for script in ('planner_node', 'plan_client', 'plan_executor'):
         assert os.access(os.path.join(prefix, 'lib', 'robot_llm_planner', script), os.X_OK)
 
 

@@ -5,6 +5,8 @@ Subcommands:
   plan         plan commands with a model and print one /action_plan JSON per line
   postprocess  split LLaMA-Factory predictions into the seed's output_1 / output_2 format
   evaluate     plan metrics of prediction runs side by side (markdown, CSV, PNG)
+  validate     the /action_plan message for model answers read from a file (no model)
+  bt-xml       BehaviorTree.CPP v4 XML of /action_plan messages; the Skill node model
   parameters   print the parameter reference (docs/parameters.md)
 
 The data set generator and the prompt variants are the training side's
@@ -14,7 +16,7 @@ The data set generator and the prompt variants are the training side's
 import argparse
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -95,13 +97,18 @@ def _option_type(parameter) -> Callable[[str], object]:
     return parse
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add an option per planner setting, from the node's parameter table (same checks)."""
+def add_model_arguments(parser: argparse.ArgumentParser,
+                        only: Optional[Sequence[str]] = None) -> None:
+    """
+    Add an option per planner setting, from the node's parameter table (same checks).
+
+    ``only`` limits them to those PlannerSettings fields.
+    """
     from robot_llm_planner.core.parameters import cli_option, default_value, PARAMETERS
     group = parser.add_argument_group('planner settings (the planner_node parameter in brackets)')
     for parameter in PARAMETERS:
         option = cli_option(parameter)
-        if not option:
+        if not option or (only is not None and parameter.field not in only):
             continue
         help_text = '%s [%s]' % (parameter.description.replace('%', '%%'), parameter.name)
         if parameter.kind is bool:
@@ -114,10 +121,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    """Return the PlannerSettings that the model options describe."""
-    from robot_llm_planner.core.parameters import PARAMETERS
+    """Return the PlannerSettings that the model options describe (defaults for others)."""
+    from robot_llm_planner.core.parameters import default_value, PARAMETERS
     from robot_llm_planner.core.settings import PlannerSettings
-    return PlannerSettings(**{p.field: getattr(args, p.field) for p in PARAMETERS if p.field})
+    return PlannerSettings(**{p.field: getattr(args, p.field, default_value(p))
+                              for p in PARAMETERS if p.field})
 
 
 def _parameters(args: argparse.Namespace) -> int:
@@ -145,6 +153,70 @@ def _plan(args: argparse.Namespace) -> int:
         print(to_json(result.message('cli-%d' % number, model)), flush=True)
         failed += result.status != 'ok'
     return 1 if failed else 0
+
+
+# The settings `cli validate` uses: those of the answer checks (no model).
+VALIDATE_SETTINGS = ('skills_file', 'grounded_arguments', 'preconditions', 'min_confidence',
+                     'bt_xml', 'max_command_chars', 'max_new_tokens')
+
+
+def _input_lines(paths: Sequence[str]):
+    """Yield the lines of ``paths`` (standard input when none); OSError if one is unreadable."""
+    if not paths:
+        yield from sys.stdin
+        return
+    for path in paths:
+        with open(path, encoding='utf-8') as stream:
+            yield from stream
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from robot_llm_planner.cli.validate import validate_lines
+    from robot_llm_planner.core.answer import AnswerCheck
+    from robot_llm_planner.core.message import to_json
+    from robot_llm_planner.core.skills import SkillError, SkillSet
+    settings = settings_from_args(args)
+    try:
+        checks = AnswerCheck(SkillSet.load(settings.skills_file or None),
+                             settings.grounded_arguments, settings.preconditions,
+                             settings.min_confidence, settings.max_new_tokens, settings.bt_xml)
+    except SkillError as exc:
+        print('validate: %s' % exc, file=sys.stderr)
+        return 2
+    failed = 0
+    try:
+        for message, problem in validate_lines(_input_lines(args.files), checks,
+                                               settings.max_command_chars, args.instruction):
+            if problem:
+                print('validate: %s' % problem, file=sys.stderr)
+            print(to_json(message), flush=True)
+            failed += message['status'] != 'ok'
+    except (OSError, UnicodeDecodeError) as exc:
+        print('validate: cannot read the input: %s' % exc, file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
+def _bt_xml(args: argparse.Namespace) -> int:
+    from robot_llm_planner.cli.bt_export import write_documents
+    from robot_llm_planner.core.bt_xml import nodes_model_xml
+    from robot_llm_planner.core.skills import SkillError, SkillSet
+    if args.nodes_model:
+        try:
+            sys.stdout.write(nodes_model_xml(SkillSet.load(args.skills_file or None)))
+        except SkillError as exc:
+            print('bt-xml: %s' % exc, file=sys.stderr)
+            return 2
+        return 0
+    try:
+        written, skipped = write_documents(_input_lines(args.files), args.out, sys.stdout,
+                                           sys.stderr)
+    except (OSError, UnicodeDecodeError) as exc:
+        print('bt-xml: %s' % exc, file=sys.stderr)
+        return 2
+    if not written and not skipped:
+        print('bt-xml: no /action_plan message read', file=sys.stderr)
+    return 1 if skipped else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
                           'per planner batch (1 gives per-command latencies)')
     add_model_arguments(evaluate)
     evaluate.set_defaults(run=_evaluate)
+
+    validate = sub.add_parser('validate', help='the /action_plan message for model answers '
+                              '(JSON lines {"command", "output"}), without a model')
+    validate.add_argument('files', nargs='*', metavar='FILE', help='JSON lines files (default: '
+                          'standard input); "predict" and "prompt" are read where "output" and '
+                          '"command" are missing, "id" and "confidence" when given')
+    validate.add_argument('--instruction', default='', help='the alpaca instruction the prompts '
+                          'start with, stripped from a command recovered from "prompt"')
+    add_model_arguments(validate, VALIDATE_SETTINGS)
+    validate.set_defaults(run=_validate)
+
+    bt_xml = sub.add_parser('bt-xml', help='BehaviorTree.CPP v4 XML of each ok /action_plan '
+                            'message (JSON lines)')
+    bt_xml.add_argument('files', nargs='*', metavar='FILE', help='/action_plan JSON lines files '
+                        '(default: standard input)')
+    bt_xml.add_argument('-o', '--out', default='', metavar='DIR', help='write DIR/<id>.xml per '
+                        'plan and print the paths (default: the documents on standard output)')
+    bt_xml.add_argument('--nodes-model', action='store_true', help='print the TreeNodesModel of '
+                        'the Skill node for Groot2 instead (from the skills file)')
+    bt_xml.add_argument('--skills', dest='skills_file', default='', metavar='FILE',
+                        help='skills YAML for --nodes-model (default: the installed one)')
+    bt_xml.set_defaults(run=_bt_xml)
 
     parameters = sub.add_parser('parameters', help='print the parameter reference (markdown)')
     parameters.set_defaults(run=_parameters)

@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 import unicodedata
 
 from robot_llm_planner.core.plan import PlanError
@@ -190,3 +190,17 @@ def check_command(command: str, max_chars: int = DEFAULT_MAX_COMMAND_CHARS) -> O
                          'chat-template control token; it is refused, since it could end the '
                          'user turn and inject instructions' % token.group(0))
     return None
+
+
+def prepare_command(raw: str,
+                    max_chars: int = DEFAULT_MAX_COMMAND_CHARS) -> Tuple[str, Optional[PlanError]]:
+    """
+    Return the command as it is planned (cleaned) and why it cannot be, or None when it can.
+
+    Length first, on the raw text: a huge string is never cleaned whole; its answer echoes the
+    start (:func:`shown_command`).
+    """
+    if len(raw) > max_chars:
+        return shown_command(raw, max_chars), check_command(raw, max_chars)
+    command = clean_command(raw)
+    return command, check_command(command, max_chars)

@@ -1,5 +1,5 @@
 """
-The planner's parameters: one table for the node, the command line and the docs.
+The parameters: one table for each node, the command line and the docs.
 
 :data:`PARAMETERS` is the one table that planner_node declares its ROS parameters from, that
 ``python3 -m robot_llm_planner.cli`` builds its model options from (:func:`cli_option`),
@@ -7,7 +7,8 @@ that ``docs/parameters.md`` is generated from (:func:`markdown_table`) and that 
 against :class:`PlannerSettings`. Every PlannerSettings field has a parameter
 (``Parameter.field``) whose default is the field's default. :func:`load_config` turns
 parameter values into a :class:`NodeConfig` and a list of readable errors; it never raises, so
-the node can report bad values instead of crashing.
+the node can report bad values instead of crashing. :data:`EXECUTOR_PARAMETERS` and
+:func:`load_executor_config` are the same for plan_executor.
 """
 
 from dataclasses import dataclass, field, fields
@@ -15,8 +16,9 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from robot_llm_planner.core.settings import (BACKENDS, DTYPES, FAST_PATHS, PlannerSettings,
-                                             QUANTIZATION, QUEUE_POLICIES, REMOTE_FIELDS)
+from robot_llm_planner.core.settings import (BACKENDS, DTYPES, EXECUTION_POLICIES, FAST_PATHS,
+                                             PlannerSettings, QUANTIZATION, QUEUE_POLICIES,
+                                             REMOTE_FIELDS, SIMULATED_BEHAVIOUR)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,13 @@ PARAMETERS: Tuple[Parameter, ...] = (
               '(low_confidence); 0 = off. Choose it on the validation split: cli evaluate '
               'prints what each threshold keeps and catches.', 'min_confidence', minimum=0,
               maximum=1),
+    Parameter('validation.preconditions', bool, 'Run every plan over the symbolic state of the '
+              'skills file (requires/effects): a plan with a step that cannot run where it is '
+              '(hand over what was never picked up) is invalid (precondition_failed).',
+              'preconditions'),
+    Parameter('message.bt_xml', bool, 'Add the plan as a BehaviorTree.CPP v4 XML document to '
+              'each ok /action_plan message (bt_xml); a plan value holding { or } is then '
+              'invalid (bt_xml_unsafe_value).', 'bt_xml'),
     Parameter('topics.command', str, 'Commands in (std_msgs/String: plain text or JSON '
               '{"id", "text"}). Relative names follow the node namespace.', default='command'),
     Parameter('topics.plan', str, 'Answers out (std_msgs/String, the /action_plan JSON), '
@@ -123,6 +132,38 @@ PARAMETERS: Tuple[Parameter, ...] = (
 )
 
 PARAMETERS_BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+
+
+EXECUTOR_PARAMETERS: Tuple[Parameter, ...] = (
+    Parameter('topics.plan', str, 'Plans in (std_msgs/String, /action_plan JSON); only ok plans '
+              'run. Relative names follow the node namespace.', default='action_plan'),
+    Parameter('topics.execution', str, 'Progress out (std_msgs/String, /plan_execution JSON): '
+              'each step RUNNING then SUCCESS or FAILURE, and each plan.',
+              default='plan_execution'),
+    Parameter('skills_file', str, 'Skills YAML whose semantics the plans run over (empty: the '
+              'installed config/skills.yaml).', default=''),
+    Parameter('behaviours.default', str, 'Behaviour factory (package.module:callable) for the '
+              'skills behaviours.skills does not name; empty: those skills cannot run.',
+              default=SIMULATED_BEHAVIOUR),
+    Parameter('behaviours.skills', str, 'Behaviour factories of single skills: '
+              'skill=package.module:callable entries separated by , or ; (e.g. '
+              '移动到=my_robot.behaviours:navigate_to).', default=''),
+    Parameter('execution.policy', str, 'A plan that arrives while one runs: queue waits for '
+              'it, preempt stops it (and drops the waiting ones).', default='queue',
+              choices=EXECUTION_POLICIES),
+    Parameter('execution.max_queued', int, 'Plans that may wait (queue policy); one more is '
+              'refused (queue_full).', default=8, minimum=1),
+    Parameter('execution.tick_period_s', float, 'Seconds between two ticks of the running '
+              'tree.', default=0.1, positive=True),
+    Parameter('execution.setup_timeout_s', float, "Seconds a tree's setup may take (e.g. "
+              'action clients waiting for their server).', default=10.0, positive=True),
+    Parameter('simulation.step_duration_s', float, 'Seconds each step of the simulated '
+              'household runs.', default=0.5, minimum=0),
+    Parameter('simulation.fail', str, 'Simulated steps made to fail: action or action=target '
+              'entries separated by , or ; (e.g. 拿起物体=一瓶水).', default=''),
+)
+
+EXECUTOR_PARAMETERS_BY_NAME = {parameter.name: parameter for parameter in EXECUTOR_PARAMETERS}
 
 
 def default_value(parameter: Parameter) -> Any:
@@ -258,6 +299,47 @@ def load_config(values: Dict[str, Any]) -> Tuple[NodeConfig, List[str]]:
     return config, errors
 
 
+@dataclass
+class ExecutorConfig:
+    """Everything plan_executor reads from its parameters."""
+
+    plan_topic: str = 'action_plan'
+    execution_topic: str = 'plan_execution'
+    skills_file: str = ''
+    behaviours_default: str = SIMULATED_BEHAVIOUR
+    behaviours_skills: str = ''
+    policy: str = 'queue'
+    max_queued: int = 8
+    tick_period_s: float = 0.1
+    setup_timeout_s: float = 10.0
+    step_duration_s: float = 0.5
+    fail: str = ''
+
+
+_EXECUTOR_FIELDS = {
+    'topics.plan': 'plan_topic', 'topics.execution': 'execution_topic',
+    'skills_file': 'skills_file', 'behaviours.default': 'behaviours_default',
+    'behaviours.skills': 'behaviours_skills', 'execution.policy': 'policy',
+    'execution.max_queued': 'max_queued', 'execution.tick_period_s': 'tick_period_s',
+    'execution.setup_timeout_s': 'setup_timeout_s',
+    'simulation.step_duration_s': 'step_duration_s', 'simulation.fail': 'fail',
+}
+
+
+def load_executor_config(values: Dict[str, Any]) -> Tuple[ExecutorConfig, List[str]]:
+    """Build plan_executor's configuration as :func:`load_config` does planner_node's."""
+    config = ExecutorConfig()
+    errors = []
+    for parameter in EXECUTOR_PARAMETERS:
+        value = values.get(parameter.name, parameter.default)
+        converted, error = check_value(parameter, value)
+        if error:
+            errors.append(error)
+            converted = parameter.default
+        setattr(config, _EXECUTOR_FIELDS[parameter.name], converted)
+    return config, errors
+
+
 def settings_fields_without_parameter() -> List[str]:
     """Return the PlannerSettings fields no parameter sets (should be none)."""
     covered = {parameter.field for parameter in PARAMETERS}
@@ -335,12 +417,22 @@ def markdown_table() -> str:
              '| parameter | type | default | values | dynamic | CLI option | meaning |',
              '|---|---|---|---|---|---|---|']
     for parameter in PARAMETERS:
-        default = default_value(parameter)
-        shown = json.dumps(default, ensure_ascii=False) if isinstance(default, (str, bool)) \
-            else repr(default)
         lines.append('| `%s` | %s | `%s` | %s | %s | %s | %s |' % (
-            parameter.name, parameter.kind.__name__, _cell(shown), _cell(limits(parameter)),
-            'yes' if parameter.dynamic else '',
+            parameter.name, parameter.kind.__name__, _cell(_shown(default_value(parameter))),
+            _cell(limits(parameter)), 'yes' if parameter.dynamic else '',
             '`%s`' % cli_option(parameter) if cli_option(parameter) else '',
             _cell(parameter.description)))
+    lines += ['', '# plan_executor parameters', '',
+              'Set them in `config/plan_executor.yaml` or with `--ros-args -p name:=value`; '
+              'they are read at start-up.', '',
+              '| parameter | type | default | values | meaning |', '|---|---|---|---|---|']
+    for parameter in EXECUTOR_PARAMETERS:
+        lines.append('| `%s` | %s | `%s` | %s | %s |' % (
+            parameter.name, parameter.kind.__name__, _cell(_shown(parameter.default)),
+            _cell(limits(parameter)), _cell(parameter.description)))
     return '\n'.join(lines) + '\n'
+
+
+def _shown(default: Any) -> str:
+    return json.dumps(default, ensure_ascii=False) if isinstance(default, (str, bool)) \
+        else repr(default)

@@ -1,5 +1,7 @@
 """
-The planner: command → plan (prompt, generate, parse, validate against the skills).
+The planner: command → plan (prompt, generate, then the checks of the answer).
+
+The checks are :class:`~robot_llm_planner.core.answer.AnswerCheck`'s.
 
 ROS-free. :class:`Planner` never raises for a command: every command gets a
 :class:`PlanResult` with status ok, invalid (the model answered but the plan failed parsing or
@@ -9,36 +11,19 @@ answered :data:`~robot_llm_planner.core.plan.NO_TASK`, code ``not_a_task``).
 
 from collections import OrderedDict
 import copy
-from dataclasses import dataclass, field
 import time
 from typing import List, Optional, Sequence, Tuple
 
+from robot_llm_planner.core.answer import AnswerCheck, PlanResult
 from robot_llm_planner.core.backend import (Backend, EngineError, GenerationCancelled,
                                             GenerationConfig)
-from robot_llm_planner.core.command import (check_command, clean_command,
-                                            DEFAULT_MAX_COMMAND_CHARS, shown_command)
-from robot_llm_planner.core.confidence import assign_step_confidences, published_confidence
-from robot_llm_planner.core.message import plan_message
-from robot_llm_planner.core.plan import parse_plan, Plan, PlanError, ungrounded_arguments
+from robot_llm_planner.core.command import (check_command, DEFAULT_MAX_COMMAND_CHARS,
+                                            prepare_command)
+from robot_llm_planner.core.plan import Plan, PlanError
 from robot_llm_planner.core.prompt import PromptBuilder
 from robot_llm_planner.core.skills import SkillSet
 
-
-@dataclass
-class PlanResult:
-    """The planner's answer to one command."""
-
-    command: str
-    status: str
-    plan: Plan
-    errors: List[PlanError] = field(default_factory=list)  # beyond the parser's own
-    timing: dict = field(default_factory=dict)
-    confidence: Optional[float] = None  # the backend's Generation.confidence, if it ran
-
-    def message(self, request_id: str, model: Optional[dict] = None) -> dict:
-        """Return the /action_plan message for this result."""
-        return plan_message(request_id, self.command, self.status, self.plan, self.errors,
-                            self.timing, model, confidence=self.confidence)
+__all__ = ['Planner', 'PlanResult']
 
 
 class Planner:
@@ -48,26 +33,28 @@ class Planner:
                  prompt: Optional[PromptBuilder] = None,
                  generation: Optional[GenerationConfig] = None, cache_size: int = 64,
                  max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS,
-                 grounded_arguments: bool = True, min_confidence: float = 0.0) -> None:
+                 grounded_arguments: bool = True, min_confidence: float = 0.0,
+                 preconditions: bool = True, bt_xml: bool = False) -> None:
         """
         Plan with ``backend``; cache ``cache_size`` recent plans when decoding is greedy.
 
         With ``grounded_arguments`` a plan whose target or location does not appear in the
-        command is invalid (``argument_not_in_command``). A plan whose confidence (the lowest
-        probability the model gave a token of it) is below ``min_confidence`` is invalid
-        (``low_confidence``); 0 turns the check off, and a backend that cannot tell the
-        confidence (a server without log-probabilities) is never checked.
+        command is invalid (``argument_not_in_command``). With ``preconditions`` a plan with
+        a step that cannot run where it is (the skills' ``requires``) is invalid
+        (``precondition_failed``). A plan whose confidence (the lowest probability the model
+        gave a token of it) is below ``min_confidence`` is invalid (``low_confidence``); 0
+        turns the check off, and a backend that cannot tell the confidence (a server without
+        log-probabilities) is never checked. With ``bt_xml`` every ok plan's message carries
+        its BehaviorTree.CPP XML. :class:`AnswerCheck` runs these checks.
         """
-        if not 0.0 <= float(min_confidence) <= 1.0:
-            raise ValueError('min_confidence must be between 0 and 1, got %r' % min_confidence)
         self.backend = backend
         self.skills = skills
         self.prompt = prompt or PromptBuilder()
         self.generation = generation or GenerationConfig()
         self.cache_size = cache_size if not self.generation.do_sample else 0
         self.max_command_chars = max_command_chars
-        self.grounded_arguments = grounded_arguments
-        self.min_confidence = float(min_confidence)
+        self.checks = AnswerCheck(skills, grounded_arguments, preconditions, min_confidence,
+                                  self.generation.max_new_tokens, bt_xml)
         self._cache: 'OrderedDict[str, PlanResult]' = OrderedDict()
 
     def load(self) -> None:
@@ -84,11 +71,8 @@ class Planner:
         return check_command(command, self.max_command_chars)
 
     def _prepare(self, raw: str) -> Tuple[str, Optional[PlanError]]:
-        # Length first, on the raw text: a huge string is never cleaned or tokenized whole.
-        if len(raw) > self.max_command_chars:
-            return shown_command(raw, self.max_command_chars), self.check(raw)
-        command = clean_command(raw)
-        return command, self.check(command) or self._check_prompt_length(command)
+        command, reason = prepare_command(raw, self.max_command_chars)
+        return command, reason or self._check_prompt_length(command)
 
     def _check_prompt_length(self, command: str) -> Optional[PlanError]:
         limit = self.backend.max_prompt_tokens
@@ -122,7 +106,7 @@ class Planner:
                                             copy.deepcopy(cached.errors),
                                             {'inference_ms': 0.0, 'parse_ms': 0.0,
                                              'tokens_generated': 0, 'cached': True},
-                                            cached.confidence)
+                                            cached.confidence, cached.bt_xml)
             else:
                 todo.append(index)
         if todo:
@@ -153,34 +137,17 @@ class Planner:
                 results.append(self._error(command, 'engine_error', generation.error))
                 continue
             parse_started = time.perf_counter()
-            confidence = published_confidence(generation.confidence)  # the value checked is shown
-            plan = parse_plan(generation.text, command)
-            assign_step_confidences(plan, generation.token_probabilities)
-            errors = self.skills.validate(plan)
-            if self.grounded_arguments:
-                errors += ungrounded_arguments(plan, command)
-            if not generation.finished:
-                errors.append(PlanError(
-                    'truncated_output', 'the model reached generation.max_new_tokens (%d) '
-                    'before finishing the plan' % self.generation.max_new_tokens))
-            if plan.no_task and generation.finished:
-                status = 'rejected'  # the model found nothing to do: a clear no, not a failure
-            else:
-                if plan.ok and not errors and confidence is not None \
-                        and confidence < self.min_confidence:
-                    errors.append(PlanError(
-                        'low_confidence', 'the model gave a token of this plan probability '
-                        '%.4f, below validation.min_confidence (%g)'
-                        % (confidence, self.min_confidence)))
-                status = 'ok' if plan.ok and not errors else 'invalid'
-            parse_ms = (time.perf_counter() - parse_started) * 1000.0
-            timing = {'inference_ms': inference_ms, 'parse_ms': parse_ms,
-                      'tokens_generated': generation.tokens, 'cached': False}
-            result = PlanResult(command, status, plan, errors, timing, confidence)
+            result = self.checks.check(command, generation.text, generation.finished,
+                                       generation.confidence, generation.token_probabilities)
+            result.timing = {'inference_ms': inference_ms,
+                             'parse_ms': (time.perf_counter() - parse_started) * 1000.0,
+                             'tokens_generated': generation.tokens, 'cached': False}
             results.append(result)
             if self.cache_size:
-                self._cache[command] = PlanResult(command, status, copy.deepcopy(plan),
-                                                  copy.deepcopy(errors), {}, confidence)
+                self._cache[command] = PlanResult(command, result.status,
+                                                  copy.deepcopy(result.plan),
+                                                  copy.deepcopy(result.errors), {},
+                                                  result.confidence, result.bt_xml)
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return results

@@ -23,6 +23,10 @@ FAST_PATHS = ('auto', 'on', 'off')
 REMOTE_FIELDS = ('structured_outputs', 'guided_grammar', 'none')
 # planner_node's queue when full: fifo refuses the new command, latest drops the oldest.
 QUEUE_POLICIES = ('fifo', 'latest')
+# plan_executor, when a plan arrives while one runs: queue it, or preempt the running one.
+EXECUTION_POLICIES = ('queue', 'preempt')
+# plan_executor's behaviour factory for skills given no other: the simulated household.
+SIMULATED_BEHAVIOUR = 'robot_llm_planner.execution.simulation:simulated_skill'
 
 
 @dataclass
@@ -52,5 +56,7 @@ class PlannerSettings:
     skills_file: str = ''                # skills_file ('' = the installed config/skills.yaml)
     grounded_arguments: bool = True      # validation.grounded_arguments
     min_confidence: float = 0.0          # validation.min_confidence (0 = off)
+    preconditions: bool = True           # validation.preconditions
+    bt_xml: bool = False                 # message.bt_xml
     cache_size: int = 64                 # cache.size
     max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS  # queue.max_command_chars

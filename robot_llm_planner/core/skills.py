@@ -1,16 +1,26 @@
-"""The robot's skill vocabulary (config/skills.yaml) and plan validation against it."""
+"""
+The robot's skill vocabulary (config/skills.yaml) and plan validation against it.
+
+Besides its arguments, a skill may state what must hold before it runs (``requires``) and what
+holds after it (``effects``) over the symbolic state of :mod:`robot_llm_planner.core.world`;
+:meth:`SkillSet.check_preconditions` runs a plan over that state from the start.
+"""
 
 from dataclasses import dataclass
 import os
 from typing import Dict, List, Optional, Tuple
 
-from robot_llm_planner.core.plan import ARGUMENTS, NO_TASK, Plan, PlanError, SEPARATORS
+from robot_llm_planner.core.plan import ARGUMENTS, NO_TASK, Plan, PlanError, SEPARATORS, Step
+from robot_llm_planner.core.world import (DEFAULT_MAX_HELD, Fact, FactError, parse_fact,
+                                          WorldState)
 import yaml
 
 PACKAGE = 'robot_llm_planner'
 
 # The keys a skill's entry may have (config/skills.yaml explains each).
-SKILL_KEYS = ('description', 'required', 'optional', 'arguments')
+SKILL_KEYS = ('description', 'required', 'optional', 'arguments', 'requires', 'effects')
+# The keys of the file's `state:` mapping.
+STATE_KEYS = ('max_held',)
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,8 @@ class Skill:
     description: str
     required: Tuple[str, ...]
     optional: Tuple[str, ...]
+    requires: Tuple[Fact, ...] = ()
+    effects: Tuple[Fact, ...] = ()
 
     @property
     def max_arguments(self) -> int:
@@ -85,10 +97,12 @@ def default_skills_path() -> str:
 class SkillSet:
     """The set of skills a plan is validated against."""
 
-    def __init__(self, skills: List[Skill], source: str = '') -> None:
+    def __init__(self, skills: List[Skill], source: str = '',
+                 max_held: int = DEFAULT_MAX_HELD) -> None:
         """Hold ``skills``; ``source`` names where they came from (for messages)."""
         self.skills: Dict[str, Skill] = {skill.name: skill for skill in skills}
         self.source = source
+        self.max_held = max_held
 
     def __contains__(self, action: str) -> bool:
         """Return True when ``action`` is a known skill."""
@@ -129,7 +143,7 @@ class SkillSet:
             skills.append(_skill_from_yaml(name, {} if spec is None else spec, path))
         if not skills:
             raise SkillError('skills file %s defines no skills' % path)
-        return cls(skills, source=path)
+        return cls(skills, source=path, max_held=_max_held(data.get('state'), path))
 
     def validate(self, plan: Plan) -> List[PlanError]:
         """Return the errors that make ``plan`` not executable by this robot."""
@@ -160,6 +174,82 @@ class SkillSet:
                     % (index + 1, skill.name, skill.max_arguments,
                        ', '.join(skill.required + skill.optional) or 'none', len(given)), index))
         return errors
+
+    def initial_state(self) -> WorldState:
+        """Return the state every plan starts from: nothing found, held, open or closed."""
+        return WorldState(max_held=self.max_held)
+
+    def unmet(self, state: WorldState, step: Step, index: int) -> Optional[PlanError]:
+        """
+        Return why ``step`` cannot run in ``state``, or None when it can.
+
+        The error (``precondition_failed``) names the first condition of the step (number
+        ``index``, 0-based) that the state does not meet.
+
+        An action that is not a skill of this set has no conditions (:meth:`validate`
+        reports it).
+        """
+        skill = self.skills.get(step.action)
+        for fact in skill.requires if skill is not None else ():
+            if not state.holds(fact, step):
+                return PlanError('precondition_failed', 'step %d: %s %s' % (
+                    index + 1, skill.name, state.need(fact, step)), index)
+        return None
+
+    def apply_effects(self, state: WorldState, step: Step) -> None:
+        """Make the effects of ``step`` true in ``state`` (it has run)."""
+        skill = self.skills.get(step.action)
+        for fact in skill.effects if skill is not None else ():
+            state.apply(fact, step)
+
+    def check_preconditions(self, plan: Plan) -> List[PlanError]:
+        """Run the plan from :meth:`initial_state`; return the first step that cannot run."""
+        state = self.initial_state()
+        for index, step in enumerate(plan.steps):
+            error = self.unmet(state, step, index)
+            if error is not None:
+                return [error]
+            self.apply_effects(state, step)
+        return []
+
+
+def _max_held(spec: object, path: str) -> int:
+    if spec is None:
+        return DEFAULT_MAX_HELD
+    if not isinstance(spec, dict):
+        raise SkillError('skills file %s: state must be a mapping (e.g. state: {max_held: 3}), '
+                         'got %r' % (path, spec))
+    unknown = [key for key in spec if key not in STATE_KEYS]
+    if unknown:
+        raise SkillError('skills file %s: state: unknown key(s) %s (known: %s)' % (
+            path, ', '.join(repr(k) for k in unknown), ', '.join(STATE_KEYS)))
+    value = spec.get('max_held', DEFAULT_MAX_HELD)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SkillError('skills file %s: state.max_held must be an integer >= 1, got %r'
+                         % (path, value))
+    return value
+
+
+def _facts(spec: dict, key: str, name: str, arguments: Tuple[str, ...],
+           path: str) -> Tuple[Fact, ...]:
+    value = spec.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SkillError('skills file %s: skill %r: %s must be a list of facts (e.g. '
+                         '[found(target)]), got %r' % (path, name, key, value))
+    facts = []
+    for text in value:
+        try:
+            fact = parse_fact(text, as_effect=key == 'effects')
+        except FactError as exc:
+            raise SkillError('skills file %s: skill %r: %s: %s' % (path, name, key, exc)) from exc
+        if fact.argument in ARGUMENTS and fact.argument not in arguments:
+            raise SkillError('skills file %s: skill %r: %s: %s is about %s, which %s does not '
+                             'take (it takes: %s)' % (path, name, key, fact, fact.argument, name,
+                                                      ', '.join(arguments) or 'nothing'))
+        facts.append(fact)
+    return tuple(facts)
 
 
 def _check_name(name: object, path: str) -> str:
@@ -210,4 +300,6 @@ def _skill_from_yaml(name: object, spec: dict, path: str) -> Skill:
         raise SkillError(
             'skills file %s: skill %r: required + optional must be a prefix of %s in that '
             'order (output2 is positional), got %s' % (path, name, list(ARGUMENTS), list(order)))
-    return Skill(name, str(spec.get('description', '')), required, optional)
+    return Skill(name, str(spec.get('description', '')), required, optional,
+                 _facts(spec, 'requires', name, order, path),
+                 _facts(spec, 'effects', name, order, path))

@@ -39,4 +39,5 @@ def build_planner(settings: PlannerSettings) -> Planner:
                    PromptBuilder(settings.system, settings.instruction), generation,
                    cache_size=settings.cache_size, max_command_chars=settings.max_command_chars,
                    grounded_arguments=settings.grounded_arguments,
-                   min_confidence=settings.min_confidence)
+                   min_confidence=settings.min_confidence,
+                   preconditions=settings.preconditions, bt_xml=settings.bt_xml)

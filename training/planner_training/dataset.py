@@ -6,8 +6,9 @@ Synthetic Chinese home-robot commands labelled with plans: the fine-tuning data 
 ``dataset_meta.json`` into ``training/data``.
 
 Every label is written by :func:`robot_llm_planner.core.plan.format_plan` from :class:`Step`
-objects whose actions come from the skills file; a label that does not parse back unchanged
-or does not validate against the skills stops the generator with :class:`DatasetError`.
+objects whose actions come from the skills file; a label that does not parse back unchanged,
+does not validate against the skills or has a step whose preconditions do not hold stops the
+generator with :class:`DatasetError`.
 
 Labelling conventions (what a model learns to copy):
 
@@ -755,7 +756,8 @@ def check_label(example: Example, skills: SkillSet, split: str = '') -> None:
                                % (split, example.command, label))
         return
     problems = [e.message for e in plan.errors + skills.validate(plan)
-                + ungrounded_arguments(plan, example.command)]
+                + ungrounded_arguments(plan, example.command)
+                + skills.check_preconditions(plan)]
     if plan.steps != example.steps:
         problems.append('the label does not parse back to the same steps')
     if problems:

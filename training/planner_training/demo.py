@@ -4,12 +4,16 @@
 1. makes the data set if ``training/data`` lacks it (``cli make-dataset``);
 2. trains the demo model with ``llamafactory-cli train`` (:mod:`planner_training.demo_model`;
    cached in ``.cache/demo_model``, so a second run skips this);
-3. starts the built ``planner_node`` with base + adapter, on its own random ROS_DOMAIN_ID;
+3. starts the built ``planner_node`` with base + adapter, on its own random ROS_DOMAIN_ID, and
+   ``plan_executor`` beside it (the simulated household runs every ok plan);
 4. sends sample commands through ``plan_client``: training-like ones, unseen ones (held-out
    objects, places and phrasings of ``training/data/dataset_meta.json``, a command without a
-   task) and a nonsense one, and prints each plan as a table;
-5. prints the held-out test split's plan exact match (the README's figure, same code);
-6. stops the node with SIGINT and waits for it.
+   task), one the demo model plans impossibly (refused ``precondition_failed``) and a
+   nonsense one, and prints each plan as a table;
+5. shows the ok plans running in the simulated household: the first step by step with the
+   state, the others one line each (/plan_execution);
+6. prints the held-out test split's plan exact match (the README's figure, same code);
+7. stops the nodes with SIGINT and waits for them.
 
 Run with ``make demo`` (or, in a sourced workspace, ``python -m planner_training.demo``).
 """
@@ -30,8 +34,13 @@ from planner_training import demo_model
 from robot_llm_planner.core.plan import NO_TASK, parse_plan
 
 NONSENSE = '紫色的大象今天会唱歌吗？'
+# A test-split command the demo model answers with a plan whose step cannot run where it is:
+# the planner refuses it (precondition_failed) and nothing is executed.
+IMPOSSIBLE = '把笔记本送到姐姐那里！'
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 15.0
+STEP_DURATION_S = 0.3    # each step of the simulated household
+EXECUTION_TIMEOUT_S = 120.0
 
 
 def _say(text: str = '') -> None:
@@ -86,6 +95,10 @@ def sample_commands(root: str) -> List[Tuple[str, str, Optional[str]]]:
     no_task = next((row for row in test if row['output'] == NO_TASK), None)
     if no_task is not None:  # the test split's first one has a held-out phrasing
         samples.append(('held-out, no task', no_task['input'], no_task['output']))
+    impossible = next((row for row in test if row['input'] == IMPOSSIBLE), None)
+    if impossible is not None:
+        samples.append(('held-out, planned impossibly', impossible['input'],
+                        impossible['output']))
     samples.append(('nonsense', NONSENSE, None))
     return samples
 
@@ -134,6 +147,85 @@ def start_node(model: demo_model.DemoModel, env: Dict[str, str], log_path: str,
     _say('  ' + ' '.join(command))
     log = open(log_path, 'w', encoding='utf-8')
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def start_executor(env: Dict[str, str], log_path: str, namespace: str = ''):
+    """Start plan_executor (simulated household) beside planner_node; return the process."""
+    from robot_llm_planner.core.skills import package_share_path
+    command = _executable('plan_executor') + [
+        '--ros-args', '--params-file', package_share_path('config', 'plan_executor.yaml'),
+        '-p', 'simulation.step_duration_s:=%g' % STEP_DURATION_S]
+    if namespace:
+        command += ['-r', '__ns:=' + namespace]
+    _say('starting plan_executor (log %s):' % log_path)
+    _say('  ' + ' '.join(command))
+    log = open(log_path, 'w', encoding='utf-8')
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+class ExecutionWatcher:
+    """Records /plan_execution in a thread of its own (an rclpy context of the demo)."""
+
+    def __init__(self, env: Dict[str, str], namespace: str = '') -> None:
+        """Subscribe to ``namespace``/plan_execution and spin until :meth:`close`."""
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from robot_llm_planner.ros.plan_executor import execution_qos
+        from std_msgs.msg import String
+        for name in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOCALHOST_ONLY'):
+            if name in env:
+                os.environ[name] = env[name]
+        self.messages: List[dict] = []
+        self.namespace = namespace
+        self._context = rclpy.Context()
+        rclpy.init(context=self._context)
+        self.node = rclpy.create_node('execution_demo_%d' % os.getpid(), context=self._context)
+        self.node.create_subscription(String, namespace + '/plan_execution',
+                                      lambda msg: self.messages.append(json.loads(msg.data)),
+                                      execution_qos())
+        self._executor = SingleThreadedExecutor(context=self._context)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while self._context.ok():
+            try:
+                self._executor.spin_once(timeout_sec=0.05)
+            except Exception:  # the context shut down under the executor
+                return
+
+    def executor_ready(self, timeout: float) -> bool:
+        """Wait until plan_executor subscribes to the plans."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.node.count_subscribers(self.namespace + '/action_plan') >= 1:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def ended(self, plan_id: str) -> bool:
+        """Return whether the plan's last message has arrived."""
+        return any(m['plan_id'] == plan_id and m['step'] is None and m['status'] != 'RUNNING'
+                   for m in list(self.messages))
+
+    def wait_for(self, plan_ids: List[str], timeout: float) -> bool:
+        """Wait until every plan ended; return whether they did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.ended(plan_id) for plan_id in plan_ids):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def of(self, plan_id: str) -> List[dict]:
+        """Return the messages about one plan, in order."""
+        return [m for m in list(self.messages) if m['plan_id'] == plan_id]
+
+    def close(self) -> None:
+        """Stop spinning and shut the context down."""
+        self._context.try_shutdown()
+        self._thread.join(5)
 
 
 def wait_ready(process, env: Dict[str, str], timeout: float = READY_TIMEOUT_S,
@@ -270,6 +362,48 @@ def format_plan_table(kind: str, command: str, label: Optional[str], answer: dic
     return '\n'.join(lines)
 
 
+def _state_text(state: Optional[dict]) -> str:
+    if not state:
+        return ''
+    parts = ['at %s' % state['place'] if state['place'] else 'place unknown',
+             'holds %s' % ('、'.join(state['held']) or 'nothing')]
+    if state['found']:
+        parts.append('found %s' % '、'.join(state['found']))
+    for key in ('open', 'closed'):
+        if state[key]:
+            parts.append('%s %s' % (key, '、'.join(state[key])))
+    return ', '.join(parts)
+
+
+def format_execution(messages: List[dict]) -> str:
+    """Return a plan's /plan_execution messages as lines, step by step, with the state."""
+    lines = []
+    for message in messages:
+        if message['step'] is None:
+            head = 'plan %s' % message['status']
+        else:
+            head = 'step %d %s %s%s: %s' % (
+                message['step'] + 1, message['action'], message['target'],
+                ' @' + message['location'] if message['location'] else '', message['status'])
+        tail = message['reason'] if message['status'] == 'FAILURE' else (
+            _state_text(message['state']) if message['status'] == 'SUCCESS' else '')
+        lines.append('    %s%s' % (head, '  (%s)' % tail if tail else ''))
+    return '\n'.join(lines)
+
+
+def execution_line(kind: str, command: str, messages: List[dict]) -> str:
+    """Return one line: how a plan's execution ended."""
+    end = next((m for m in reversed(messages) if m['step'] is None
+                and m['status'] != 'RUNNING'), None)
+    if end is None:
+        return '[%s] %s: did not end' % (kind, command)
+    if end['status'] == 'SUCCESS':
+        return '[%s] %s: SUCCESS, %d step%s (%s)' % (
+            kind, command, end['steps'], '' if end['steps'] == 1 else 's',
+            _state_text(end['state']))
+    return '[%s] %s: FAILURE (%s: %s)' % (kind, command, end['code'], end['reason'])
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
@@ -319,9 +453,12 @@ def _run(args: argparse.Namespace) -> int:
     # a namespace of its own: another planner on the same domain is never taken for this one
     namespace = '/planner_demo_%d' % os.getpid()
     log_path = os.path.join(model.directory, 'planner_node.log')
-    _say('\n== 2. planner_node with base + adapter')
+    _say('\n== 2. planner_node with base + adapter, plan_executor beside it')
     process = start_node(model, env, log_path, namespace)
+    executor = start_executor(env, os.path.join(model.directory, 'plan_executor.log'),
+                              namespace)
     code = 0
+    watcher = None
     try:
         status = wait_ready(process, env, namespace=namespace)
         if status.get('state') != 'ready':
@@ -330,6 +467,11 @@ def _run(args: argparse.Namespace) -> int:
             with open(log_path, encoding='utf-8', errors='replace') as stream:
                 _say(''.join(stream.readlines()[-20:]))
             return 1
+        watcher = ExecutionWatcher(env, namespace)
+        if not watcher.executor_ready(60.0):
+            _say('plan_executor did not start; its log: %s' % os.path.join(
+                model.directory, 'plan_executor.log'))
+            return 1
         samples = sample_commands(root)
         _say('\n== 3. %d sample commands through plan_client' % len(samples))
         answers = send_commands([command for _, command, _ in samples], env, 120.0,
@@ -337,8 +479,9 @@ def _run(args: argparse.Namespace) -> int:
         for (kind, command, label), answer in zip(samples, answers):
             _say(format_plan_table(kind, command, label, answer) + '\n')
             code = code or (0 if answer else 1)
+        code = code or show_execution(samples, answers, watcher)
         if not args.skip_accuracy:
-            _say('== 4. held-out test split (plan exact match, greedy, same code as README)')
+            _say('\n== 5. held-out test split (plan exact match, greedy, same code as README)')
             planner = demo_model.load_planner(model)
             metrics = demo_model.heldout_accuracy(planner, 'test', root)
             _say('   exact match %.1f %% of %d commands (format valid %.1f %%, skill valid '
@@ -355,11 +498,38 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
-        _say('\n== 5. stopping planner_node (SIGINT)')
+        if watcher is not None:
+            watcher.close()
+        _say('\n== 6. stopping plan_executor and planner_node (SIGINT)')
+        executor_code = stop_node(executor)
+        _say('   plan_executor exited with %s' % executor_code)
         status_code = stop_node(process)
         _say('   planner_node exited with %s' % status_code)
     _say('demo done in %.0f s' % (time.perf_counter() - started))
-    return code or (0 if status_code == 0 else 1)
+    return code or (0 if status_code == executor_code == 0 else 1)
+
+
+def show_execution(samples: List[Tuple[str, str, Optional[str]]], answers: List[dict],
+                   watcher: ExecutionWatcher) -> int:
+    """Print how plan_executor ran the ok plans; return 1 when one did not end."""
+    ran = [(kind, command, answer['id']) for (kind, command, _), answer in zip(samples, answers)
+           if answer.get('status') == 'ok']
+    _say('== 4. plan_executor runs the %d ok plans in the simulated household (%g s a step)'
+         % (len(ran), STEP_DURATION_S))
+    if not watcher.wait_for([plan_id for _, _, plan_id in ran], EXECUTION_TIMEOUT_S):
+        _say('   not every plan ended within %g s' % EXECUTION_TIMEOUT_S)
+    for number, (kind, command, plan_id) in enumerate(ran):
+        if number == 0:
+            _say('[%s] %s' % (kind, command))
+            _say(format_execution(watcher.of(plan_id)))
+        else:
+            _say(execution_line(kind, command, watcher.of(plan_id)))
+    for (kind, command, _), answer in zip(samples, answers):
+        errors = answer.get('errors') or []
+        if errors and all(e.get('code') == 'precondition_failed' for e in errors):
+            _say('[%s] %s: not executed, the planner refused it: %s'
+                 % (kind, command, errors[0].get('message')))
+    return 0 if all(watcher.ended(plan_id) for _, _, plan_id in ran) else 1
 
 
 if __name__ == '__main__':

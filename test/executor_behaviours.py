@@ -1,0 +1,100 @@
+"""
+Behaviours a robot team plugs into plan_executor (``behaviours.skills``), for the tests.
+
+:func:`navigate_to` stands for a navigation stack: it knows the poses of a few places, fails
+with a reason for the others, and, set up with a ROS node (as plan_executor sets trees up),
+announces each goal on ``navigation_goals``. :func:`gripper` runs until the test releases it
+and records its lifecycle, so a test can see a running behaviour being terminated. The other
+factories misbehave in the ways an executor must survive.
+"""
+
+import py_trees
+from std_msgs.msg import String
+
+POSES = {'厨房': (3.0, 1.5), '客厅': (0.0, 0.0), '我': (1.0, -2.0)}
+EVENTS = []             # (behaviour name, event) of the gripper behaviours, in order
+RELEASED = {'done': False}
+
+
+class NavigateTo(py_trees.behaviour.Behaviour):
+    """Go to a place of the map; FAILURE for a place without a pose."""
+
+    def __init__(self, step, context):
+        """Navigate for ``step`` (its target is the place)."""
+        super().__init__(name='navigate to %s' % step.target)
+        self.target = step.target
+        self.node = self.publisher = None
+
+    def setup(self, **kwargs):
+        """Announce goals on navigation_goals when set up with a ROS node."""
+        self.node = kwargs.get('node')
+        if self.node is not None:
+            self.publisher = self.node.create_publisher(String, 'navigation_goals', 10)
+
+    def update(self):
+        """Succeed at once for a place with a pose."""
+        if self.target not in POSES:
+            self.feedback_message = 'no pose for %s on the map' % self.target
+            return py_trees.common.Status.FAILURE
+        if self.publisher is not None:
+            x, y = POSES[self.target]
+            self.publisher.publish(String(data='%s %g %g' % (self.target, x, y)))
+        return py_trees.common.Status.SUCCESS
+
+    def shutdown(self):
+        """Destroy the publisher."""
+        if self.publisher is not None:
+            self.node.destroy_publisher(self.publisher)
+
+
+def navigate_to(step, context):
+    """Return the navigation behaviour of a 移动到 step."""
+    return NavigateTo(step, context)
+
+
+class Gripper(py_trees.behaviour.Behaviour):
+    """RUNNING until RELEASED['done']; records initialise and terminate."""
+
+    def initialise(self):
+        """Record the start."""
+        EVENTS.append((self.name, 'initialise'))
+
+    def update(self):
+        """Run until released."""
+        return py_trees.common.Status.SUCCESS if RELEASED['done'] \
+            else py_trees.common.Status.RUNNING
+
+    def terminate(self, new_status):
+        """Record how it ended (INVALID: stopped from outside)."""
+        EVENTS.append((self.name, new_status.name))
+
+
+def gripper(step, context):
+    """Return a gripper behaviour named after the step."""
+    return Gripper(name='%s %s' % (step.action, step.target))
+
+
+def raising_factory(step, context):
+    """Fail to make a behaviour."""
+    raise KeyError(step.target)
+
+
+def not_a_behaviour(step, context):
+    """Return something that is not a behaviour."""
+    return 'a string'
+
+
+class Crashing(py_trees.behaviour.Behaviour):
+    """Raise when ticked."""
+
+    def update(self):
+        """Raise, as a behaviour with a bug does."""
+        raise RuntimeError('gripper driver crashed')
+
+
+def crashing(step, context):
+    """Return a behaviour that raises when ticked."""
+    return Crashing(name='crashing')
+
+
+NOT_CALLABLE = 42

@@ -1,0 +1,266 @@
+"""
+plan_executor over real ROS 2: plans from a running planner_node, executed and reported.
+
+planner_node (the openai backend against a scripted HTTP server, :class:`FakeServer`) and
+plan_executor run as the installed executables in subprocesses; the test sends commands with
+the PlanClient and records /plan_execution, every message checked against
+config/plan_execution.schema.json. Plugged behaviours come from test/executor_behaviours.py.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import jsonschema
+from planner_harness import (fake_server_parameters, FakeServer, NodeProcess, ros_session,
+                             share_path, wait_for_answers)
+import pytest
+from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS_BY_NAME, ExecutorConfig,
+                                               load_executor_config)
+from robot_llm_planner.ros.plan_executor import execution_qos
+from std_msgs.msg import String
+import yaml
+
+TEST_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TEST_DIR)
+ANSWERS = {
+    '把水拿给我': '寻找水；拿起水；走到我身边；把水递给我。寻找物体，水；拿起物体，水；移动到，我；递给，我',
+    '去厨房拿杯子给我': ('去厨房；寻找杯子；拿起杯子；走到我身边；把杯子递给我。移动到，厨房；'
+                 '寻找物体，杯子；拿起物体，杯子；移动到，我；递给，我'),
+    '把水递给我': '把水递给我。递给，我',
+    '去客厅': '去客厅。移动到，客厅',
+}
+DONE = 60.0  # seconds a test waits for a plan to end
+
+
+# ---------------------------------------------------------------------- ROS-free
+def _flatten(tree, prefix=''):
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, prefix + key + '.'))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def test_plan_executor_yaml_has_every_parameter_with_its_default():
+    with open(os.path.join(ROOT, 'config', 'plan_executor.yaml'), encoding='utf-8') as stream:
+        values = _flatten(yaml.safe_load(stream)['/**']['ros__parameters'])
+    assert values == {name: parameter.default
+                      for name, parameter in EXECUTOR_PARAMETERS_BY_NAME.items()}
+    assert load_executor_config(values) == (ExecutorConfig(), [])
+
+
+@pytest.mark.parametrize('name,value,error', [
+    ('execution.policy', 'lifo', "execution.policy must be one of queue, preempt, got 'lifo'"),
+    ('execution.max_queued', 0, 'execution.max_queued must be >= 1, got 0'),
+    ('execution.tick_period_s', 0.0, 'execution.tick_period_s must be > 0, got 0.0'),
+    ('simulation.step_duration_s', -1.0, 'simulation.step_duration_s must be >= 0, got -1.0'),
+    ('topics.execution', ' ', 'topics.execution must not be empty'),
+    ('behaviours.skills', ['移动到=a:b'], 'behaviours.skills must be a string, got a list'),
+])
+def test_invalid_executor_values_are_reported_and_replaced_by_the_default(name, value, error):
+    config, errors = load_executor_config({name: value})
+    assert len(errors) == 1 and error in errors[0]
+    assert config == ExecutorConfig()
+
+
+# ---------------------------------------------------------------------- over ROS
+class ExecutionRecorder:
+    """Every /plan_execution message, checked against the schema as it arrives."""
+
+    def __init__(self, node, topic):
+        """Subscribe to ``topic``."""
+        with open(share_path('config', 'plan_execution.schema.json'), encoding='utf-8') as f:
+            self.validator = jsonschema.Draft202012Validator(json.load(f))
+        self.messages, self.errors = [], []
+        self._lock = threading.Lock()
+        self._subscription = node.create_subscription(String, topic, self._on_message,
+                                                      execution_qos())
+
+    def _on_message(self, msg):
+        message = json.loads(msg.data)
+        try:
+            self.validator.validate(message)
+        except jsonschema.ValidationError as exc:
+            self.errors.append(str(exc))
+        with self._lock:
+            self.messages.append(message)
+
+    def of(self, plan_id):
+        """Return (step, status, code, reason) of the messages about ``plan_id``."""
+        with self._lock:
+            return [(m['step'], m['status'], m['code'], m['reason']) for m in self.messages
+                    if m['plan_id'] == plan_id]
+
+    def wait_for_end(self, plan_id, timeout=DONE):
+        """Wait for the message that ends ``plan_id``; return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for message in self.messages:
+                    if message['plan_id'] == plan_id and message['step'] is None \
+                            and message['status'] != 'RUNNING':
+                        return message
+            time.sleep(0.02)
+        pytest.fail('plan %s did not end; messages: %s' % (plan_id, self.of(plan_id)))
+
+    def wait_for(self, plan_id, step, status, timeout=DONE):
+        """Wait until ``plan_id`` reported ``status`` for ``step``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(m[:2] == (step, status) for m in self.of(plan_id)):
+                return
+            time.sleep(0.02)
+        pytest.fail('plan %s step %s never %s: %s' % (plan_id, step, status, self.of(plan_id)))
+
+
+@pytest.fixture
+def server():
+    fake = FakeServer()
+    fake.answers.update(ANSWERS)
+    yield fake
+    fake.close()
+
+
+def _start(session, server, tmp_path, namespace='', executor_parameters=None,
+           params_file=None):
+    ros_args = ['-r', '__ns:=%s' % namespace] if namespace else []
+    planner = NodeProcess(session, tmp_path / 'planner', fake_server_parameters(
+        server, **{'validation.grounded_arguments': True}), ros_args=ros_args)
+    executor = NodeProcess(session, tmp_path / 'executor', executor_parameters or {},
+                           overrides=[(name, value) for name, value in
+                                      (executor_parameters or {}).items()]
+                           if params_file else (), ros_args=ros_args,
+                           params_file=params_file, node='plan_executor')
+    return planner, executor
+
+
+def _wait_for_executor(session, executor, namespace=''):
+    """Wait until plan_executor subscribes to the plans (the test's client is the other)."""
+    deadline = time.monotonic() + 30
+    while session.node.count_subscribers(namespace + '/action_plan') < 2:
+        if time.monotonic() > deadline or not executor.alive():
+            pytest.fail('plan_executor did not subscribe:\n' + executor.stderr()[-3000:])
+        time.sleep(0.05)
+
+
+def _stop(*processes):
+    codes = [process.stop(signal.SIGINT) for process in processes]
+    for process in processes:
+        assert 'Traceback' not in process.stderr(), process.stderr()[-3000:]
+    return codes
+
+
+def test_plans_from_planner_node_run_step_by_step_and_a_failing_skill_stops_the_tree(
+        server, tmp_path):
+    with ros_session() as session:
+        # plugged navigation imported from the test folder, as a robot's package would be
+        session.env['PYTHONPATH'] = TEST_DIR + os.pathsep + session.env.get('PYTHONPATH', '')
+        goals = []
+        session.node.create_subscription(String, '/robot1/navigation_goals',
+                                         lambda msg: goals.append(msg.data), 10)
+        recorder = ExecutionRecorder(session.node, '/robot1/plan_execution')
+        client = session.client('/robot1')
+        # what `ros2 launch ... namespace:=robot1 executor:=true` starts, with overrides
+        planner, executor = _start(session, server, tmp_path, '/robot1', {
+            'simulation.step_duration_s': 0.2, 'simulation.fail': '拿起物体=杯子',
+            'behaviours.skills': '移动到=executor_behaviours:navigate_to'},
+            params_file=share_path('config', 'plan_executor.yaml'))
+        try:
+            assert client.wait_for_planner(30), planner.stderr()[-3000:]
+            _wait_for_executor(session, executor, '/robot1')
+            wait_for_answers(client, [client.send('去客厅', 'warm-up')])
+            bring = client.send('把水拿给我', 'bring-1')
+            answer = wait_for_answers(client, [bring])[bring]
+            assert answer['status'] == 'ok', answer
+            end = recorder.wait_for_end(bring)
+            assert recorder.of(bring) == [
+                (None, 'RUNNING', '', ''),
+                (0, 'RUNNING', '', ''), (0, 'SUCCESS', '', ''),
+                (1, 'RUNNING', '', ''), (1, 'SUCCESS', '', ''),
+                (2, 'RUNNING', '', ''), (2, 'SUCCESS', '', ''),
+                (3, 'RUNNING', '', ''), (3, 'SUCCESS', '', ''),
+                (None, 'SUCCESS', '', '')]
+            assert end['state'] == {'place': '我', 'found': ['水'], 'held': [], 'open': [],
+                                    'closed': []}
+            assert end['command'] == '把水拿给我' and end['steps'] == 4
+            fetch = client.send('去厨房拿杯子给我', 'fetch-1')
+            end = recorder.wait_for_end(fetch)
+            failed = 'simulated failure of 拿起物体 杯子 (simulation.fail)'
+            assert recorder.of(fetch)[-3:] == [(2, 'RUNNING', '', ''),
+                                               (2, 'FAILURE', 'step_failed', failed),
+                                               (None, 'FAILURE', 'step_failed', failed)]
+            assert all(step in (None, 0, 1, 2) for step, *_ in recorder.of(fetch))
+            assert end['state']['place'] == '厨房' and end['state']['held'] == []
+            assert '厨房 3 1.5' in goals  # the plugged behaviour ran, set up with the node
+            # the planner refuses an impossible plan: nothing runs
+            impossible = client.send('把水递给我', 'hand-1')
+            refused = wait_for_answers(client, [impossible])[impossible]
+            assert [e['code'] for e in refused['errors']] == ['precondition_failed']
+            time.sleep(1.0)
+            assert recorder.of(impossible) == []
+            assert recorder.errors == []
+            assert _stop(executor, planner) == [0, 0]
+        finally:
+            executor.kill()
+            planner.kill()
+
+
+def test_a_new_plan_preempts_the_running_one(server, tmp_path):
+    with ros_session() as session:
+        recorder = ExecutionRecorder(session.node, '/plan_execution')
+        client = session.client()
+        planner, executor = _start(session, server, tmp_path, executor_parameters={
+            'execution.policy': 'preempt', 'simulation.step_duration_s': 1.5})
+        try:
+            assert client.wait_for_planner(30), planner.stderr()[-3000:]
+            _wait_for_executor(session, executor)
+            first = client.send('把水拿给我', 'long-1')
+            recorder.wait_for(first, 0, 'RUNNING')
+            second = client.send('去客厅', 'short-1')
+            end = recorder.wait_for_end(second)
+            assert end['status'] == 'SUCCESS'
+            reason = 'preempted by plan short-1'
+            assert recorder.of(first)[-2:] == [(0, 'FAILURE', 'preempted', reason),
+                                               (None, 'FAILURE', 'preempted', reason)]
+            assert recorder.of(second) == [(None, 'RUNNING', '', ''), (0, 'RUNNING', '', ''),
+                                           (0, 'SUCCESS', '', ''), (None, 'SUCCESS', '', '')]
+            # a plan running at shutdown is reported stopped
+            third = client.send('把水拿给我', 'long-2')
+            recorder.wait_for(third, 0, 'RUNNING')
+            assert _stop(executor) == [0]
+            assert recorder.wait_for_end(third, 10)['code'] == 'shutting_down'
+            assert recorder.errors == []
+            _stop(planner)
+        finally:
+            executor.kill()
+            planner.kill()
+
+
+def test_invalid_parameters_answer_every_plan_with_the_reason(server, tmp_path):
+    with ros_session() as session:
+        recorder = ExecutionRecorder(session.node, '/plan_execution')
+        client = session.client()
+        planner, executor = _start(session, server, tmp_path, executor_parameters={
+            'behaviours.skills': '移动到=no_such_robot_package.nav:go',
+            'execution.policy': 'lifo'})
+        try:
+            assert client.wait_for_planner(30), planner.stderr()[-3000:]
+            _wait_for_executor(session, executor)
+            plan_id = client.send('去客厅', 'bad-1')
+            end = recorder.wait_for_end(plan_id)
+            assert (end['status'], end['code']) == ('FAILURE', 'invalid_parameters')
+            assert end['reason'] == (
+                'invalid parameters: execution.policy must be one of queue, preempt, got '
+                "'lifo'; behaviour factory no_such_robot_package.nav:go: cannot import "
+                'no_such_robot_package.nav (ModuleNotFoundError: No module named '
+                "'no_such_robot_package')")
+            assert executor.alive() and 'invalid parameters' in executor.stderr()
+            assert _stop(executor, planner) == [0, 0]
+        finally:
+            executor.kill()
+            planner.kill()
