@@ -48,7 +48,7 @@ def test_declares_the_launch_arguments(tree):
     defaults = {element.elts[0].value: element.elts[1] for element in arguments.elts}
     # params_file defaults to the installed config/planner.yaml
     params_default = ast.unparse(defaults['params_file'])
-    assert "os.path.join(SHARE, " in params_default
+    assert 'os.path.join(SHARE, ' in params_default
     share = ast.unparse(_assignment(tree, 'SHARE'))
     assert share == "get_package_share_directory('robot_llm_planner')"
     assert "'config', 'planner.yaml'" in params_default
