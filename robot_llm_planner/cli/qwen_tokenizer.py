@@ -109,7 +109,7 @@ def parse_ranks(data: bytes) -> Dict[bytes, int]:
                                        % (number, 'empty' if not token else 'duplicate'))
         ranks[token] = rank
     if sorted(ranks.values()) != list(range(QWEN_BPE_TOKENS)):
-        raise TokenizerSourceError('not Qwen\'s qwen.tiktoken: expected ranks 0..%d, got %d '
+        raise TokenizerSourceError("not Qwen's qwen.tiktoken: expected ranks 0..%d, got %d "
                                    'tokens' % (QWEN_BPE_TOKENS - 1, len(ranks)))
     missing = [byte for byte in range(256) if bytes([byte]) not in ranks]
     if missing:
