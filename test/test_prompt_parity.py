@@ -2,7 +2,7 @@
 Train/serve parity: our prompt ids equal the ids LLaMA-Factory's qwen template encodes.
 
 On the tests' small byte-level BPE and on Qwen1.5's real tokenizer (``cli qwen-tokenizer``),
-in which the end of an instruction and the newline before the command are one token (。 and a newline).
+in which an instruction's final 。 and the newline before the command are one token.
 """
 
 from llamafactory.data.converter import AlpacaDatasetConverter
