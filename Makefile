@@ -15,10 +15,13 @@ export HF_DATASETS_OFFLINE := 1
 
 env: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
-$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt
+# requirements-tokenizer.txt: the dashscope wheel for its qwen.tiktoken alone (cli
+# qwen-tokenizer), installed without its API-client dependencies.
+$(STAMP): requirements.txt requirements-train.txt requirements-dev.txt requirements-tokenizer.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	$(VENV)/bin/pip install --quiet --no-deps --require-hashes -r requirements-tokenizer.txt
 	touch $(STAMP)
 
 # The BehaviorTree.CPP source test/test_bt_xml.py builds (once, cached in .cache/btcpp) to load

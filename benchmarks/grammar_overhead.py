@@ -2,10 +2,12 @@
 Grammar overhead: decode time per token with and without the plan grammar, same run.
 
 Builds a random-weight model (``--config tiny`` on CPU, ``--config qwen1.5-7b`` on a GPU) with
-a matching tokenizer (tiny: the byte-level BPE the tests use; qwen1.5-7b: a synthetic
-151,646-token byte-level BPE with Qwen's special-token layout, logits padded to 151,936 like
-Qwen1.5), or loads a model directory (``--model``, ``--adapter`` merged at load). Nothing
-downloads. Then, batch 1, for each of ``--commands`` commands:
+a matching tokenizer (tiny: the byte-level BPE the tests use; qwen1.5-7b: Qwen1.5's real
+tokenizer, 151,646 tokens, built by ``cli qwen-tokenizer`` from the installed dashscope
+package, logits padded to 151,936 like Qwen1.5) or the one of ``--tokenizer DIR`` (e.g.
+Qwen1.5's on the tiny shape, with ``--vocab-size 151936``), or loads a model directory
+(``--model``, ``--adapter`` merged at load). Nothing downloads. Then, batch 1, for each of
+``--commands`` commands:
 
 - fast path (:class:`~robot_llm_planner.inference.decoding.StaticCacheDecoder`, CUDA graphs
   on CUDA): one constrained decode (grammar matcher, stops when the plan is complete or at
@@ -22,6 +24,8 @@ and markdown go to ``--out``.
 
     python3 benchmarks/grammar_overhead.py --config tiny --device cpu --out /tmp/g   # CPU
     python3 benchmarks/grammar_overhead.py --config qwen1.5-7b --mask-only --out /tmp/g
+    python3 benchmarks/grammar_overhead.py --config tiny --tokenizer DIR --vocab-size 151936
+        --device cpu --out /tmp/g     # (one line) Qwen1.5's vocabulary, tiny model, on CPU
     python3 benchmarks/grammar_overhead.py --config qwen1.5-7b --device cuda --out $OUT
     python3 benchmarks/grammar_overhead.py --model /models/Qwen1.5-7B --adapter /lora --out .
 """
@@ -41,13 +45,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, 'training')]
 
 from bench_models import build_model, SHAPES, synchronize  # noqa: E402, I100
-from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, IM_START, PromptBuilder  # noqa: E402
+from robot_llm_planner.core.prompt import IM_END, PromptBuilder  # noqa: E402
 from robot_llm_planner.core.skills import SkillSet  # noqa: E402
 from robot_llm_planner.inference.decoding import StaticCacheDecoder  # noqa: E402
 from robot_llm_planner.inference.grammar import PlanGrammar  # noqa: E402
 import torch  # noqa: E402
 
-QWEN_REGULAR_TOKENS = 151643  # Qwen1.5: 151,643 BPE tokens, then <|endoftext|> and friends
 COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅', '打开冰箱门',
             '能不能帮我把遥控器拿给爸爸', '关上卧室的窗户吧', '在书房找一下那本蓝色的书',
             '请把充电器从沙发旁边拿过来']
@@ -72,72 +75,18 @@ def _project_texts():
     return [text for text in texts if text]
 
 
-def _byte_alphabet():
-    printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
-                 + list(range(ord('®'), ord('ÿ') + 1)))
-    mapping, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            mapping[byte] = chr(byte)
-        else:
-            mapping[byte] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
-def synthetic_qwen_tokenizer(directory):
-    """
-    Save and return a byte-level BPE shaped like Qwen1.5's tokenizer (vocabulary sizes only).
-
-    151,643 regular tokens (the 256 bytes, every CJK character, then random character pairs)
-    and <|endoftext|>, <|im_start|>, <|im_end|> at 151643..151645, as in Qwen1.5.
-    """
-    import random
-    from tokenizers import decoders, models, pre_tokenizers, Regex, Tokenizer
-    from transformers import PreTrainedTokenizerFast
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-    alphabet = _byte_alphabet()
-    vocab = {alphabet[byte]: index for index, byte in enumerate(sorted(alphabet))}
-    merges = []
-
-    def encode(text):
-        return ''.join(alphabet[b] for b in text.encode('utf-8'))
-
-    def add(left, right):
-        if left + right not in vocab:
-            vocab[left + right] = len(vocab)
-            merges.append((left, right))
-
-    characters = [chr(code) for code in range(0x4E00, 0x9FA6)]
-    for character in characters:
-        spelled = encode(character)
-        add(spelled[0], spelled[1])
-        add(spelled[:2], spelled[2])
-    rng = random.Random(0)
-    while len(vocab) < QWEN_REGULAR_TOKENS:
-        add(encode(rng.choice(characters)), encode(rng.choice(characters)))
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior='isolated', invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    bpe.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=ENDOFTEXT,
-                                        pad_token=ENDOFTEXT,
-                                        additional_special_tokens=[IM_START, IM_END])
-    tokenizer.save_pretrained(directory)
-    return tokenizer
-
-
 def build_tokenizer(args):
-    """Return the tokenizer of ``--model``, or the one made for ``--config``."""
+    """Return the tokenizer of ``--model`` or ``--tokenizer``, or one made for ``--config``."""
     from transformers import AutoTokenizer
-    if args.model:
-        return AutoTokenizer.from_pretrained(args.model)
+    if args.model or args.tokenizer:
+        return AutoTokenizer.from_pretrained(args.model or args.tokenizer)
     directory = tempfile.mkdtemp(prefix='grammar_overhead_')
     if args.config == 'tiny':
         from planner_training.tiny_qwen import build_tokenizer as build_tiny
         return build_tiny(_project_texts(), directory, vocab_size=600)
-    return synthetic_qwen_tokenizer(directory)
+    from robot_llm_planner.cli.qwen_tokenizer import write_qwen_tokenizer
+    write_qwen_tokenizer(directory)  # Qwen1.5's, from the dashscope package's qwen.tiktoken
+    return AutoTokenizer.from_pretrained(directory)
 
 
 def logits_width(args, tokenizer):
@@ -145,7 +94,7 @@ def logits_width(args, tokenizer):
     if args.model:
         from transformers import AutoConfig
         return AutoConfig.from_pretrained(args.model).vocab_size
-    return max(SHAPES[args.config]['vocab_size'], len(tokenizer))
+    return args.vocab_size or max(SHAPES[args.config]['vocab_size'], len(tokenizer))
 
 
 def load_model(args, tokenizer, device, dtype):
@@ -321,6 +270,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().split('\n')[0])
     parser.add_argument('--config', choices=sorted(SHAPES), default='tiny')
     parser.add_argument('--model', help='a model directory (with its tokenizer) instead')
+    parser.add_argument('--tokenizer', help="a tokenizer directory (e.g. Qwen1.5's, cli "
+                        'qwen-tokenizer) instead of the one made for --config')
+    parser.add_argument('--vocab-size', type=int, help="the random model's logits width "
+                        "(default: the --config shape's or the tokenizer's, the larger)")
     parser.add_argument('--adapter', default='', help='LoRA adapter merged into --model')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--dtype', default='auto')

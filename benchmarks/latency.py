@@ -293,6 +293,10 @@ def main(argv=None):
     parser.add_argument('--dtype', default='auto')
     parser.add_argument('--prompt-tokens', type=int, default=48)
     parser.add_argument('--new-tokens', type=int, default=40)
+    parser.add_argument('--tokenizer', help="a tokenizer directory (Qwen1.5's: cli "
+                        'qwen-tokenizer): the prompt and plan lengths become the medians of the '
+                        'test split in its tokens (benchmarks/plan_lengths.py), replacing '
+                        '--prompt-tokens and --new-tokens')
     parser.add_argument('--runs', type=int, default=10)
     parser.add_argument('--draft-tokens', type=int, nargs='*', default=[4, 8])
     parser.add_argument('--tokens-per-pass', nargs='*', default=[], metavar='K=TOKENS',
@@ -308,6 +312,12 @@ def main(argv=None):
     parser.add_argument('--acceptance-limit', type=int, default=100)
     parser.add_argument('--out', default='.')
     args = parser.parse_args(argv)
+    lengths = None
+    if args.tokenizer:  # the test split's median prompt and plan (label + stop token)
+        from plan_lengths import load_tokenizer, split_lengths
+        lengths = split_lengths(load_tokenizer(args.tokenizer), ['test'])['test']
+        args.prompt_tokens = int(round(lengths['prompt_tokens']['p50']))
+        args.new_tokens = int(round(lengths['plan_tokens']['p50']))
 
     device = torch.device(args.device)
     dtype = {'auto': torch.bfloat16 if device.type == 'cuda' else torch.float32,
@@ -323,6 +333,8 @@ def main(argv=None):
               'model': args.model or 'random weights, %s shape' % args.config,
               'prompt_tokens': args.prompt_tokens, 'new_tokens': args.new_tokens,
               'runs': args.runs, 'paths': {}}
+    if lengths is not None:
+        report['lengths_from'] = {'tokenizer': args.tokenizer, 'test split': lengths}
     state = {}
     vocab_prompt = torch.Generator().manual_seed(1)
 

@@ -87,6 +87,37 @@ def other_model(tmp_path_factory):
     return _build(tmp_path_factory.mktemp('other_qwen'), hidden_size=32, layers=2, seed=2)
 
 
+# Qwen1.5's vocabulary: 151,646 tokens, an embedding (and logits) of 151,936 rows.
+QWEN_VOCAB_ROWS = 151936
+
+
+@pytest.fixture(scope='session')
+def qwen_tokenizer(tmp_path_factory):
+    """
+    Return a directory with Qwen1.5's real tokenizer, written by `cli qwen-tokenizer`.
+
+    It is built from the dashscope package's qwen.tiktoken, which `make env` installs.
+    """
+    directory = str(tmp_path_factory.mktemp('qwen_tokenizer'))
+    result = subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'qwen-tokenizer',
+                             directory], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail('cli qwen-tokenizer failed:\n' + result.stderr[-3000:])
+    return directory
+
+
+@pytest.fixture(scope='session')
+def qwen_vocab_model(qwen_tokenizer, tmp_path_factory):
+    """Return a random-weight tiny Qwen2 with Qwen1.5's tokenizer and 151,936-row embedding."""
+    from planner_training.tiny_qwen import build_model
+    directory = str(tmp_path_factory.mktemp('qwen_vocab_model'))
+    # tiny_model's shape; with this seed its constrained plans vary (23 distinct of the fifty
+    # commands of test_grammar) and use English, byte and multi-character tokens
+    build_model(qwen_tokenizer, directory, hidden_size=64, layers=2, seed=0,
+                vocab_size=QWEN_VOCAB_ROWS)
+    return directory
+
+
 # The end-to-end training test's model: small enough to train in about a minute on 2 CPU
 # cores, trained with the real `llamafactory-cli train` (full SFT from random weights, then
 # LoRA) on short commands of the shipped training split, which it learns by heart.

@@ -98,11 +98,91 @@ def test_gpu_run_script_parses_and_passes_only_known_options():
     for line in calls:
         name = line.split('python3 benchmarks/')[1].split()[0]
         options = [word for word in line.split() if word.startswith('--')]
+        if name == 'latency.py':  # and the lengths it is given in a variable
+            given = [line.split('LENGTHS=(')[1].split(')')[0] for line in text.splitlines()
+                     if 'LENGTHS=(' in line]
+            options += [word for words in given for word in words.split()
+                        if word.startswith('--')]
+            assert {'--tokenizer', '--prompt-tokens', '--new-tokens'} <= set(options)
         help_text = subprocess.run(
             [sys.executable, os.path.join(ROOT, 'benchmarks', name), '--help'],
             capture_output=True, text=True, cwd=ROOT).stdout
         for option in options:
             assert option in help_text, (name, option)
+    # Qwen1.5's tokenizer is built there by the command line, from the carried wheel
+    build = [line for line in text.splitlines() if 'robot_llm_planner.cli qwen-tokenizer' in line]
+    assert len(build) == 1
+    help_text = subprocess.run([sys.executable, '-m', 'robot_llm_planner.cli', 'qwen-tokenizer',
+                                '--help'], capture_output=True, text=True).stdout
+    for option in [word for word in build[0].split() if word.startswith('--')]:
+        assert option in help_text, option
+
+
+def _benchmark_module(name):
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_plan_lengths_smoke(tmp_path, qwen_tokenizer, tiny_model):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'plan_lengths.py'), '--tokenizer',
+         qwen_tokenizer, '--baseline-tokenizer', tiny_model, '--splits', 'test',
+         '--acceptance-limit', '20', '--draft-tokens', '0', '4', '--out', str(tmp_path)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'plan_lengths.json').read_text())
+    qwen = report['tokenizers']['Qwen1.5']
+    assert qwen['size'] == 151646 and report['tokenizers']['baseline']['size'] < 1000
+    plans = qwen['lengths']['test']['plan_tokens']
+    assert plans['count'] == 525 and 2 <= plans['p50'] <= plans['p90'] <= plans['max']
+    accepted = qwen['acceptance']
+    assert accepted['0']['tokens_per_pass'] < 1 < accepted['4']['tokens_per_pass']
+    assert '| Qwen1.5 (151646 tokens) | test |' in (tmp_path / 'plan_lengths.md').read_text()
+
+
+def test_latency_takes_its_lengths_from_a_tokenizer(tmp_path, qwen_tokenizer):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'latency.py'), '--config', 'tiny',
+         '--device', 'cpu', '--runs', '1', '--tokenizer', qwen_tokenizer, '--draft-tokens',
+         '--out', str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'latency.json').read_text())
+    lengths = report['lengths_from']['test split']
+    assert report['prompt_tokens'] == lengths['prompt_tokens']['p50'] > 0
+    assert report['new_tokens'] == lengths['plan_tokens']['p50'] > 0
+    assert 'errors' not in report
+
+
+@pytest.mark.slow
+def test_the_lookup_replay_counts_the_passes_the_decoder_takes(trained_model):
+    # where the trained model answers with the label, replaying the label through the decode
+    # loop's n-gram index gives exactly the decoder's forward passes, for every k
+    from robot_llm_planner.core.backend import GenerationConfig
+    from robot_llm_planner.core.prompt import PromptBuilder
+    from robot_llm_planner.inference.transformers_backend import TransformersBackend
+    plan_lengths = _benchmark_module('plan_lengths')
+    rows = [row for row in trained_model.rows if row['input'] in trained_model.correct][:10]
+    assert len(rows) == 10
+    compared = 0
+    for k in (2, 4):
+        backend = TransformersBackend(trained_model.base, trained_model.adapter, device='cpu',
+                                      fast_path='on', draft_tokens=k)
+        backend.load()
+        stop = backend.stop_ids[0]
+        for row in rows:
+            generation = backend.generate([row['input']], PromptBuilder(),
+                                          GenerationConfig(max_new_tokens=96))[0]
+            if generation.text != row['output']:
+                continue  # greedy without the grammar wrote something else
+            answer = backend.tokenizer.encode(row['output'], add_special_tokens=False)
+            replayed = plan_lengths.lookup_passes(backend.encode(row['input'], PromptBuilder()),
+                                                  answer + [stop], stop, k, 96)
+            assert replayed == 1 + generation.stats['decode_passes'], (k, row['input'])
+            compared += 1
+    assert compared >= 10
 
 
 def test_preconditions_benchmark_smoke(tiny_model, tiny_adapter, tmp_path):

@@ -18,7 +18,7 @@ import pytest
 
 from robot_llm_planner.cli.evaluate import confidence_table
 from robot_llm_planner.core.backend import GenerationConfig
-from robot_llm_planner.core.confidence import (assign_step_confidences, character_ends,
+from robot_llm_planner.core.confidence import (assign_step_confidences, character_spans,
                                                published_confidence)
 from robot_llm_planner.core.parameters import check_value, PARAMETERS_BY_NAME
 from robot_llm_planner.core.plan import parse_plan, step_spans
@@ -249,19 +249,20 @@ def test_step_spans_agree_with_parse_plan(text):
 
 
 def test_a_steps_confidence_is_its_least_likely_token():
-    # one token per character; the stop token ends where the text does
+    # one token per character; the stop token holds none
     probabilities = [0.9] * len(PLAN_TEXT) + [0.05]
     probabilities[PLAN_TEXT.index('；')] = 0.01          # a separator: no step's
     probabilities[PLAN_TEXT.rindex('水')] = 0.3           # step 2's entry
     probabilities[1] = 0.6                                # step 1's description
-    tokens = [(end, p) for end, p in zip(list(range(1, len(PLAN_TEXT) + 1)) + [len(PLAN_TEXT)],
-                                         probabilities)]
+    ends = list(range(1, len(PLAN_TEXT) + 1))
+    tokens = [(end - 1, end, p) for end, p in zip(ends, probabilities)]
+    tokens.append((len(PLAN_TEXT), len(PLAN_TEXT), probabilities[-1]))
     plan = parse_plan(PLAN_TEXT)
     assign_step_confidences(plan, tokens)
     assert [step.confidence for step in plan.steps] == [0.6, 0.3]
     # a token that spans two steps counts for both
     plan = parse_plan(PLAN_TEXT)
-    assign_step_confidences(plan, [(5, 0.5), (len(PLAN_TEXT), 0.9)])  # 寻找水；拿 and the rest
+    assign_step_confidences(plan, [(0, 5, 0.5), (5, len(PLAN_TEXT), 0.9)])  # 寻找水；拿, the rest
     assert [step.confidence for step in plan.steps] == [0.5, 0.5]
     unknown = parse_plan(PLAN_TEXT)
     assign_step_confidences(unknown, None)
@@ -289,9 +290,15 @@ def test_every_decode_path_reports_where_each_token_ends_and_its_probability(
                      math.exp(logprobs[k, token].item())) for k, token in enumerate(answer)]
         for generation in generations:
             got = generation.token_probabilities
-            assert [end for end, _ in got] == [end for end, _ in expected]
-            assert [p for _, p in got] == pytest.approx([p for _, p in expected], rel=2e-3)
-            assert generation.confidence == pytest.approx(min(p for _, p in got), rel=1e-6)
+            assert [end for _, end, _ in got] == [end for end, _ in expected]
+            assert [p for _, _, p in got] == pytest.approx([p for _, p in expected], rel=2e-3)
+            assert generation.confidence == pytest.approx(min(p for _, _, p in got), rel=1e-6)
+            # a token starts where the one before ends, or inside that token's last character
+            for (start, end, _), before in zip(got, [0] + [end for _, end, _ in got]):
+                assert before - 1 <= start <= min(before, end)
+        assert [[(start, end) for start, end, _ in g.token_probabilities]
+                for g in generations[1:]] == [[(start, end) for start, end, _ in
+                                               generations[0].token_probabilities]] * 2
 
 
 def test_each_published_step_carries_its_confidence(random_backend):
@@ -306,21 +313,42 @@ def test_each_published_step_carries_its_confidence(random_backend):
         jsonschema.validate(message, json.load(f))
 
 
-def test_token_ends_of_a_byte_level_tokenizer_need_no_decoding(random_backend, monkeypatch):
+def _expected_spans(pieces):
+    """Return, from the bytes of valid UTF-8, each token's first and past-last character."""
+    whole, spans, offset = b''.join(pieces), [], 0
+    for piece in pieces:
+        start = len(whole[:offset].decode('utf-8', 'ignore'))  # complete characters before
+        offset += len(piece)
+        end = len(whole[:offset].decode('utf-8', 'replace'))   # a begun character counts
+        spans.append((start if piece else end, end))
+    return spans
+
+
+def _pieces(tokenizer, ids):
+    special = set(tokenizer.all_special_ids)
+    return [b'' if token in special else bytes(_BYTE_ALPHABET[char] for char in piece)
+            for token, piece in zip(ids, tokenizer.convert_ids_to_tokens(ids))]
+
+
+def test_token_spans_of_a_byte_level_tokenizer_need_no_decoding(random_backend, monkeypatch):
     tokenizer = random_backend.tokenizer
     ids = tokenizer.encode('寻找物体，iPad；拿起😀', add_special_tokens=False) + \
         random_backend.stop_ids[:1]
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    expected = [len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True))
-                for k in range(len(ids))]
+    ends = [len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True))
+            for k in range(len(ids))]
+    expected = _expected_spans(_pieces(tokenizer, ids))
+    assert [end for _, end in expected] == ends
     calls = []
     decode = tokenizer.decode
     monkeypatch.setattr(tokenizer, 'decode', lambda *a, **k: calls.append(a) or decode(*a, **k))
-    assert random_backend._token_ends(ids, text) == expected and calls == []
-    # a tokenizer whose tokens are not byte-level pieces: every prefix is decoded instead
+    assert random_backend._token_spans(ids, text) == expected and calls == []
+    # a tokenizer whose tokens are not byte-level pieces: every prefix is decoded instead,
+    # and a token starts where the one before it ends
     monkeypatch.setattr(tokenizer, 'convert_ids_to_tokens', lambda ids: [None] * len(ids))
-    assert random_backend._token_ends(ids, text) == expected and len(calls) == len(ids)
-    assert random_backend._token_ends(ids, text + 'x') is None  # does not spell the text
+    assert random_backend._token_spans(ids, text) == list(zip([0] + ends[:-1], ends))
+    assert len(calls) == len(ids)
+    assert random_backend._token_spans(ids, text + 'x') is None  # does not spell the text
 
 
 @pytest.mark.parametrize('pieces', [
@@ -330,16 +358,19 @@ def test_token_ends_of_a_byte_level_tokenizer_need_no_decoding(random_backend, m
     [b'\xf0\x9f', b'\x98\x80', b'\xe6\xb0\xb4'],                # an emoji over two tokens
     [b'\xe6\xb0', b''],                                         # cut inside a character
 ])
-def test_character_ends_count_characters_as_python_decodes_them(pieces):
-    ends, text = character_ends(pieces)
-    assert text == b''.join(pieces).decode('utf-8', 'replace') and ends[-1] == len(text)
+def test_character_spans_count_characters_as_python_decodes_them(pieces):
+    spans, text = character_spans(pieces)
+    assert text == b''.join(pieces).decode('utf-8', 'replace') and spans[-1][1] == len(text)
     for count in range(1, len(pieces)):
-        # a token ends after what its bytes complete, plus a character it begins
+        # a token ends after what its bytes complete, plus a character it begins, and the
+        # next one starts there or in that begun character
         complete = b''.join(pieces[:count]).decode('utf-8', 'replace')
-        assert ends[count - 1] in (len(complete.rstrip('\ufffd')), len(complete))
+        bounds = (len(complete.rstrip('\ufffd')), len(complete))
+        assert spans[count - 1][1] in bounds and spans[count][0] in bounds
+        assert spans[count][0] <= spans[count][1]
 
 
-def test_token_ends_of_undecodable_bytes_agree_with_decoding_every_prefix(random_backend):
+def test_token_spans_of_undecodable_bytes_end_where_decoding_every_prefix_does(random_backend):
     # a weak or sampled model can write byte tokens that are no UTF-8 at all
     tokenizer = random_backend.tokenizer
     alphabet = {byte: char for char, byte in _BYTE_ALPHABET.items()}
@@ -348,13 +379,82 @@ def test_token_ends_of_undecodable_bytes_agree_with_decoding_every_prefix(random
     for ids in ([words[0], byte_ids[0], byte_ids[0]] + words[1:],
                 [byte_ids[1], byte_ids[0]] + words, [byte_ids[2], byte_ids[0]] + words):
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        assert random_backend._token_ends(ids, text) == [
+        assert [end for _, end in random_backend._token_spans(ids, text)] == [
             len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True)) for k in range(len(ids))]
 
 
 def test_a_space_beside_a_separator_belongs_to_no_step():
     text = '寻找水 ；拿起水。寻找物体，水；拿起物体，水'
-    tokens = [(end, 0.01 if text[end - 1] == ' ' else 0.9) for end in range(1, len(text) + 1)]
+    tokens = [(end - 1, end, 0.01 if text[end - 1] == ' ' else 0.9)
+              for end in range(1, len(text) + 1)]
     plan = parse_plan(text)
     assign_step_confidences(plan, tokens)
     assert [step.confidence for step in plan.steps] == [0.9, 0.9]
+
+
+# ------------------------------------------------------------------ Qwen1.5's real merges
+# 龘 and 靐 are two byte-level tokens each in Qwen1.5's vocabulary; ，并 is one token
+REAL_PLAN = '寻找龘；拿起靐。寻找物体，龘；拿起物体，并靐'
+
+
+@pytest.fixture(scope='module')
+def qwen_backend(qwen_vocab_model):
+    """Return the random-weight tiny model with Qwen1.5's tokenizer, fast path, no grammar."""
+    return _load(qwen_vocab_model, '', False, fast_path='on')
+
+
+def _byte_ranges(text, character_spans):
+    def offset(index):
+        return len(text[:index].encode('utf-8'))
+    return [(offset(a), offset(b)) for a, b in character_spans]
+
+
+def test_each_step_gets_the_tokens_that_hold_its_bytes_on_real_merges(qwen_backend):
+    tokenizer = qwen_backend.tokenizer
+    ids = tokenizer.encode(REAL_PLAN, add_special_tokens=False)
+    pieces = _pieces(tokenizer, ids)
+    assert b'\xe9\xbe' in pieces and '，并'.encode() in pieces  # a split 龘, a joined separator
+    token_ranges, start = [], 0
+    for piece in pieces:
+        token_ranges.append((start, start + len(piece)))
+        start += len(piece)
+    steps = [_byte_ranges(REAL_PLAN, step) for step in step_spans(REAL_PLAN)]
+    for lowest in range(len(ids)):  # each token in turn is the least likely one
+        logprobs = [math.log(0.9)] * len(ids) + [math.log(0.95)]  # the stop token last
+        logprobs[lowest] = math.log(0.1)
+        generation = qwen_backend._generation(ids, True, logprobs, 0, {})
+        assert generation.text == REAL_PLAN
+        plan = parse_plan(generation.text)
+        assign_step_confidences(plan, generation.token_probabilities)
+        a, b = token_ranges[lowest]
+        expected = [0.1 if any(a < end and b > begin for begin, end in step) else 0.9
+                    for step in steps]
+        assert [step.confidence for step in plan.steps] == pytest.approx(expected), (
+            lowest, pieces[lowest].decode('utf-8', 'replace'))
+
+
+def test_token_spans_on_real_merges(qwen_backend):
+    tokenizer = qwen_backend.tokenizer
+    for text in (REAL_PLAN, '把龘放到靐的桌子上', '麤。拿起物体，𠮷😀'):
+        ids = tokenizer.encode(text, add_special_tokens=False) + qwen_backend.stop_ids[:1]
+        assert qwen_backend._token_spans(ids, text) == _expected_spans(_pieces(tokenizer, ids))
+
+
+def test_a_random_model_on_real_merges_reports_its_tokens(qwen_backend):
+    # unconstrained, the random model writes byte tokens, rare characters and whitespace
+    for command in COMMANDS[:2]:
+        generation = qwen_backend.generate([command], PROMPT, GREEDY)[0]
+        ids = qwen_backend.encode(command, PROMPT)
+        result = qwen_backend.decoder.decode(ids, GREEDY.max_new_tokens)
+        answer = result.tokens + (qwen_backend.stop_ids[:1] if result.finished else [])
+        pieces = _pieces(qwen_backend.tokenizer, answer)
+        got = generation.token_probabilities
+        expected_text = b''.join(pieces).decode('utf-8', 'replace')
+        assert generation.text == expected_text and len(got) == len(answer)
+        if '\ufffd' not in expected_text:  # valid UTF-8: every span from the bytes alone
+            assert [(start, end) for start, end, _ in got] == _expected_spans(pieces)
+        with torch.no_grad():
+            logits = qwen_backend.model(input_ids=torch.tensor([ids + answer])).logits[0]
+        logprobs = torch.log_softmax(logits[len(ids) - 1:-1].float(), dim=-1)
+        assert [p for _, _, p in got] == pytest.approx(
+            [math.exp(logprobs[k, token].item()) for k, token in enumerate(answer)], rel=2e-3)

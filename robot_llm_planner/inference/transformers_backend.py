@@ -15,11 +15,11 @@ import math
 import os
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from robot_llm_planner.core.backend import (Backend, EngineError, Generation, GenerationCancelled,
                                             GenerationConfig, ModelLoadError)
-from robot_llm_planner.core.confidence import character_ends
+from robot_llm_planner.core.confidence import character_spans
 from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, PromptBuilder
 from robot_llm_planner.core.settings import DTYPES, FAST_PATHS
 import torch
@@ -314,34 +314,38 @@ class TransformersBackend(Backend):
         """Return the Generation of ``tokens`` (stop token left out) and their scores."""
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         token_probabilities = None
-        ends = self._token_ends(tokens, text)
-        if ends is not None and len(logprobs) >= len(tokens):
-            # the stop token, if it was generated, ends where the text does
-            ends += [len(text)] * (len(logprobs) - len(tokens))
-            token_probabilities = [(end, math.exp(value)) for end, value in zip(ends, logprobs)]
+        spans = self._token_spans(tokens, text)
+        if spans is not None and len(logprobs) >= len(tokens):
+            # the stop token, if it was generated, holds no character of the text
+            spans += [(len(text), len(text))] * (len(logprobs) - len(tokens))
+            token_probabilities = [(start, end, math.exp(value))
+                                   for (start, end), value in zip(spans, logprobs)]
         return Generation(text, tokens=len(tokens), prompt_tokens=prompt_tokens,
                           finished=finished, stats=stats,
                           confidence=math.exp(min(logprobs)) if logprobs else None,
                           token_probabilities=token_probabilities)
 
-    def _token_ends(self, tokens: List[int], text: str) -> Optional[List[int]]:
+    def _token_spans(self, tokens: List[int], text: str) -> Optional[List[Tuple[int, int]]]:
         """
-        Return where each token ends in ``text`` (its decoded form), in characters.
+        Return the characters of ``text`` (its decoded form) each token falls in, (start, end).
 
         A byte-level BPE (Qwen's) spells each token's bytes in GPT-2's byte alphabet, which
-        gives the offsets at once; any other tokenizer decodes every prefix (slower). None if
-        neither agrees with ``text``.
+        gives the offsets at once (:func:`character_spans`); any other tokenizer decodes every
+        prefix (slower), and a token then starts where the one before it ends. None if neither
+        agrees with ``text``.
         """
         pieces = self.tokenizer.convert_ids_to_tokens(tokens)
         spelled = [b'' if token in self._special_ids else _bytes_of(piece)
                    for token, piece in zip(tokens, pieces)]
         if None not in spelled:
-            ends, decoded = character_ends(spelled)
+            spans, decoded = character_spans(spelled)
             if decoded == text:
-                return ends
+                return spans
         ends = [len(self.tokenizer.decode(tokens[:count], skip_special_tokens=True))
                 for count in range(1, len(tokens) + 1)]
-        return ends if not ends or ends[-1] == len(text) else None
+        if ends and ends[-1] != len(text):
+            return None
+        return list(zip([0] + ends[:-1], ends))
 
 
 class _TokenProbabilities(LogitsProcessor):

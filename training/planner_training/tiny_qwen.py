@@ -64,9 +64,12 @@ def build_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 600,
 def build_model(tokenizer_dir: str, out_dir: str, hidden_size: int = 64, layers: int = 2,
                 heads: int = 4, kv_heads: int = 2, intermediate_size: Optional[int] = None,
                 max_positions: int = 1024, seed: int = 0, rope_theta: float = 10000.0,
-                initialize: Optional[Callable] = None):
+                initialize: Optional[Callable] = None, vocab_size: Optional[int] = None):
     """
     Create a random-weight Qwen2 model sized for the tokenizer and save it in ``out_dir``.
+
+    ``vocab_size`` (the embedding's rows, the logits' width) defaults to the tokenizer's
+    length; Qwen1.5 pads its 151,646 tokens to 151,936 rows.
 
     ``initialize(model)``, when given, changes the random weights in place before saving
     (e.g. :func:`planner_training.copy_circuit.plant_copy_circuit`).
@@ -76,7 +79,7 @@ def build_model(tokenizer_dir: str, out_dir: str, hidden_size: int = 64, layers:
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+        vocab_size=vocab_size or len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads,
         intermediate_size=intermediate_size or 2 * hidden_size,
         max_position_embeddings=max_positions, rope_theta=rope_theta, tie_word_embeddings=True,
