@@ -60,7 +60,7 @@ def test_confidence_summary_counts_right_and_wrong_plans_by_the_threshold():
             for predict, confidence in ((right, 0.9), (right, 0.5), (wrong, 0.3), (wrong, 0.7))]
     assert demo.confidence_summary(rows) == (
         '   plan confidence: validation.min_confidence 0.6 would keep 1 of the 2 right plans '
-        'and hold back 1 of the 2 wrong ones (README, "Plan confidence")')
+        'and hold back 1 of the 2 wrong ones (docs/confidence.md)')
 
 
 def test_samples_include_a_plan_the_demo_model_makes_impossible():

@@ -6,7 +6,8 @@ per output channel (symmetric, round to nearest); activations stay in the model'
 the weight is dequantized inside the matmul. At batch 1 decoding reads every weight once per
 token, so half the bytes of bf16 is up to half the time per token on a GPU, where
 ``torch.compile`` fuses the dequantization into the matmul. Embeddings and the output layer
-stay in full precision. Off by default: measure the quality effect first (README).
+stay in full precision. Off by default: measure the quality effect first
+(benchmarks/RESULTS.md has the demo model's).
 """
 
 import torch

@@ -202,6 +202,23 @@ def _probability(value) -> str:
     return '%.2f' % value if isinstance(value, (int, float)) else '-'
 
 
+def format_steps(steps: List[dict], descriptions: bool = True) -> List[str]:
+    """
+    Return an /action_plan message's steps as aligned table lines.
+
+    Columns: number, action, target, location, the description (unless ``descriptions`` is
+    False) and the step's confidence where the message has confidences.
+    """
+    scored = any(isinstance(step.get('confidence'), (int, float)) for step in steps)
+    rows = [['#', 'action', 'target', 'location'] + ['description'] * descriptions
+            + ['confidence'] * scored]
+    rows += [[str(number), step.get('action', ''), step.get('target', ''),
+              step.get('location', '')] + [step.get('description', '')] * descriptions
+             + [_probability(step.get('confidence'))] * scored
+             for number, step in enumerate(steps, start=1)]
+    return format_table(rows)
+
+
 def format_answer(answer: dict) -> str:
     """Return an /action_plan message as readable text."""
     lines = ['%s  [id %s]' % (answer.get('command', ''), answer.get('id', ''))]
@@ -222,12 +239,7 @@ def format_answer(answer: dict) -> str:
     lines.append(status)
     steps = answer.get('steps') or []
     if steps:
-        scored = any(isinstance(step.get('confidence'), (int, float)) for step in steps)
-        rows = [['#', 'action', 'target', 'location', 'description'] + ['confidence'] * scored]
-        rows += [[str(step.get('index', 0) + 1), step.get('action', ''), step.get('target', ''),
-                  step.get('location', ''), step.get('description', '')]
-                 + [_probability(step.get('confidence'))] * scored for step in steps]
-        lines += ['  ' + line for line in format_table(rows)]
+        lines += ['  ' + line for line in format_steps(steps)]
     errors = answer.get('errors') or []
     if errors:
         lines.append('errors:')

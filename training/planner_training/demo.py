@@ -12,7 +12,7 @@
    nonsense one, and prints each plan as a table;
 5. shows the ok plans running in the simulated household: the first step by step with the
    state, the others one line each (/plan_execution);
-6. prints the held-out test split's plan exact match (the README's figure, same code);
+6. prints the held-out test split's plan exact match (the figure of docs/demo.md, same code);
 7. stops the nodes with SIGINT and waits for them.
 
 Run with ``make demo`` (or, in a sourced workspace, ``python -m planner_training.demo``).
@@ -308,7 +308,7 @@ def stop_node(process, timeout: float = STOP_TIMEOUT_S) -> int:
 MAX_SHOWN_CHARS = 160  # of a model output printed in full otherwise
 
 
-SHOWN_MIN_CONFIDENCE = 0.6  # the threshold the demo shows the effect of (README)
+SHOWN_MIN_CONFIDENCE = 0.6  # the threshold the demo shows the effect of (docs/confidence.md)
 
 
 def confidence_summary(predictions: List[dict],
@@ -317,17 +317,13 @@ def confidence_summary(predictions: List[dict],
     from robot_llm_planner.cli.evaluate import confidence_counts
     kept, right, caught, wrong = confidence_counts(predictions, threshold)
     return ('   plan confidence: validation.min_confidence %g would keep %d of the %d right plans '
-            'and hold back %d of the %d wrong ones (README, "Plan confidence")'
+            'and hold back %d of the %d wrong ones (docs/confidence.md)'
             % (threshold, kept, right, caught, wrong))
-
-
-def _probability(value) -> str:
-    return '%.2f' % value if isinstance(value, (int, float)) else '-'
 
 
 def format_plan_table(kind: str, command: str, label: Optional[str], answer: dict) -> str:
     """Return one answer as a readable block: command, status, latency, confidence, steps."""
-    from robot_llm_planner.ros.plan_client import format_table
+    from robot_llm_planner.ros.plan_client import format_steps
     timing = answer.get('timing') or {}
     status = answer.get('status', 'no answer')
     facts = ['status %s' % status]
@@ -345,12 +341,7 @@ def format_plan_table(kind: str, command: str, label: Optional[str], answer: dic
     lines = ['[%s] %s' % (kind, command), '    ' + ', '.join(facts)]
     steps = answer.get('steps') or []
     if any(step.get('action') for step in steps):  # not a table of empty rows
-        scored = any(isinstance(step.get('confidence'), (int, float)) for step in steps)
-        rows = [['#', 'action', 'target', 'location'] + ['confidence'] * scored]
-        rows += [[str(number), step.get('action', ''), step.get('target', ''),
-                  step.get('location', '')] + [_probability(step.get('confidence'))] * scored
-                 for number, step in enumerate(steps, start=1)]
-        lines += ['    ' + line for line in format_table(rows)]
+        lines += ['    ' + line for line in format_steps(steps, descriptions=False)]
     for error in answer.get('errors') or []:
         lines.append('    error %s: %s' % (error.get('code'), error.get('message')))
     raw = answer.get('raw_output', '')
@@ -481,7 +472,7 @@ def _run(args: argparse.Namespace) -> int:
             code = code or (0 if answer else 1)
         code = code or show_execution(samples, answers, watcher)
         if not args.skip_accuracy:
-            _say('\n== 5. held-out test split (plan exact match, greedy, same code as README)')
+            _say('\n== 5. held-out test split (plan exact match, greedy; docs/demo.md)')
             planner = demo_model.load_planner(model)
             metrics = demo_model.heldout_accuracy(planner, 'test', root)
             _say('   exact match %.1f %% of %d commands (format valid %.1f %%, skill valid '

@@ -26,9 +26,8 @@ place and person names are replaced by random names, mostly of characters the da
 some of characters of other names (so that copying, not recalling a known word, is the only way
 to get those rows right), and in half of the 把/将 frames the verb is replaced by a random
 character (so that the frame names the action), all seen once: new rows beat a second epoch
-over the same ones. Measured (README, "The demo model"; benchmarks/RESULTS.md): 62 % of the
-held-out test split right after 254 s of training on two CPU cores, far from what a
-pretrained base would get.
+over the same ones. What it gets right of the held-out test split, and how long it trains, is
+in docs/demo.md and benchmarks/RESULTS.md: far from what a pretrained base would get.
 
 Everything is written into ``.cache/demo_model/<key>/`` where ``key`` hashes the recipe, the
 training rows and the shipped configs: a second run with the same inputs reuses the model.
@@ -817,7 +816,7 @@ def heldout_accuracy(planner, split: str = 'test', root: str = ROOT,
     """
     Return evaluate_rows metrics of ``planner`` on a shipped split plus its predictions.
 
-    This is the computation behind the README's figure and the one ``make demo`` prints.
+    This is the computation behind docs/demo.md's figure and the one ``make demo`` prints.
     """
     from robot_llm_planner.cli.evaluate import evaluate_rows
     rows = split_rows(split, root)
