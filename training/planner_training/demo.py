@@ -1,7 +1,7 @@
 """
 ``make demo``: the whole pipeline on CPU with a small model it trains itself.
 
-1. makes the data set if ``training/data`` lacks it (``cli make-dataset``);
+1. makes the data set if ``training/data`` lacks it (``training/make_dataset.py``);
 2. trains the demo model with ``llamafactory-cli train`` (:mod:`planner_training.demo_model`;
    cached in ``.cache/demo_model``, so a second run skips this);
 3. starts the built ``planner_node`` with base + adapter, on its own random ROS_DOMAIN_ID, and
