@@ -15,8 +15,9 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from robot_llm_planner.core.settings import (BACKENDS, DTYPES, FAST_PATHS, PlannerSettings,
-                                             QUANTIZATION, QUEUE_POLICIES, REMOTE_FIELDS)
+from robot_llm_planner.core.settings import (BACKENDS, DTYPES, FAST_PATHS, parse_device,
+                                             PlannerSettings, QUANTIZATION, QUEUE_POLICIES,
+                                             REMOTE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -194,18 +195,14 @@ def check_value(parameter: Parameter, value: Any) -> Tuple[Any, Optional[str]]:
         return None, '%s must be <= %g, got %r' % (parameter.name, parameter.maximum, converted)
     if parameter.positive and converted <= 0:
         return None, '%s must be > 0, got %r' % (parameter.name, converted)
-    if parameter.name == 'model.device' and not _valid_device(converted):
-        return None, 'model.device must be auto, cpu, cuda or cuda:N, got %r' % converted
+    if parameter.name == 'model.device':
+        try:
+            parse_device(converted)
+        except ValueError as exc:
+            return None, str(exc)
     if parameter.name.startswith('topics.') and not converted.strip():
         return None, '%s must not be empty' % parameter.name
     return converted, None
-
-
-def _valid_device(device: str) -> bool:
-    device = device.strip().lower()
-    if device in ('auto', 'cpu', 'cuda'):
-        return True
-    return device.startswith('cuda:') and device[5:].isdigit()
 
 
 def load_config(values: Dict[str, Any]) -> Tuple[NodeConfig, List[str]]:
