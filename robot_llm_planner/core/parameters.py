@@ -79,10 +79,12 @@ PARAMETERS: Tuple[Parameter, ...] = (
               'plan cache).', 'do_sample'),
     Parameter('generation.constrained', bool, 'Grammar-constrained decoding: the model can only '
               'write plans made of skills_file actions.', 'constrained'),
-    Parameter('generation.fast_path', str, 'Single-command decoder with a static KV cache: '
-              'auto (on CUDA), on or off.', 'fast_path', choices=FAST_PATHS),
-    Parameter('generation.draft_tokens', int, 'Prompt-lookup draft tokens per step on the fast '
-              'path (0 = off).', 'draft_tokens', minimum=0),
+    Parameter('generation.fast_path', str, 'Single greedy commands take the static-KV-cache '
+              'decoder (docs/decoding.md): auto (on; its step compiled on CUDA), on, or off '
+              '(generate() for every command).', 'fast_path', choices=FAST_PATHS),
+    Parameter('generation.draft_tokens', int, 'Prompt-lookup draft tokens verified per step on '
+              'the fast path; the answer is the same for any value (0 = no drafts).',
+              'draft_tokens', minimum=0),
     Parameter('skills_file', str, 'Skills YAML plans are validated against (empty: the '
               'installed config/skills.yaml).', 'skills_file'),
     Parameter('validation.grounded_arguments', bool, 'A plan whose target or location does '

@@ -49,7 +49,7 @@ class PlannerSettings:
     do_sample: bool = False              # generation.do_sample
     constrained: bool = True             # generation.constrained
     fast_path: str = 'auto'              # generation.fast_path
-    draft_tokens: int = 0                # generation.draft_tokens (prompt lookup)
+    draft_tokens: int = 8                # generation.draft_tokens (prompt lookup)
     skills_file: str = ''                # skills_file ('' = the installed config/skills.yaml)
     grounded_arguments: bool = True      # validation.grounded_arguments
     min_confidence: float = 0.0          # validation.min_confidence (0 = off)

@@ -21,16 +21,21 @@ Shapes: ``L`` is the prompt's length, ``V`` the model's logits width, ``k`` the 
   is set.
 
 Each kept token's log-probability is read from the model's logits before the grammar masks
-them (the answer's confidence, benchmarks/RESULTS.md "Plan confidence"): one log-sum-exp and
-one max over the step's rows, computed for all rows at once.
+them (the answer's confidence, benchmarks/RESULTS.md "Plan confidence"): one max over the
+pass's rows and one log-sum-exp over the rows kept, as tensor operations over all of them at
+once. The grammar is asked whether it allows the model's own choice; only a refused row is
+masked.
 
 One host synchronization per forward pass, no fewer: the grammar's matcher runs on the CPU,
-and the stop check and the next draft need the kept tokens as Python integers. Nothing else
-is read back or allocated per token: a step's input is written into one preallocated buffer
-and the attention mask is a row lookup in a table made once.
+and the stop check and the next draft need the kept tokens as Python integers (the
+log-probabilities come back with the next ``tolist()``, the data already there). Nothing
+else is read back or allocated per token: a step's input is written into one preallocated
+buffer and the attention mask is a row lookup in a table made once.
 
 Stale cache entries past the current length (rejected drafts, padding) are harmless: the mask
-hides positions beyond the one being computed, and the next step overwrites them.
+hides positions beyond the one being computed, and the next step overwrites them. Without
+compilation (the CPU), attention reads only the slots up to the current position, rounded up to
+:data:`SLOT_STEP`, not the whole cache (``max_prompt_tokens + max_new_tokens`` slots).
 """
 
 from dataclasses import dataclass, field
@@ -39,6 +44,8 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+SLOT_STEP = 64  # eager attention reads the cache in steps of this many slots
 
 
 class NgramIndex:
@@ -127,6 +134,13 @@ class StaticCacheDecoder:
         self.max_ngram = max_ngram
         length = max_prompt_tokens + max_new_tokens + draft_tokens + 1
         self.cache = StaticCache(config=model.config, max_cache_len=length)
+        self._length = length
+        # Eagerly (on the CPU) attention reads only the cache slots in use, rounded up to
+        # SLOT_STEP: the cache layers hold views [1, heads, visible, head_dim] of their full
+        # tensors. (A compiled step keeps the full length: its shapes never change.)
+        self._views = not compile_steps
+        self._full: List[Tuple[torch.Tensor, torch.Tensor]] = []  # each layer's own tensors
+        self._visible = length
         # The attention mask of a query at position p is row p ([length]): 0 for the keys at
         # or before p, the dtype's lowest value for every other slot, stale or empty. (Without
         # an explicit mask transformers lets a one-token query attend to every cache slot.)
@@ -160,7 +174,7 @@ class StaticCacheDecoder:
             counter = getattr(layer, 'cumulative_length', None)
             if counter is not None:
                 counter.copy_(positions[:1])
-        mask = self._mask_rows.index_select(0, positions)                    # [m, length]
+        mask = self._mask_rows.index_select(0, positions)[:, :self._visible]  # [m, visible]
         out = self.model(input_ids=ids, past_key_values=self.cache, cache_position=positions,
                          position_ids=positions.unsqueeze(0), attention_mask=mask[None, None],
                          use_cache=True, logits_to_keep=1 if last_only else 0)
@@ -170,9 +184,25 @@ class StaticCacheDecoder:
         """Run one step, as compiled: ids [1, n] at positions [n] -> logits [n, V]."""
         return self._forward(ids, positions)
 
+    def _fit_cache(self, end: int) -> None:
+        """Let attention read the cache slots before ``end`` (rounded up), eagerly only."""
+        if not self._views:
+            return
+        layers = [layer for layer in getattr(self.cache, 'layers', ())
+                  if getattr(layer, 'keys', None) is not None]
+        if not self._full:
+            self._full = [(layer.keys, layer.values) for layer in layers]
+        visible = min(self._length, -(-end // SLOT_STEP) * SLOT_STEP)
+        if visible == self._visible or not self._full or len(layers) != len(self._full):
+            return  # not allocated yet (the first prefill): the full length
+        for layer, (keys, values) in zip(layers, self._full):
+            layer.keys, layer.values = keys[:, :, :visible], values[:, :, :visible]
+        self._visible = visible
+
     def _prefill(self, prompt_ids: Sequence[int]) -> torch.Tensor:
         """Run the prompt; return the logits of its last position [1, V]."""
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)  # [1, L]
+        self._fit_cache(len(prompt_ids) + 1 + self.draft_tokens)
         return self._forward(ids, self._positions[:ids.shape[1]], last_only=True)
 
     def _step(self, last: int, draft: Sequence[int], position: int) -> torch.Tensor:
@@ -186,6 +216,7 @@ class StaticCacheDecoder:
             self._step_input.copy_(self._host_input, non_blocking=True)
         ids, positions = self._step_input[:1], self._step_input[1]          # [1, n], [n]
         if self._compiled_step is None:
+            self._fit_cache(position + len(draft) + 1)
             return self._step_forward(ids, positions)
         try:
             return self._compiled_step(ids, positions)  # torch.compile'd _step_forward
@@ -206,23 +237,24 @@ class StaticCacheDecoder:
         ``draft``). Row i's greedy token is kept; row i + 1 counts only while that token
         equals ``draft[i]`` and is no stop token.
         """
-        total = logits.float().logsumexp(-1)          # [n], before the grammar masks a row
         best, greedy = logits.max(-1)                 # [n], [n]
-        logprobs = best.float() - total               # [n]
         tokens = greedy.tolist()  # the pass's one synchronization: the tokens, on the host
         kept: List[int] = []
+        overruled = {}  # row -> (its log-sum-exp before the grammar's mask, the token kept)
         for row, token in enumerate(tokens):
-            if constraint is not None:
-                chosen = constraint.choose(logits[row], token)
-                if chosen != token:  # the grammar overruled the model (its mask lowered logits)
-                    logprobs[row] = logits[row, chosen].float() - total[row]
-                    token = chosen
+            if constraint is not None and not constraint.accept_if_allowed(token):
+                total = logits[row].float().logsumexp(-1)  # before the mask changes the row
+                token = constraint.best_allowed(logits[row])
+                overruled[row] = (total, token)
             kept.append(token)
             if token in self.stop_ids or row >= len(draft) or token != draft[row]:
                 break
+        # the confidence: the kept rows' log-sum-exp and the kept token's logit, before any mask
+        logprobs = best[:len(kept)].float() - logits[:len(kept)].float().logsumexp(-1)  # [m]
+        for row, (total, token) in overruled.items():
+            logprobs[row] = logits[row, token].float() - total
         # NaN logits (a broken model) make a token impossible, not unknown
-        values = [value if value == value else -math.inf
-                  for value in logprobs[:len(kept)].tolist()]
+        values = [value if value == value else -math.inf for value in logprobs.tolist()]
         return kept, values
 
     # ------------------------------------------------------------------ the loop
@@ -232,10 +264,12 @@ class StaticCacheDecoder:
         """
         Greedy-decode one prompt, under ``constraint`` (optional) at every step.
 
-        ``constraint.choose(logits_row, greedy_token)`` returns the token to keep for a row
-        (the greedy one, or the best one the constraint allows) and advances past it; it
-        sees exactly the tokens that are kept, in order, so drafts never advance it. When
-        ``stop_event`` (a threading.Event) is set, decoding stops after the current pass.
+        ``constraint.accept_if_allowed(token)`` advances past a row's greedy token if the
+        constraint allows it (and says whether it did); if not,
+        ``constraint.best_allowed(logits_row)`` masks the row in place and advances past its
+        best allowed token, which it returns. The constraint sees exactly the tokens that are
+        kept, in order, so drafts never advance it. When ``stop_event`` (a threading.Event)
+        is set, decoding stops after the current pass.
         """
         if len(prompt_ids) > self.max_prompt_tokens:
             raise ValueError('the prompt has %d tokens; this decoder serves at most %d'

@@ -20,7 +20,8 @@ output convention of :mod:`robot_llm_planner.core.plan`::
 The local backend compiles it once at load with xgrammar against the model's tokenizer
 (:meth:`PlanGrammar.compile`) and enforces it at every decoding step: the fast path asks
 :meth:`PlanGrammar.matcher` for one :class:`PlanMatcher` per command, which masks a step's
-logits only when the grammar refuses the model's own choice (:meth:`PlanMatcher.choose`);
+logits only when the grammar refuses the model's own choice
+(:meth:`PlanMatcher.accept_if_allowed`, :meth:`PlanMatcher.best_allowed`);
 ``generate()`` gets a :class:`transformers.LogitsProcessor` from
 :meth:`PlanGrammar.logits_processor`. A remote server gets the grammar text in its request
 (:meth:`PlanGrammar.guided_request`); vLLM enforces it, servers without guided decoding ignore
@@ -273,19 +274,22 @@ class PlanMatcher:
             apply_bitmask(rows, self._bitmask, self.grammar.vocab_size, self._device_masks)
         return logits
 
-    def choose(self, logits, greedy: int) -> int:
+    def accept_if_allowed(self, token: int) -> bool:
         """
-        Return the token to keep for a logits row, having advanced past it.
+        Advance past ``token`` if the grammar allows it next; return whether it did.
 
-        ``greedy`` is the row's argmax. When the grammar allows it, it is also the argmax of
-        the masked row (the mask only lowers other logits; a tie resolves to the first index
-        either way), so it is kept without filling a bitmask or touching the row: xgrammar
-        refuses a token without changing its state. Otherwise the row is masked in place and
-        its argmax kept.
+        When the grammar allows a logits row's argmax, that is also the argmax of the masked
+        row (the mask only lowers other logits; a tie resolves to the first index either
+        way): the fast path keeps it without filling a bitmask or touching the row. A refused
+        token leaves the matcher as it was.
         """
-        if self._matcher.accept_token(int(greedy)):
+        if self._matcher.accept_token(int(token)):
             self.tokens += 1
-            return int(greedy)
+            return True
+        return False
+
+    def best_allowed(self, logits) -> int:
+        """Mask a logits row in place, advance past its argmax and return it."""
         token = int(self.mask(logits).argmax())
         self.accept(token)
         return token

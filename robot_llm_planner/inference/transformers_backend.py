@@ -4,9 +4,10 @@ The local backend: a Qwen model on this machine (transformers + PEFT).
 Loads a base model directory (or a fully fine-tuned / merged one), applies LoRA adapter(s)
 and merges them at load (as LLaMA-Factory does for inference), then decodes greedily unless
 told to sample. Several commands are generated as one left-padded batch with
-``generate()``; on CUDA a single command takes the fast path in
-:mod:`~robot_llm_planner.inference.decoding` (static KV cache, compiled steps, prompt-lookup
-drafts).
+``generate()``; a single greedy command takes the fast path in
+:mod:`~robot_llm_planner.inference.decoding` (static KV cache, prompt-lookup drafts, the step
+compiled on CUDA) unless ``generation.fast_path`` is off. docs/decoding.md says which path
+runs when, and what each costs.
 """
 
 import json
@@ -173,9 +174,9 @@ class TransformersBackend(Backend):
         if self.grammar is not None:
             self.grammar.compile(tokenizer, len(tokenizer), model.config.vocab_size,
                                  stop_ids=self.stop_ids)
-        if self.fast_path_setting == 'on' or (self.fast_path_setting == 'auto'
-                                              and device.type == 'cuda'):
-            # the fast path's step is compiled on CUDA (CUDA graphs)
+        if self.fast_path_setting != 'off':
+            # 'auto' is on wherever it runs: it is faster than generate() on the CPU as on
+            # CUDA (docs/decoding.md); its step is compiled where that pays, on CUDA.
             from robot_llm_planner.inference.decoding import StaticCacheDecoder
             self.decoder = StaticCacheDecoder(
                 model, self.stop_ids, tokenizer.pad_token_id, self.max_prompt_tokens,
