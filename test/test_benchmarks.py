@@ -223,3 +223,83 @@ def test_preconditions_benchmark_counts():
     assert preconditions.unmet_fact(SkillSet.load(), parse_plan(
         '找；拿。寻找物体，水；拿起物体，杯子')) == '拿起物体 found(target)'
     assert '| 0.6 | 2 of 3 (66.7 %) | 1 of 2 (50.0 %) |' in preconditions.markdown(report)
+
+
+@pytest.mark.slow
+def test_vs_llamafactory_smoke(tiny_model, tiny_adapter, tmp_path):
+    # LLaMA-Factory's ChatModel and two planners on the tiny model, two commands
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'vs_llamafactory.py'), '--model',
+         tiny_model, '--adapter', tiny_adapter, '--limit', '2', '--runs', '2',
+         '--max-new-tokens', '6', '--variant', 'defaults', '--variant', 'slow path',
+         'fast_path=off', 'draft_tokens=0', '--out', str(tmp_path)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'vs_llamafactory.json').read_text())
+    assert list(report['paths']) == ['LLaMA-Factory', 'defaults', 'slow path']
+    assert report['paths']['slow path']['settings'] == {'fast_path': 'off', 'draft_tokens': 0}
+    assert report['paths']['defaults']['settings'] == {}
+    for path in report['paths'].values():
+        assert path['p50_ms'] > 0 and path['p90_ms'] >= path['p50_ms'] and path['speedup'] > 0
+    # the random model's 6 tokens are no plan (the grammar's are the start of one, also no
+    # complete plan): nothing counts where LLaMA-Factory's answer is valid
+    assert [row['valid'] for row in report['answers']] == [False, False]
+    assert report['valid_llamafactory_answers'] == 0
+    for name in ('defaults', 'slow path'):
+        same = sum(row[name] == row['llamafactory'] for row in report['answers'])
+        assert report['paths'][name]['identical'] == same
+        assert report['paths'][name]['identical_where_valid'] == 0
+    assert report['answers'][0]['defaults'] == report['answers'][0]['slow path']
+    assert '| LLaMA-Factory | - |' in (tmp_path / 'vs_llamafactory.md').read_text()
+
+
+def test_vs_llamafactory_refuses_a_bad_variant(tmp_path):
+    for words, message in ((['x', 'no_such_field=1'], 'not FIELD=VALUE'),
+                           (['x', 'draft_tokens=-1'], 'draft_tokens'),
+                           (['x', 'constrained=yes'], 'true or false')):
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, 'benchmarks', 'vs_llamafactory.py'), '--model',
+             str(tmp_path), '--variant'] + words + ['--out', str(tmp_path)],
+            capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_ros_overhead_smoke(tmp_path):
+    # planner_node as a subprocess with a tiny model, a few commands over real topics
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'ros_overhead.py'), '--commands',
+         '4', '--max-new-tokens', '2', '--timeout', '60', '--out', str(tmp_path)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'ros_overhead.json').read_text())
+    assert report['commands'] == 4 and len(report['rows']) == 4
+    for row in report['rows']:
+        assert row['round_trip_ms'] > row['inference_ms'] > 0
+        assert row['overhead_ms'] == pytest.approx(row['round_trip_ms'] - row['inference_ms'])
+    assert report['overhead_ms']['p99'] >= report['overhead_ms']['p50'] > 0
+    assert '| overhead (round trip - inference - parse) |' in (
+        tmp_path / 'ros_overhead.md').read_text()
+
+
+def test_token_cost_smoke(tiny_model, tiny_adapter, tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'token_cost.py'), '--model',
+         tiny_model, '--adapter', tiny_adapter, '--limit', '2', '--runs', '1',
+         '--max-new-tokens', '12', '--draft-tokens', '3', '--out', str(tmp_path)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'token_cost.json').read_text())
+    assert report['same_tokens'] is True
+    before, after = report['paths']['per row (before)'], report['paths']['batched (after)']
+    for path in (before, after):
+        assert path['decode_ms_p50'] > 0 and path['tokens_per_plan'] > 0
+        assert path['us_per_kept_token']['model forward passes'] > 0
+    # before: a bitmask fill and a mask pass for every kept token; after: none for a token
+    # the grammar allows
+    assert before['us_per_kept_token']['bitmask fill'] > 0
+    assert before['us_per_kept_token']['mask pass'] > 0
+    assert 'bitmask fill' not in after['us_per_kept_token']
+    assert before['tokens_per_plan'] == after['tokens_per_plan']
+    assert '| plan decode p50 ms (not instrumented) |' in (
+        tmp_path / 'token_cost.md').read_text()

@@ -282,9 +282,11 @@ def test_accepts_exactly_the_valid_plans(grammar, steps):
 
 
 def _plan_all(backend, config=COMPLETE, commands=COMMANDS):
-    # random weights write random names: the grammar bounds form and skills, not whether
-    # the names come from the command (validation.grounded_arguments), so that is off here
-    planner = Planner(backend, SKILLS, PROMPT, config, cache_size=0, grounded_arguments=False)
+    # random weights write random names and steps: the grammar bounds form and skills, not
+    # whether the names come from the command (validation.grounded_arguments) or the steps can
+    # run in that order (validation.preconditions), so those are off here
+    planner = Planner(backend, SKILLS, PROMPT, config, cache_size=0, grounded_arguments=False,
+                      preconditions=False)
     return planner.plan_batch(commands)
 
 
@@ -392,6 +394,59 @@ def test_grammar_that_does_not_compile_fails_at_load(tiny_model):
 def test_matcher_before_compile_is_an_engine_error():
     with pytest.raises(EngineError, match='not compiled'):
         PlanGrammar(SKILLS).matcher()
+
+
+def test_a_refused_token_leaves_the_matcher_as_it_was(grammar, tokenizer):
+    import xgrammar as xgr
+    matcher = grammar.matcher()
+    before = xgr.allocate_token_bitmask(1, grammar.vocab_size)
+    matcher.fill(before)
+    allowed = [t for t in range(grammar.vocab_size) if (int(before[0, t // 32]) >> (t % 32)) & 1]
+    refused = sorted(set(range(grammar.vocab_size)) - set(allowed))
+    assert allowed and refused
+    assert [matcher.accept_if_allowed(token) for token in refused[:50]] == [False] * 50
+    after = xgr.allocate_token_bitmask(1, grammar.vocab_size)
+    matcher.fill(after)
+    assert bool((before == after).all()) and matcher.tokens == 0
+    assert matcher.accept_if_allowed(allowed[0]) and matcher.tokens == 1
+
+
+def test_best_allowed_is_the_argmax_of_the_masked_row(grammar):
+    import torch
+    matcher = grammar.matcher()
+    logits = torch.randn(grammar.vocab_size, generator=torch.Generator().manual_seed(3))
+    expected = int(grammar.matcher().mask(logits.clone()).argmax())
+    assert matcher.best_allowed(logits) == expected and matcher.tokens == 1
+    assert torch.isinf(logits).any()  # masked in place
+
+
+class _CountingMatcher:
+    """A real PlanMatcher that counts the rows it had to mask (the grammar refused them)."""
+
+    def __init__(self, matcher):
+        self.matcher = matcher
+        self.masked = 0
+
+    def accept_if_allowed(self, token):
+        return self.matcher.accept_if_allowed(token)
+
+    def best_allowed(self, logits):
+        self.masked += 1
+        return self.matcher.best_allowed(logits)
+
+
+@pytest.mark.slow
+def test_a_trained_models_own_choices_are_kept_without_a_mask(trained_model):
+    # The plans the trained model writes are valid: the grammar never refuses its choice, so
+    # the fast path never fills a bitmask or masks a row, and the answers stay the same.
+    backend = _load(trained_model.base, trained_model.adapter, fast_path='on', draft_tokens=8,
+                    max_new_tokens=256)
+    for command in trained_model.correct[:8]:
+        counting = _CountingMatcher(backend.grammar.matcher())
+        result = backend.decoder.decode(backend.encode(command, PROMPT), 256, counting)
+        assert backend.tokenizer.decode(result.tokens) == trained_model.labels[command]
+        assert result.finished and counting.masked == 0
+        assert counting.matcher.is_complete()
 
 
 # ------------------------------------------------------------------ padded vocabulary

@@ -257,6 +257,59 @@ def test_ngram_index_drafts_what_followed_the_suffix():
     assert index.draft(4) == [6, 7, 8, 9]  # the 1-gram (5,) matches
 
 
+def test_auto_takes_the_fast_path_on_the_cpu_too(tiny_model, tiny_adapter, merged):
+    backend = _load(tiny_model, tiny_adapter)  # generation.fast_path auto
+    assert backend.device.type == 'cpu' and backend.decoder is not None
+    generation = backend.generate(COMMANDS[:1], PROMPT, GREEDY)[0]
+    assert 'decode_passes' in generation.stats
+    assert generation.text == _texts(merged, COMMANDS[:1])[0]
+
+
+def test_the_default_planner_drafts_on_the_fast_path(tiny_model, tiny_adapter, merged):
+    from robot_llm_planner.core.settings import PlannerSettings
+    from robot_llm_planner.inference.build import build_planner
+    settings = PlannerSettings(model_path=tiny_model, adapter_path=tiny_adapter, device='cpu',
+                               constrained=False, max_new_tokens=GREEDY.max_new_tokens)
+    planner = build_planner(settings)
+    planner.load()
+    assert settings.draft_tokens == 8 and planner.backend.decoder.draft_tokens == 8
+    assert [planner.plan(c).plan.raw_output for c in COMMANDS] == _texts(merged)
+
+
+def test_eager_attention_reads_only_the_slots_in_use(merged):
+    # Views of the cache up to the position (rounded up to 64 slots) give the answer and the
+    # log-probabilities of attention over the whole cache, across several 64-slot steps (the
+    # fast path's tests against generate() run with the views).
+    from robot_llm_planner.inference.decoding import SLOT_STEP, StaticCacheDecoder
+    ids = merged.encode('把红色的杯子放到厨房的桌子上', PROMPT)
+    results = {}
+    for views in (True, False):
+        decoder = StaticCacheDecoder(merged.model, [], merged.tokenizer.pad_token_id, 512, 150,
+                                     draft_tokens=3)
+        decoder._views = views
+        decoder.decode(ids, 8)  # the first prefill allocates the cache
+        results[views] = decoder.decode(ids, 150)
+        visible = decoder._visible
+        assert (visible < decoder._length) == views
+    assert visible == decoder._length and len(ids) + 150 > 2 * SLOT_STEP
+    assert results[True].tokens == results[False].tokens and len(results[True].tokens) == 150
+    assert results[True].logprobs == pytest.approx(results[False].logprobs, abs=1e-5)
+
+
+@pytest.mark.parametrize('text,parsed', [('auto', ('auto', None)), (' CPU ', ('cpu', None)),
+                                         ('cuda', ('cuda', None)), ('cuda:2', ('cuda', 2))])
+def test_parse_device(text, parsed):
+    from robot_llm_planner.core.settings import parse_device
+    assert parse_device(text) == parsed
+
+
+@pytest.mark.parametrize('text', ['', 'tpu', 'cuda:', 'cuda:x', 'cuda:-1'])
+def test_parse_device_refuses(text):
+    from robot_llm_planner.core.settings import parse_device
+    with pytest.raises(ValueError, match='model.device must be auto, cpu, cuda or cuda:N'):
+        parse_device(text)
+
+
 @pytest.mark.slow
 def test_compiled_step_equals_generate(merged):
     # The CUDA fast path compiles its step (torch.compile, fullgraph); inductor compiles the

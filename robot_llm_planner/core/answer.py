@@ -11,7 +11,7 @@ disagree.
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from robot_llm_planner.core.bt_xml import plan_to_bt_xml, unsafe_value
 from robot_llm_planner.core.confidence import assign_step_confidences, published_confidence
@@ -71,7 +71,8 @@ class AnswerCheck:
 
     def check(self, command: str, text: str, finished: bool = True,
               confidence: Optional[float] = None,
-              token_probabilities: Optional[Sequence[float]] = None) -> PlanResult:
+              token_probabilities: Optional[Sequence[Tuple[int, int, float]]] = None
+              ) -> PlanResult:
         """
         Return the result for the answer ``text`` to ``command``.
 

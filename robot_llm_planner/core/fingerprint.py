@@ -13,6 +13,8 @@ import hashlib
 import os
 from typing import List
 
+from robot_llm_planner.core.settings import split_adapters
+
 WHOLE_FILE_BYTES = 64 << 20
 SAMPLE_BYTES = 1 << 20
 DIGITS = 12
@@ -46,7 +48,7 @@ def fingerprint(path: str) -> str:
     '' for an empty path or one that does not exist; several comma-separated paths (LoRA
     adapters merged in order) give their fingerprints joined by commas.
     """
-    parts = [part.strip() for part in path.split(',') if part.strip()]
+    parts = split_adapters(path)
     if len(parts) > 1:
         return ','.join(fingerprint(part) for part in parts)
     if not parts or not os.path.exists(parts[0]):

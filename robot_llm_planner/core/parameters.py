@@ -17,8 +17,8 @@ import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from robot_llm_planner.core.settings import (BACKENDS, DTYPES, EXECUTION_POLICIES, FAST_PATHS,
-                                             PlannerSettings, QUANTIZATION, QUEUE_POLICIES,
-                                             REMOTE_FIELDS, SIMULATED_BEHAVIOUR)
+                                             parse_device, PlannerSettings, QUANTIZATION,
+                                             QUEUE_POLICIES, REMOTE_FIELDS, SIMULATED_BEHAVIOUR)
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,12 @@ PARAMETERS: Tuple[Parameter, ...] = (
               'plan cache).', 'do_sample'),
     Parameter('generation.constrained', bool, 'Grammar-constrained decoding: the model can only '
               'write plans made of skills_file actions.', 'constrained'),
-    Parameter('generation.fast_path', str, 'Single-command decoder with a static KV cache: '
-              'auto (on CUDA), on or off.', 'fast_path', choices=FAST_PATHS),
-    Parameter('generation.draft_tokens', int, 'Prompt-lookup draft tokens per step on the fast '
-              'path (0 = off).', 'draft_tokens', minimum=0),
+    Parameter('generation.fast_path', str, 'Single greedy commands take the static-KV-cache '
+              'decoder (docs/decoding.md): auto (on; its step compiled on CUDA), on, or off '
+              '(generate() for every command).', 'fast_path', choices=FAST_PATHS),
+    Parameter('generation.draft_tokens', int, 'Prompt-lookup draft tokens verified per step on '
+              'the fast path; the answer is the same for any value (0 = no drafts).',
+              'draft_tokens', minimum=0),
     Parameter('skills_file', str, 'Skills YAML plans are validated against (empty: the '
               'installed config/skills.yaml).', 'skills_file'),
     Parameter('validation.grounded_arguments', bool, 'A plan whose target or location does '
@@ -241,18 +243,14 @@ def check_value(parameter: Parameter, value: Any) -> Tuple[Any, Optional[str]]:
         return None, '%s must be <= %g, got %r' % (parameter.name, parameter.maximum, converted)
     if parameter.positive and converted <= 0:
         return None, '%s must be > 0, got %r' % (parameter.name, converted)
-    if parameter.name == 'model.device' and not _valid_device(converted):
-        return None, 'model.device must be auto, cpu, cuda or cuda:N, got %r' % converted
+    if parameter.name == 'model.device':
+        try:
+            parse_device(converted)
+        except ValueError as exc:
+            return None, str(exc)
     if parameter.name.startswith('topics.') and not converted.strip():
         return None, '%s must not be empty' % parameter.name
     return converted, None
-
-
-def _valid_device(device: str) -> bool:
-    device = device.strip().lower()
-    if device in ('auto', 'cpu', 'cuda'):
-        return True
-    return device.startswith('cuda:') and device[5:].isdigit()
 
 
 def dynamic_changes(values: List[Tuple[str, Any]]) -> Tuple[Dict[str, Any], Optional[str]]:

@@ -67,3 +67,14 @@ class PromptBuilder:
         """Return the chat messages for an OpenAI-compatible server using the same template."""
         return [{'role': 'system', 'content': self.effective_system},
                 {'role': 'user', 'content': join_query(command, self.instruction)}]
+
+
+def stop_token_ids(tokenizer) -> List[int]:
+    """
+    Return the ids that end an answer: ``<|im_end|>`` (or the eos token), none if neither.
+
+    LLaMA-Factory's qwen template replaces eos with ``<|im_end|>`` and stops on it alone.
+    """
+    vocab = tokenizer.get_vocab()
+    token = IM_END if IM_END in vocab else tokenizer.eos_token
+    return [vocab[token]] if token in vocab else []

@@ -7,6 +7,7 @@ a planner (not loaded).
 """
 
 from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 from robot_llm_planner.core.command import DEFAULT_MAX_COMMAND_CHARS
 from robot_llm_planner.core.prompt import SYSTEM_PROMPT
@@ -52,7 +53,7 @@ class PlannerSettings:
     do_sample: bool = False              # generation.do_sample
     constrained: bool = True             # generation.constrained
     fast_path: str = 'auto'              # generation.fast_path
-    draft_tokens: int = 0                # generation.draft_tokens (prompt lookup)
+    draft_tokens: int = 8                # generation.draft_tokens (prompt lookup)
     skills_file: str = ''                # skills_file ('' = the installed config/skills.yaml)
     grounded_arguments: bool = True      # validation.grounded_arguments
     min_confidence: float = 0.0          # validation.min_confidence (0 = off)
@@ -60,3 +61,22 @@ class PlannerSettings:
     bt_xml: bool = False                 # message.bt_xml
     cache_size: int = 64                 # cache.size
     max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS  # queue.max_command_chars
+
+
+def split_adapters(adapter_path: str) -> List[str]:
+    """Return the adapter directories of ``model.adapter_path`` (comma-separated, in order)."""
+    return [part.strip() for part in (adapter_path or '').split(',') if part.strip()]
+
+
+def parse_device(device: str) -> Tuple[str, Optional[int]]:
+    """
+    Return a ``model.device`` value as (auto, cpu or cuda; the CUDA index or None).
+
+    Raise ValueError for anything but auto, cpu, cuda or cuda:N.
+    """
+    text = str(device).strip().lower()
+    if text in ('auto', 'cpu', 'cuda'):
+        return text, None
+    if text.startswith('cuda:') and text[5:].isdigit():
+        return 'cuda', int(text[5:])
+    raise ValueError('model.device must be auto, cpu, cuda or cuda:N, got %r' % device)

@@ -1,34 +1,51 @@
 """
-The fast decode loop: greedy decoding of one command with a static KV cache.
+The fast decode loop: greedy decoding of one command with a static KV cache, phase by phase.
 
-One prefill (the prompt right-padded to a bucket length, so typical commands reuse a few
-shapes), then one forward pass per step. With ``draft_tokens`` > 0 each step is a
-prompt-lookup speculative step: the longest recent n-gram of the sequence that occurred
-before proposes the tokens that followed it then, and one forward pass over
-``[last token] + draft`` verifies them; the model's own greedy choice decides every token,
-so the output is the plain greedy output, in fewer forward passes when plans copy words
-from the command (they do: output2 repeats output1's objects).
+Shapes: ``L`` is the prompt's length, ``V`` the model's logits width, ``k`` the decoder's
+``draft_tokens`` and ``n = 1 + k`` the tokens of one step.
 
-Each kept token's probability is read from the model's logits before the grammar masks them;
-the lowest one is the answer's ``confidence`` (a cheap, well-separating signal that a plan
-may be wrong: benchmarks/RESULTS.md, "Plan confidence").
+- **prefill** (:meth:`StaticCacheDecoder._prefill`, eager): the prompt ``[1, L]`` in one
+  forward pass; the logits of its last position ``[1, V]`` give the first token.
+- **step** (:meth:`StaticCacheDecoder._step_forward`, compiled on CUDA): the last kept token
+  and ``k`` draft tokens ``[1, n]`` at the positions after it; row ``i`` of its logits
+  ``[n, V]`` is the model's choice after input ``i``. The drafts are prompt lookup
+  (:class:`NgramIndex`): the longest recent n-gram of the sequence that occurred before
+  proposes the tokens that followed it then. Its shape never changes (a missing draft token
+  is padding: a wrong guess), so the compiled step never recompiles.
+- **accept** (:meth:`StaticCacheDecoder._accept`): the greedy token of every row, under the
+  grammar when there is one; a draft token is kept while it equals the model's own choice,
+  and the first row that differs gives one more token. The output is the plain greedy output,
+  in fewer forward passes when plans copy words from the command (they do: output2 repeats
+  output1's objects).
+- **stop** (:class:`_Answer`): at a stop token, at the token budget, or when ``stop_event``
+  is set.
 
-Stale cache entries past the current length (padding, rejected drafts) are harmless: the
-causal mask hides positions beyond the one being computed and the next step overwrites them.
+Each kept token's log-probability is read from the model's logits before the grammar masks
+them (the answer's confidence, benchmarks/RESULTS.md "Plan confidence"): one max over the
+pass's rows and one log-sum-exp over the rows kept, as tensor operations over all of them at
+once. The grammar is asked whether it allows the model's own choice; only a refused row is
+masked.
 
-On CUDA the per-token step is compiled (CUDA graphs through ``torch.compile``); its shape is
-fixed (``[1, 1]``, or ``[1, 1 + draft_tokens]`` with drafts), so nothing recompiles after
-warm-up.
+One host synchronization per forward pass, no fewer: the grammar's matcher runs on the CPU,
+and the stop check and the next draft need the kept tokens as Python integers (the
+log-probabilities come back with the next ``tolist()``, the data already there). Nothing
+else is read back or allocated per token: a step's input is written into one preallocated
+buffer and the attention mask is a row lookup in a table made once.
+
+Stale cache entries past the current length (rejected drafts, padding) are harmless: the mask
+hides positions beyond the one being computed, and the next step overwrites them. Without
+compilation (the CPU), attention reads only the slots up to the current position, rounded up to
+:data:`SLOT_STEP`, not the whole cache (``max_prompt_tokens + max_new_tokens`` slots).
 """
 
 from dataclasses import dataclass, field
 import math
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-DEFAULT_BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512)
+SLOT_STEP = 64  # eager attention reads the cache in steps of this many slots
 
 
 class NgramIndex:
@@ -66,9 +83,31 @@ class DecodeResult:
 
     tokens: List[int]
     finished: bool
-    stats: Dict[str, float] = field(default_factory=dict)
-    confidence: Optional[float] = None  # the lowest probability of a kept token (stop included)
     logprobs: List[float] = field(default_factory=list)  # each kept token's, stop included
+    stats: Dict[str, float] = field(default_factory=dict)
+
+
+class _Answer:
+    """The tokens kept so far and whether the answer has ended (the stop phase)."""
+
+    def __init__(self, budget: int, stop_ids: Sequence[int]) -> None:
+        self.budget = budget
+        self.stop_ids = stop_ids
+        self.tokens: List[int] = []
+        self.logprobs: List[float] = []
+        self.finished = False  # ended by a stop token (not the budget)
+
+    def add(self, kept: Sequence[int], logprobs: Sequence[float]) -> bool:
+        """Add one pass's kept tokens; return True once the answer is complete."""
+        for token, logprob in zip(kept, logprobs):
+            if len(self.tokens) >= self.budget:
+                break  # a stop token verified past the budget does not count, as in generate()
+            self.logprobs.append(logprob)
+            if token in self.stop_ids:
+                self.finished = True
+                break
+            self.tokens.append(token)
+        return self.finished or len(self.tokens) >= self.budget
 
 
 class StaticCacheDecoder:
@@ -76,148 +115,192 @@ class StaticCacheDecoder:
 
     def __init__(self, model, stop_ids: Sequence[int], pad_id: int, max_prompt_tokens: int,
                  max_new_tokens: int, draft_tokens: int = 0, max_ngram: int = 3,
-                 buckets: Sequence[int] = DEFAULT_BUCKETS, compile_steps: bool = False):
-        """Allocate the cache for the longest prompt and answer this decoder will serve."""
+                 compile_steps: bool = False) -> None:
+        """
+        Allocate the cache for the longest prompt and answer this decoder will serve.
+
+        ``compile_steps`` compiles the step with ``torch.compile`` (CUDA graphs on CUDA).
+        """
         from transformers import StaticCache
 
         self.model = model
-        self.device = next(model.parameters()).device
+        parameter = next(model.parameters())
+        self.device, dtype = parameter.device, parameter.dtype
         self.stop_ids = set(stop_ids)
         self.pad_id = pad_id
+        self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.draft_tokens = draft_tokens
         self.max_ngram = max_ngram
-        self.buckets = sorted(b for b in buckets if b < max_prompt_tokens) + [max_prompt_tokens]
-        self.max_prompt_tokens = max_prompt_tokens
-        cache_len = max_prompt_tokens + max_new_tokens + draft_tokens + 1
-        self._key_positions = torch.arange(cache_len, device=self.device)
-        self._dtype = next(model.parameters()).dtype
-        self.cache = StaticCache(config=model.config, max_cache_len=cache_len)
-        # Prefill runs eagerly (one pass per command, padded to a bucket so only a few shapes
-        # occur); the per-token steps are compiled: with CUDA graphs their launch overhead is
-        # gone, and their shapes ([1, 1] or [1, 1 + draft_tokens]) never change.
-        self._step = self._forward_eager
+        length = max_prompt_tokens + max_new_tokens + draft_tokens + 1
+        self.cache = StaticCache(config=model.config, max_cache_len=length)
+        self._length = length
+        # Eagerly (on the CPU) attention reads only the cache slots in use, rounded up to
+        # SLOT_STEP: the cache layers hold views [1, heads, visible, head_dim] of their full
+        # tensors. (A compiled step keeps the full length: its shapes never change.)
+        self._views = not compile_steps
+        self._full: List[Tuple[torch.Tensor, torch.Tensor]] = []  # each layer's own tensors
+        self._visible = length
+        # The attention mask of a query at position p is row p ([length]): 0 for the keys at
+        # or before p, the dtype's lowest value for every other slot, stale or empty. (Without
+        # an explicit mask transformers lets a one-token query attend to every cache slot.)
+        causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
+        self._mask_rows = torch.zeros(length, length, dtype=dtype, device=self.device)
+        self._mask_rows.masked_fill_(~causal, torch.finfo(dtype).min)        # [length, length]
+        self._positions = torch.arange(length, device=self.device)           # [length]
+        # One step's input, [0] = the n tokens and [1] = their positions, written on the host
+        # through a NumPy view (pinned memory and one asynchronous copy on an accelerator).
+        accelerator = self.device.type != 'cpu'
+        self._host_input = torch.zeros(2, 1 + draft_tokens, dtype=torch.long,
+                                       pin_memory=accelerator and torch.cuda.is_available())
+        self._host_view = self._host_input.numpy()
+        self._step_input = (torch.zeros_like(self._host_input, device=self.device)
+                            if accelerator else self._host_input)                # [2, n]
+        # The prefill runs eagerly (its shape is the prompt's); the step is compiled: with
+        # CUDA graphs its launch overhead is gone, and its shape [1, n] never changes.
         self.compile_error = ''  # why the compiled step was given up, if it was
+        self._compiled_step = None
         if compile_steps:
-            self._step = torch.compile(self._forward_eager, mode='reduce-overhead',
-                                       fullgraph=True, dynamic=False)
+            self._compiled_step = torch.compile(self._step_forward, mode='reduce-overhead',
+                                                fullgraph=True, dynamic=False)
 
-    def _run_step(self, ids: torch.Tensor, positions: torch.Tensor,
-                  position: int) -> torch.Tensor:
-        try:
-            return self._step(ids, positions)
-        except Exception as exc:
-            if self._step == self._forward_eager:
-                raise
-            # A torch/transformers combination that cannot compile this step must not stop
-            # the robot: decode eagerly (slower, same output) and say why.
-            self.compile_error = '%s: %s' % (type(exc).__name__, str(exc).splitlines()[0][:300])
-            self._step = self._forward_eager
-            self._rewind(position)
-            return self._step(ids, positions)
-
-    def _rewind(self, position: int) -> None:
-        # transformers 5 static cache layers append at their own write counter; point it at
-        # ``position`` so padding and rejected drafts get overwritten.
+    # ------------------------------------------------------------------ model passes
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor,
+                 last_only: bool = False) -> torch.Tensor:
+        """Run ids [1, m] at positions [m]; return their logits [m, V] ([1, V]: last_only)."""
+        # transformers' static cache layers write at their own counter: point it at the
+        # first position, so that rejected drafts and padding get overwritten.
         for layer in getattr(self.cache, 'layers', ()):
             counter = getattr(layer, 'cumulative_length', None)
             if counter is not None:
-                counter.fill_(position)
-
-    def _forward_eager(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # An explicit mask over the whole static cache: each query sees the keys at or before
-        # its position and nothing else. (Without one, transformers lets a single-token query
-        # attend to every cache slot, stale and empty ones included.)
-        visible = self._key_positions.unsqueeze(0) <= positions.unsqueeze(1)
-        mask = torch.zeros(visible.shape, dtype=self._dtype, device=self.device)
-        mask = mask.masked_fill(~visible, torch.finfo(self._dtype).min)
+                counter.copy_(positions[:1])
+        mask = self._mask_rows.index_select(0, positions)[:, :self._visible]  # [m, visible]
         out = self.model(input_ids=ids, past_key_values=self.cache, cache_position=positions,
                          position_ids=positions.unsqueeze(0), attention_mask=mask[None, None],
-                         use_cache=True)
+                         use_cache=True, logits_to_keep=1 if last_only else 0)
         return out.logits[0]
 
-    def _bucket(self, length: int) -> int:
-        for bucket in self.buckets:
-            if length <= bucket:
-                return bucket
-        raise ValueError('the prompt has %d tokens; this decoder serves at most %d'
-                         % (length, self.max_prompt_tokens))
+    def _step_forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Run one step, as compiled: ids [1, n] at positions [n] -> logits [n, V]."""
+        return self._forward(ids, positions)
 
+    def _fit_cache(self, end: int) -> None:
+        """Let attention read the cache slots before ``end`` (rounded up), eagerly only."""
+        if not self._views:
+            return
+        layers = [layer for layer in getattr(self.cache, 'layers', ())
+                  if getattr(layer, 'keys', None) is not None]
+        if not self._full:
+            self._full = [(layer.keys, layer.values) for layer in layers]
+        visible = min(self._length, -(-end // SLOT_STEP) * SLOT_STEP)
+        if visible == self._visible or not self._full or len(layers) != len(self._full):
+            return  # not allocated yet (the first prefill): the full length
+        for layer, (keys, values) in zip(layers, self._full):
+            layer.keys, layer.values = keys[:, :, :visible], values[:, :, :visible]
+        self._visible = visible
+
+    def _prefill(self, prompt_ids: Sequence[int]) -> torch.Tensor:
+        """Run the prompt; return the logits of its last position [1, V]."""
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)  # [1, L]
+        self._fit_cache(len(prompt_ids) + 1 + self.draft_tokens)
+        return self._forward(ids, self._positions[:ids.shape[1]], last_only=True)
+
+    def _step(self, last: int, draft: Sequence[int], position: int) -> torch.Tensor:
+        """Run ``[last] + draft`` (n tokens) from ``position`` on; return the logits [n, V]."""
+        self._host_view[0, 0] = last
+        self._host_view[0, 1:] = draft
+        self._host_view[1] = range(position, position + len(draft) + 1)
+        if self._step_input is not self._host_input:
+            # asynchronous, and safe: the previous step's input was read before its tokens
+            # came back to the host
+            self._step_input.copy_(self._host_input, non_blocking=True)
+        ids, positions = self._step_input[:1], self._step_input[1]          # [1, n], [n]
+        if self._compiled_step is None:
+            self._fit_cache(position + len(draft) + 1)
+            return self._step_forward(ids, positions)
+        try:
+            return self._compiled_step(ids, positions)  # torch.compile'd _step_forward
+        except Exception as exc:
+            # A torch/transformers combination that cannot compile this step must not stop
+            # the robot: decode eagerly (slower, same output) and say why.
+            self.compile_error = '%s: %s' % (type(exc).__name__, str(exc).splitlines()[0][:300])
+            self._compiled_step = None
+            return self._step_forward(ids, positions)
+
+    # ------------------------------------------------------------------ choosing tokens
+    def _accept(self, logits: torch.Tensor, draft: Sequence[int],
+                constraint=None) -> Tuple[List[int], List[float]]:
+        """
+        Return the tokens one pass keeps and their log-probabilities.
+
+        ``logits`` [n, V]: row i follows input i of the pass (the last kept token, then
+        ``draft``). Row i's greedy token is kept; row i + 1 counts only while that token
+        equals ``draft[i]`` and is no stop token.
+        """
+        best, greedy = logits.max(-1)                 # [n], [n]
+        tokens = greedy.tolist()  # the pass's one synchronization: the tokens, on the host
+        kept: List[int] = []
+        overruled = {}  # row -> (its log-sum-exp before the grammar's mask, the token kept)
+        for row, token in enumerate(tokens):
+            if constraint is not None and not constraint.accept_if_allowed(token):
+                total = logits[row].float().logsumexp(-1)  # before the mask changes the row
+                token = constraint.best_allowed(logits[row])
+                overruled[row] = (total, token)
+            kept.append(token)
+            if token in self.stop_ids or row >= len(draft) or token != draft[row]:
+                break
+        # the confidence: the kept rows' log-sum-exp and the kept token's logit, before any mask
+        logprobs = best[:len(kept)].float() - logits[:len(kept)].float().logsumexp(-1)  # [m]
+        for row, (total, token) in overruled.items():
+            logprobs[row] = logits[row, token].float() - total
+        # NaN logits (a broken model) make a token impossible, not unknown
+        values = [value if value == value else -math.inf for value in logprobs.tolist()]
+        return kept, values
+
+    # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
     def decode(self, prompt_ids: Sequence[int], max_new_tokens: Optional[int] = None,
                constraint=None, stop_event=None) -> DecodeResult:
         """
-        Greedy-decode one prompt; ``constraint`` (optional) masks each step's logits.
+        Greedy-decode one prompt, under ``constraint`` (optional) at every step.
 
-        ``constraint`` has ``mask(logits) -> logits`` and ``accept(token)``; it sees exactly
-        the tokens that are kept, in order, so drafts never advance it. When ``stop_event``
-        (a threading.Event) is set, decoding stops after the current step.
+        ``constraint.accept_if_allowed(token)`` advances past a row's greedy token if the
+        constraint allows it (and says whether it did); if not,
+        ``constraint.best_allowed(logits_row)`` masks the row in place and advances past its
+        best allowed token, which it returns. The constraint sees exactly the tokens that are
+        kept, in order, so drafts never advance it. When ``stop_event`` (a threading.Event)
+        is set, decoding stops after the current pass.
         """
-        max_new = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
-        length = len(prompt_ids)
-        bucket = self._bucket(length)
+        if len(prompt_ids) > self.max_prompt_tokens:
+            raise ValueError('the prompt has %d tokens; this decoder serves at most %d'
+                             % (len(prompt_ids), self.max_prompt_tokens))
+        budget = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
         started = time.perf_counter()
-        self._rewind(0)  # no need to clear: the mask hides every slot not yet rewritten
-        ids = torch.full((1, bucket), self.pad_id, dtype=torch.long, device=self.device)
-        ids[0, :length] = torch.tensor(list(prompt_ids), dtype=torch.long)
-        logits = self._forward_eager(ids, torch.arange(bucket, device=self.device))
-        logits = logits[length - 1:length]
+        answer = _Answer(budget, self.stop_ids)
         index = NgramIndex(self.max_ngram)
         index.extend(prompt_ids)
-        out: List[int] = []
-        draft: List[int] = []  # the proposals checked by the rows of ``logits`` after the first
+        padding = [self.pad_id] * self.draft_tokens
         passes = drafted = accepted = 0
+        logits = self._prefill(prompt_ids)                                   # [1, V]
+        draft: List[int] = []
         prefill_done = None
-        finished = False
-        scores = []  # each kept token's log-probability, left on the device until the end
         while True:
-            kept, logprobs = [], []
-            for row_index in range(logits.shape[0]):
-                row = logits[row_index]
-                total = torch.logsumexp(row.float(), -1)  # before the grammar masks ``row``
-                if constraint is not None:
-                    row = constraint.mask(row)
-                token = int(torch.argmax(row))
-                if constraint is not None:
-                    constraint.accept(token)
-                kept.append(token)
-                # an allowed logit is unmasked; NaN logits (a broken model) count as impossible
-                logprobs.append(torch.nan_to_num(row[token].float() - total, nan=-math.inf))
-                if token in self.stop_ids or row_index >= len(draft) or token != draft[row_index]:
-                    break
-                accepted += 1
+            kept, logprobs = self._accept(logits, draft, constraint)
+            accepted += len(kept) - 1
             if prefill_done is None:
                 prefill_done = time.perf_counter()
-            for token, logprob in zip(kept, logprobs):
-                if len(out) >= max_new:
-                    break  # a stop token verified past the budget does not count, as in generate()
-                scores.append(logprob)
-                if token in self.stop_ids:
-                    finished = True
-                    break
-                out.append(token)
-            if finished or len(out) >= max_new or (stop_event is not None and stop_event.is_set()):
+            if answer.add(kept, logprobs) or (stop_event is not None and stop_event.is_set()):
                 break
             index.extend(kept)
-            draft = []
-            if self.draft_tokens:
-                draft = index.draft(min(self.draft_tokens, max_new - len(out)))
-                drafted += len(draft)
-                # A fixed verify shape (one compiled graph); padding is just a wrong guess.
-                draft += [self.pad_id] * (self.draft_tokens - len(draft))
-            position = length + len(out) - 1
-            step = torch.tensor([[out[-1]] + draft], dtype=torch.long, device=self.device)
-            positions = torch.arange(position, position + step.shape[1], device=self.device)
-            self._rewind(position)
-            logits = self._run_step(step, positions, position)
+            draft = index.draft(min(self.draft_tokens, budget - len(answer.tokens)))
+            drafted += len(draft)
+            # a fixed step shape (one compiled graph): padding is just a wrong guess
+            draft += padding[len(draft):]
+            position = len(prompt_ids) + len(answer.tokens) - 1  # the last kept token's
+            logits = self._step(answer.tokens[-1], draft, position)          # [n, V]
             passes += 1
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
         ended = time.perf_counter()
-        logprobs = torch.stack(scores).tolist() if scores else []
-        confidence = math.exp(min(logprobs)) if logprobs else None
-        return DecodeResult(out, finished, confidence=confidence, logprobs=logprobs, stats={
+        return DecodeResult(answer.tokens, answer.finished, answer.logprobs, stats={
             'prefill_ms': (prefill_done - started) * 1000.0,
             'decode_ms': (ended - prefill_done) * 1000.0,
-            'decode_passes': passes, 'drafted': drafted, 'accepted': accepted,
-            'prompt_bucket': bucket})
+            'decode_passes': passes, 'drafted': drafted, 'accepted': accepted})

@@ -18,11 +18,14 @@ output convention of :mod:`robot_llm_planner.core.plan`::
 - the stop token (``<|im_end|>``) is allowed only where a plan is complete.
 
 The local backend compiles it once at load with xgrammar against the model's tokenizer
-(:meth:`PlanGrammar.compile`) and masks the logits of every decoding step: the fast path asks
-:meth:`PlanGrammar.matcher` for one :class:`PlanMatcher` per command; ``generate()`` gets a
-:class:`transformers.LogitsProcessor` from :meth:`PlanGrammar.logits_processor`. A remote
-server gets the grammar text in its request (:meth:`PlanGrammar.guided_request`); vLLM enforces
-it, servers without guided decoding ignore it, and the planner validates every plan anyway.
+(:meth:`PlanGrammar.compile`) and enforces it at every decoding step: the fast path asks
+:meth:`PlanGrammar.matcher` for one :class:`PlanMatcher` per command, which masks a step's
+logits only when the grammar refuses the model's own choice
+(:meth:`PlanMatcher.accept_if_allowed`, :meth:`PlanMatcher.best_allowed`);
+``generate()`` gets a :class:`transformers.LogitsProcessor` from
+:meth:`PlanGrammar.logits_processor`. A remote server gets the grammar text in its request
+(:meth:`PlanGrammar.guided_request`); vLLM enforces it, servers without guided decoding ignore
+it, and the planner validates every plan anyway.
 
 Importing this module needs neither torch nor xgrammar; compiling does.
 """
@@ -34,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 from robot_llm_planner.core.backend import EngineError, ModelLoadError
 from robot_llm_planner.core.plan import (NO_TASK, PART_SEP, PART_SEPS, SECTION_SEP, SEPARATORS,
                                          STEP_SEP)
+from robot_llm_planner.core.prompt import stop_token_ids
 from robot_llm_planner.core.settings import REMOTE_FIELDS
 from robot_llm_planner.core.skills import SkillSet
 
@@ -163,7 +167,7 @@ class PlanGrammar:
         tokenizer_size = int(tokenizer_size or len(tokenizer))
         vocab_size = int(vocab_size or tokenizer_size)
         if stop_ids is None:
-            stop_ids = _default_stop_ids(tokenizer)
+            stop_ids = stop_token_ids(tokenizer)
         stop_ids = [int(token) for token in stop_ids]
         if not stop_ids:
             raise GrammarError('generation.constrained: the tokenizer has no stop token '
@@ -270,6 +274,26 @@ class PlanMatcher:
             apply_bitmask(rows, self._bitmask, self.grammar.vocab_size, self._device_masks)
         return logits
 
+    def accept_if_allowed(self, token: int) -> bool:
+        """
+        Advance past ``token`` if the grammar allows it next; return whether it did.
+
+        When the grammar allows a logits row's argmax, that is also the argmax of the masked
+        row (the mask only lowers other logits; a tie resolves to the first index either
+        way): the fast path keeps it without filling a bitmask or touching the row. A refused
+        token leaves the matcher as it was.
+        """
+        if self._matcher.accept_token(int(token)):
+            self.tokens += 1
+            return True
+        return False
+
+    def best_allowed(self, logits) -> int:
+        """Mask a logits row in place, advance past its argmax and return it."""
+        token = int(self.mask(logits).argmax())
+        self.accept(token)
+        return token
+
     def accept(self, token: int) -> None:
         """Advance past a kept token; raise EngineError if the grammar does not allow it."""
         if not self._matcher.accept_token(int(token)):
@@ -358,10 +382,3 @@ def _make_logits_processor(grammar: PlanGrammar, batch_size: int):
             return scores
 
     return PlanLogitsProcessor()
-
-
-def _default_stop_ids(tokenizer) -> List[int]:
-    from robot_llm_planner.core.prompt import IM_END
-    vocab = tokenizer.get_vocab()
-    token = IM_END if IM_END in vocab else tokenizer.eos_token
-    return [vocab[token]] if token in vocab else []

@@ -4,9 +4,10 @@ The local backend: a Qwen model on this machine (transformers + PEFT).
 Loads a base model directory (or a fully fine-tuned / merged one), applies LoRA adapter(s)
 and merges them at load (as LLaMA-Factory does for inference), then decodes greedily unless
 told to sample. Several commands are generated as one left-padded batch with
-``generate()``; on CUDA a single command takes the fast path in
-:mod:`~robot_llm_planner.inference.decoding` (static KV cache, compiled steps, prompt-lookup
-drafts).
+``generate()``; a single greedy command takes the fast path in
+:mod:`~robot_llm_planner.inference.decoding` (static KV cache, prompt-lookup drafts, the step
+compiled on CUDA) unless ``generation.fast_path`` is off. docs/decoding.md says which path
+runs when, and what each costs.
 """
 
 import json
@@ -20,17 +21,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from robot_llm_planner.core.backend import (Backend, EngineError, Generation, GenerationCancelled,
                                             GenerationConfig, ModelLoadError)
 from robot_llm_planner.core.confidence import character_spans
-from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, PromptBuilder
-from robot_llm_planner.core.settings import DTYPES, FAST_PATHS
+from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, PromptBuilder, stop_token_ids
+from robot_llm_planner.core.settings import DTYPES, FAST_PATHS, parse_device, split_adapters
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 WARMUP_COMMAND = '帮我拿一瓶水。'
-
-
-def split_adapters(adapter_path: str) -> List[str]:
-    """Return the adapter directories in a comma-separated list (LLaMA-Factory's syntax)."""
-    return [part.strip() for part in (adapter_path or '').split(',') if part.strip()]
 
 
 class TransformersBackend(Backend):
@@ -78,27 +74,21 @@ class TransformersBackend(Backend):
         return described
 
     def _resolve_device(self):
-        setting = (self.device_setting or 'auto').strip().lower()
-        if setting == 'auto':
+        try:
+            kind, index = parse_device(self.device_setting or 'auto')
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        if kind == 'auto':
             return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-        if setting == 'cpu':
+        if kind == 'cpu':
             return torch.device('cpu')
-        if setting == 'cuda' or setting.startswith('cuda:'):
-            if not torch.cuda.is_available():
-                raise ModelLoadError('model.device is %r but CUDA is not available on this '
-                                     'machine (use cpu or auto)' % self.device_setting)
-            index = 0
-            if ':' in setting:
-                try:
-                    index = int(setting.split(':', 1)[1])
-                except ValueError:
-                    raise ModelLoadError('model.device %r: expected cuda:N' % self.device_setting)
-            if index >= torch.cuda.device_count():
-                raise ModelLoadError('model.device is %r but this machine has %d CUDA device(s)'
-                                     % (self.device_setting, torch.cuda.device_count()))
-            return torch.device('cuda', index)
-        raise ModelLoadError('model.device must be auto, cpu, cuda or cuda:N, got %r'
-                             % self.device_setting)
+        if not torch.cuda.is_available():
+            raise ModelLoadError('model.device is %r but CUDA is not available on this '
+                                 'machine (use cpu or auto)' % self.device_setting)
+        if (index or 0) >= torch.cuda.device_count():
+            raise ModelLoadError('model.device is %r but this machine has %d CUDA device(s)'
+                                 % (self.device_setting, torch.cuda.device_count()))
+        return torch.device('cuda', index or 0)
 
     def _resolve_dtype(self, device):
         setting = (self.dtype_setting or 'auto').strip().lower()
@@ -168,7 +158,7 @@ class TransformersBackend(Backend):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = ENDOFTEXT if ENDOFTEXT in tokenizer.get_vocab() \
                 else tokenizer.eos_token
-        self.stop_ids = _stop_ids(tokenizer)
+        self.stop_ids = stop_token_ids(tokenizer)
         self._special_ids = set(tokenizer.all_special_ids)
         if not self.stop_ids:
             raise ModelLoadError('model.path: the tokenizer of %s has neither %s nor an eos '
@@ -184,18 +174,15 @@ class TransformersBackend(Backend):
         if self.grammar is not None:
             self.grammar.compile(tokenizer, len(tokenizer), model.config.vocab_size,
                                  stop_ids=self.stop_ids)
-        if self._use_fast_path():
+        if self.fast_path_setting != 'off':
+            # 'auto' is on wherever it runs: it is faster than generate() on the CPU as on
+            # CUDA (docs/decoding.md); its step is compiled where that pays, on CUDA.
             from robot_llm_planner.inference.decoding import StaticCacheDecoder
             self.decoder = StaticCacheDecoder(
                 model, self.stop_ids, tokenizer.pad_token_id, self.max_prompt_tokens,
                 self.max_new_tokens, draft_tokens=self.draft_tokens,
                 compile_steps=device.type == 'cuda')
         self.load_seconds = time.perf_counter() - started
-
-    def _use_fast_path(self) -> bool:
-        if self.fast_path_setting == 'on':
-            return True
-        return self.fast_path_setting == 'auto' and self.device.type == 'cuda'
 
     def warm_up(self, prompt: PromptBuilder) -> None:
         """Generate once with the served prompt so the first command pays no start-up cost."""
@@ -355,37 +342,51 @@ class _TokenProbabilities(LogitsProcessor):
     Placed first among the processors given to generate(), it sees the model's distribution
     before the grammar's mask, greedy or sampled: generate() adds no processor of its own
     with this backend's settings (repetition_penalty 1.0, the model's generation_config
-    replaced), and appends temperature and top-p after the given ones.
+    replaced), and appends temperature and top-p after the given ones. Per step it takes one
+    log-sum-exp per row and, at the next step, the logit of the token chosen, both left on the
+    device: nothing is read back before :meth:`finish`. (The grammar masks the scores in
+    place, but never the logit of a token it allows, the one chosen; transformers' own
+    processors return new tensors.)
     """
 
     def __init__(self, rows: int, stop_ids: Sequence[int]) -> None:
+        self.rows = rows
         self.stop_ids = set(stop_ids)
-        self.logprobs: List[List[float]] = [[] for _ in range(rows)]
-        self.done = [False] * rows       # a row is done once its stop token is counted
-        self.previous = None             # log-softmax of the step whose token comes next
+        self.chosen: List[torch.Tensor] = []   # per step: each row's token [rows]
+        self.values: List[torch.Tensor] = []   # per step: its log-probability [rows]
+        self.previous = None  # (scores [rows, V], log-sum-exp [rows]) of the step to count
 
     def __call__(self, input_ids, scores):
         self._count(input_ids[:, -1])
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        self.previous = (scores, scores.float().logsumexp(-1))
         return scores
 
     def _count(self, chosen) -> None:
         if self.previous is None:
             return
-        chosen = chosen.to(self.previous.device)
-        values = self.previous.gather(1, chosen[:, None])[:, 0].tolist()
-        for row, (token, value) in enumerate(zip(chosen.tolist(), values)):
-            if self.done[row]:
-                continue  # generate() pads a finished row
-            # NaN logits (a broken model) count as impossible, as on the fast path
-            self.logprobs[row].append(-math.inf if math.isnan(value) else value)
-            self.done[row] = token in self.stop_ids
+        scores, total = self.previous
+        chosen = chosen.to(scores.device)
+        self.chosen.append(chosen)
+        self.values.append(scores.gather(1, chosen[:, None])[:, 0].float() - total)
         self.previous = None
 
     def finish(self, last_tokens) -> List[List[float]]:
         """Count the last step's tokens; return each row's log-probabilities."""
         self._count(last_tokens)
-        return self.logprobs
+        if not self.chosen:
+            return [[] for _ in range(self.rows)]
+        tokens = torch.stack(self.chosen, 1).tolist()   # [rows, steps]
+        values = torch.stack(self.values, 1).tolist()   # [rows, steps]
+        logprobs = []
+        for row_tokens, row_values in zip(tokens, values):
+            row: List[float] = []
+            for token, value in zip(row_tokens, row_values):
+                # NaN logits (a broken model) count as impossible, as on the fast path
+                row.append(-math.inf if math.isnan(value) else value)
+                if token in self.stop_ids:
+                    break  # generate() pads a finished row
+            logprobs.append(row)
+        return logprobs
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -431,13 +432,6 @@ def _until_stop(row: Sequence[int], stop_ids: Sequence[int], pad: int):
         if token in stop_ids:
             return list(row[:position]), True
     return list(row), False
-
-
-def _stop_ids(tokenizer) -> List[int]:
-    # LLaMA-Factory's qwen template replaces eos with <|im_end|> and stops on it alone.
-    vocab = tokenizer.get_vocab()
-    token = IM_END if IM_END in vocab else tokenizer.eos_token
-    return [vocab[token]] if token in vocab else []
 
 
 def _oom_message(path: str, device, exc: Exception) -> str:

@@ -26,6 +26,7 @@ from robot_llm_planner.core.fingerprint import fingerprint
 from robot_llm_planner.core.message import plan_message, STATUSES
 from robot_llm_planner.core.parameters import NodeConfig
 from robot_llm_planner.core.plan import PlanError
+from robot_llm_planner.core.settings import split_adapters
 from robot_llm_planner.ros.command_queue import CommandQueue
 from robot_llm_planner.ros.health import health, LEVEL_NAMES, memory_figures, RecentPlans
 
@@ -61,9 +62,8 @@ def settings_model(config: NodeConfig) -> Dict[str, str]:
     if settings.backend == 'openai':
         return {'backend': 'openai', 'base': settings.remote_base_url,
                 'adapter': settings.remote_model}
-    adapters = [part.strip() for part in settings.adapter_path.split(',') if part.strip()]
     return {'backend': settings.backend, 'base': settings.model_path,
-            'adapter': ','.join(adapters)}
+            'adapter': ','.join(split_adapters(settings.adapter_path))}
 
 
 def describe_model(model: Dict[str, str]) -> str:
