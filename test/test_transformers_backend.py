@@ -154,6 +154,19 @@ def _error(model, adapter='', **kwargs):
     return str(info.value)
 
 
+def test_threads_sets_the_models_cpu_threads_and_zero_keeps_torchs(tiny_model):
+    import torch
+    before = torch.get_num_threads()
+    try:
+        _load(tiny_model, threads=0)
+        assert torch.get_num_threads() == before
+        backend = _load(tiny_model, threads=1)
+        assert torch.get_num_threads() == 1
+        assert backend.generate(['去客厅'], PromptBuilder(), GenerationConfig(max_new_tokens=4))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_missing_model_directory(tmp_path):
     message = _error(str(tmp_path / 'Qwen1.5-7B'))
     assert message.startswith('model.path:') and 'Qwen1.5-7B does not exist' in message

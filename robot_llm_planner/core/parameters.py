@@ -54,6 +54,10 @@ PARAMETERS: Tuple[Parameter, ...] = (
     Parameter('model.quantization', str, 'none, or int8 (weight-only int8 for the decoder '
               'layers: half the weight bytes of bf16; check the quality effect first).',
               'quantization', choices=QUANTIZATION),
+    Parameter('model.threads', int, 'CPU threads of the model computations (torch, for the '
+              'whole process); 0 = the torch default, one per core. On a robot whose CPU also '
+              'runs perception, or for a small model on CPU, fewer threads can be faster.',
+              'threads', minimum=0),
     Parameter('model.max_prompt_tokens', int, 'Longest prompt served, in tokens (LLaMA-Factory '
               'cutoff_len); longer commands are rejected.', 'max_prompt_tokens', minimum=1),
     Parameter('remote.base_url', str, 'openai backend: server URL, e.g. http://gpu:8000/v1.',

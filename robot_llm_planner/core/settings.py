@@ -40,6 +40,7 @@ class PlannerSettings:
     device: str = 'auto'                 # model.device
     dtype: str = 'auto'                  # model.dtype
     quantization: str = 'none'           # model.quantization
+    threads: int = 0                     # model.threads (0 = torch's default)
     max_prompt_tokens: int = 512         # model.max_prompt_tokens (LLaMA-Factory cutoff_len)
     remote_base_url: str = 'http://127.0.0.1:8000/v1'  # remote.base_url
     remote_model: str = ''               # remote.model

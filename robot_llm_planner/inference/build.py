@@ -18,7 +18,7 @@ def build_backend(settings: PlannerSettings, skills: SkillSet) -> Backend:
         return TransformersBackend(
             settings.model_path, settings.adapter_path, device=settings.device,
             dtype=settings.dtype, quantization=settings.quantization,
-            fast_path=settings.fast_path,
+            fast_path=settings.fast_path, threads=settings.threads,
             draft_tokens=settings.draft_tokens, max_prompt_tokens=settings.max_prompt_tokens,
             max_new_tokens=settings.max_new_tokens, grammar=grammar)
     if settings.backend == 'openai':

@@ -36,7 +36,7 @@ class TransformersBackend(Backend):
 
     def __init__(self, model_path: str, adapter_path: str = '', device: str = 'auto',
                  dtype: str = 'auto', quantization: str = 'none', fast_path: str = 'auto',
-                 draft_tokens: int = 0,
+                 draft_tokens: int = 0, threads: int = 0,
                  max_prompt_tokens: int = 512, max_new_tokens: int = 128,
                  grammar=None) -> None:
         """
@@ -50,6 +50,7 @@ class TransformersBackend(Backend):
         self.device_setting = device
         self.dtype_setting = dtype
         self.quantization = quantization
+        self.threads = threads
         self.fast_path_setting = fast_path
         self.draft_tokens = draft_tokens
         self.max_prompt_tokens = max_prompt_tokens
@@ -129,6 +130,8 @@ class TransformersBackend(Backend):
         if self.fast_path_setting not in FAST_PATHS:
             raise ModelLoadError('generation.fast_path must be auto, on or off, got %r'
                                  % self.fast_path_setting)
+        if self.threads:
+            torch.set_num_threads(self.threads)  # model.threads: for the whole process
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
