@@ -130,7 +130,7 @@ TRAINED_MODEL_RECIPE = {
 
 
 class TrainedModel:
-    """A model trained by LLaMA-Factory in this session, served by the planner."""
+    """A model trained by LLaMA-Factory in this test run, served by the planner."""
 
     def __init__(self, model, rows, predictions):
         self.base = model.base
@@ -210,10 +210,10 @@ def api_key(monkeypatch):
 
 @pytest.fixture
 def ros():
-    """Yield a ROS session (test/planner_harness.py) on a fresh ROS_DOMAIN_ID for one test."""
-    from planner_harness import ros_session  # rclpy only for the tests that use ROS
-    with ros_session() as session:
-        yield session
+    """Yield a ROS test domain (test/planner_harness.py) on a fresh ROS_DOMAIN_ID for one test."""
+    from planner_harness import ros_domain  # rclpy only for the tests that use ROS
+    with ros_domain() as domain:
+        yield domain
 
 
 @pytest.fixture

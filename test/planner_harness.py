@@ -1,7 +1,7 @@
 """
 Test helpers for planner_node over real ROS 2 (rclpy + Fast DDS), shared by the node tests.
 
-- :func:`ros_session`: a random ROS_DOMAIN_ID (set in os.environ before rclpy.init and in the
+- :func:`ros_domain`: a random ROS_DOMAIN_ID (set in os.environ before rclpy.init and in the
   environment handed to subprocesses), an rclpy context, a test node spun in a thread, a
   :class:`~robot_llm_planner.ros.plan_client.PlanClient` and a status recorder;
 - :class:`NodeProcess`: the BUILT planner_node executable started as a subprocess with a
@@ -186,16 +186,16 @@ if os.environ.get('ROS_DISTRO') == 'humble':
     LOCALHOST_ONLY['ROS_LOCALHOST_ONLY'] = '1'
 
 
-class RosSession:
+class RosDomain:
     """An rclpy context on its own domain with a spinning test node."""
 
-    def __init__(self, domain):
-        """Initialize rclpy on ``domain`` and start spinning a test node."""
-        self.domain = domain
-        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1',
+    def __init__(self, domain_id):
+        """Initialize rclpy on ``domain_id`` and start spinning a test node."""
+        self.domain_id = domain_id
+        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED='1',
                         **LOCALHOST_ONLY)
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain)
+        rclpy.init(context=self.context, domain_id=domain_id)
         self.node = Node('planner_test_%d' % os.getpid(), context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -210,7 +210,7 @@ class RosSession:
                 return
 
     def client(self, namespace=''):
-        """Return a PlanClient on the planner's topics (spun by the session's thread)."""
+        """Return a PlanClient on the planner's topics (spun by the domain's thread)."""
         return PlanClient(self.node, namespace + '/command', namespace + '/action_plan')
 
     def status(self, namespace=''):
@@ -233,18 +233,18 @@ class RosSession:
 
 
 @contextmanager
-def ros_session():
-    """Yield a RosSession on a random ROS_DOMAIN_ID (restored afterwards)."""
-    domain = random.randint(10, 101)  # 0-101 is the safe range on Linux (ephemeral ports)
+def ros_domain():
+    """Yield a RosDomain on a random ROS_DOMAIN_ID (restored afterwards)."""
+    domain_id = random.randint(10, 101)  # 0-101 is the safe range on Linux (ephemeral ports)
     names = ('ROS_DOMAIN_ID',) + tuple(LOCALHOST_ONLY)
     saved = {name: os.environ.get(name) for name in names}
-    os.environ['ROS_DOMAIN_ID'] = str(domain)
+    os.environ['ROS_DOMAIN_ID'] = str(domain_id)
     os.environ.update(LOCALHOST_ONLY)
-    session = RosSession(domain)
+    domain = RosDomain(domain_id)
     try:
-        yield session
+        yield domain
     finally:
-        session.close()
+        domain.close()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -255,7 +255,7 @@ def ros_session():
 class NodeProcess:
     """An installed node executable (planner_node unless told) in a subprocess."""
 
-    def __init__(self, session, directory, parameters=None, overrides=(), ros_args=(),
+    def __init__(self, domain, directory, parameters=None, overrides=(), ros_args=(),
                  params_file=None, node='planner_node'):
         """Write ``parameters`` as a YAML params file and start the node with ``overrides``."""
         directory = str(directory)
@@ -273,7 +273,7 @@ class NodeProcess:
         self.stdout_path = os.path.join(directory, 'stdout.log')
         self.stderr_path = os.path.join(directory, 'stderr.log')
         with open(self.stdout_path, 'w') as out, open(self.stderr_path, 'w') as err:
-            self.process = subprocess.Popen(command, env=session.env, stdout=out, stderr=err)
+            self.process = subprocess.Popen(command, env=domain.env, stdout=out, stderr=err)
 
     def alive(self):
         """Return True while the process runs."""

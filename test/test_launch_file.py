@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 
-from planner_harness import executable, NodeProcess, ros_session, share_path, wait_for_answers
+from planner_harness import executable, NodeProcess, ros_domain, share_path, wait_for_answers
 import pytest
 from robot_llm_planner.core.parameters import PARAMETERS_BY_NAME
 
@@ -131,9 +131,9 @@ def test_installed_params_file_with_overrides_answers_plan_client(tiny_model, ti
                                                                   tmp_path):
     # what `ros2 launch robot_llm_planner planner.launch.py model_path:=... adapter_path:=...
     # namespace:=robot1 log_level:=debug` runs
-    with ros_session() as session:
+    with ros_domain() as domain:
         node = NodeProcess(
-            session, tmp_path, params_file=share_path('config', 'planner.yaml'),
+            domain, tmp_path, params_file=share_path('config', 'planner.yaml'),
             overrides=[('model.path', tiny_model), ('model.adapter_path', tiny_adapter)],
             ros_args=['--log-level', 'debug', '-r', '__node:=planner_node',
                       '-r', '__ns:=/robot1'])
@@ -142,7 +142,7 @@ def test_installed_params_file_with_overrides_answers_plan_client(tiny_model, ti
                 [executable('plan_client'), '帮我拿一瓶水。', '--id', 'launch-1',
                  '--timeout', '180', '--topic-command', '/robot1/command',
                  '--topic-plan', '/robot1/action_plan'],
-                env=session.env, capture_output=True, text=True, timeout=240)
+                env=domain.env, capture_output=True, text=True, timeout=240)
             assert result.returncode in (0, 1), result.stderr + node.stderr()[-3000:]
             out = result.stdout
             assert '帮我拿一瓶水。  [id launch-1]' in out and 'latency:' in out
@@ -160,10 +160,10 @@ def test_installed_params_file_with_overrides_answers_plan_client(tiny_model, ti
 def test_autostart_false_leaves_the_node_to_a_lifecycle_manager(tiny_model, tmp_path):
     # what `ros2 launch robot_llm_planner planner.launch.py model_path:=... autostart:=false`
     # runs, then `ros2 lifecycle set /planner_node configure` and `... activate`
-    with ros_session() as session:
-        client, lifecycle = session.client(), session.lifecycle()
+    with ros_domain() as domain:
+        client, lifecycle = domain.client(), domain.lifecycle()
         node = NodeProcess(
-            session, tmp_path, params_file=share_path('config', 'planner.yaml'),
+            domain, tmp_path, params_file=share_path('config', 'planner.yaml'),
             overrides=[('model.path', tiny_model), ('lifecycle.autostart', 'false'),
                        ('model.device', 'cpu'), ('generation.max_new_tokens', 8)],
             ros_args=['-r', '__node:=planner_node'])

@@ -12,7 +12,7 @@ import sys
 import time
 
 from planner_harness import (executable, fake_server_parameters, FakeServer, NodeProcess,
-                             ros_session, schema_validator)
+                             ros_domain, schema_validator)
 import pytest
 from robot_llm_planner.ros import plan_client
 from robot_llm_planner.ros.plan_client import format_answer, format_table
@@ -94,24 +94,24 @@ def test_client_keeps_only_fresh_answers_to_its_own_ids():
 # ---------------------------------------------------------------------- over ROS
 @pytest.fixture(scope='module')
 def planner(tmp_path_factory):
-    """Start a planner_node on a fake server; yield the ROS session."""
+    """Start a planner_node on a fake server; yield the ROS domain."""
     server = FakeServer()
     server.answers[GARBAGE] = 'this is not a plan'
     server.answers[BROKEN] = 400
-    with ros_session() as session:
-        node = NodeProcess(session, tmp_path_factory.mktemp('client_node'),
+    with ros_domain() as domain:
+        node = NodeProcess(domain, tmp_path_factory.mktemp('client_node'),
                            fake_server_parameters(server))
         try:
-            yield session
+            yield domain
         finally:
             node.kill()
             server.close()
 
 
-def _run(session, *args, timeout=60, module=False):
+def _run(domain, *args, timeout=60, module=False):
     command = ([sys.executable, '-m', 'robot_llm_planner.ros.plan_client'] if module
                else [executable('plan_client')])
-    return subprocess.run(command + list(args), env=session.env, capture_output=True,
+    return subprocess.run(command + list(args), env=domain.env, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 
 import jsonschema
-from planner_harness import (fake_server_parameters, FakeServer, NodeProcess, ros_session,
+from planner_harness import (fake_server_parameters, FakeServer, NodeProcess, ros_domain,
                              share_path, wait_for_answers)
 import pytest
 from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS_BY_NAME, ExecutorConfig,
@@ -126,12 +126,12 @@ def server():
     fake.close()
 
 
-def _start(session, server, tmp_path, namespace='', executor_parameters=None,
+def _start(domain, server, tmp_path, namespace='', executor_parameters=None,
            params_file=None):
     ros_args = ['-r', '__ns:=%s' % namespace] if namespace else []
-    planner = NodeProcess(session, tmp_path / 'planner', fake_server_parameters(
+    planner = NodeProcess(domain, tmp_path / 'planner', fake_server_parameters(
         server, **{'validation.grounded_arguments': True}), ros_args=ros_args)
-    executor = NodeProcess(session, tmp_path / 'executor', executor_parameters or {},
+    executor = NodeProcess(domain, tmp_path / 'executor', executor_parameters or {},
                            overrides=[(name, value) for name, value in
                                       (executor_parameters or {}).items()]
                            if params_file else (), ros_args=ros_args,
@@ -139,13 +139,28 @@ def _start(session, server, tmp_path, namespace='', executor_parameters=None,
     return planner, executor
 
 
-def _wait_for_executor(session, executor, namespace=''):
-    """Wait until plan_executor subscribes to the plans (the test's client is the other)."""
+def _wait_for_executor(domain, executor, client, recorder, namespace=''):
+    """
+    Wait until a plan from planner_node reaches plan_executor and its report reaches the test.
+
+    The test node seeing the executor's subscription does not mean that the planner process
+    has matched it yet (discovery is per pair of participants), and a plan published before
+    that is not delivered: warm-up plans are sent until one is reported ended.
+    """
     deadline = time.monotonic() + 30
-    while session.node.count_subscribers(namespace + '/action_plan') < 2:
+    while domain.node.count_subscribers(namespace + '/action_plan') < 2:
         if time.monotonic() > deadline or not executor.alive():
             pytest.fail('plan_executor did not subscribe:\n' + executor.stderr()[-3000:])
         time.sleep(0.05)
+    for attempt in range(12):
+        plan_id = client.send('去客厅', 'warm-up-%d' % attempt)
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            if any(step is None and status != 'RUNNING'
+                   for step, status, _, _ in recorder.of(plan_id)):
+                return
+            time.sleep(0.02)
+    pytest.fail('no plan reached plan_executor:\n' + executor.stderr()[-3000:])
 
 
 def _stop(*processes):
@@ -157,23 +172,22 @@ def _stop(*processes):
 
 def test_plans_from_planner_node_run_step_by_step_and_a_failing_skill_stops_the_tree(
         server, tmp_path):
-    with ros_session() as session:
+    with ros_domain() as domain:
         # plugged navigation imported from the test folder, as a robot's package would be
-        session.env['PYTHONPATH'] = TEST_DIR + os.pathsep + session.env.get('PYTHONPATH', '')
+        domain.env['PYTHONPATH'] = TEST_DIR + os.pathsep + domain.env.get('PYTHONPATH', '')
         goals = []
-        session.node.create_subscription(String, '/robot1/navigation_goals',
+        domain.node.create_subscription(String, '/robot1/navigation_goals',
                                          lambda msg: goals.append(msg.data), 10)
-        recorder = ExecutionRecorder(session.node, '/robot1/plan_execution')
-        client = session.client('/robot1')
+        recorder = ExecutionRecorder(domain.node, '/robot1/plan_execution')
+        client = domain.client('/robot1')
         # what `ros2 launch ... namespace:=robot1 executor:=true` starts, with overrides
-        planner, executor = _start(session, server, tmp_path, '/robot1', {
+        planner, executor = _start(domain, server, tmp_path, '/robot1', {
             'simulation.step_duration_s': 0.2, 'simulation.fail': '拿起物体=杯子',
             'behaviours.skills': '移动到=executor_behaviours:navigate_to'},
             params_file=share_path('config', 'plan_executor.yaml'))
         try:
             assert client.wait_for_planner(30), planner.stderr()[-3000:]
-            _wait_for_executor(session, executor, '/robot1')
-            wait_for_answers(client, [client.send('去客厅', 'warm-up')])
+            _wait_for_executor(domain, executor, client, recorder, '/robot1')
             bring = client.send('把水拿给我', 'bring-1')
             answer = wait_for_answers(client, [bring])[bring]
             assert answer['status'] == 'ok', answer
@@ -211,14 +225,14 @@ def test_plans_from_planner_node_run_step_by_step_and_a_failing_skill_stops_the_
 
 
 def test_a_new_plan_preempts_the_running_one(server, tmp_path):
-    with ros_session() as session:
-        recorder = ExecutionRecorder(session.node, '/plan_execution')
-        client = session.client()
-        planner, executor = _start(session, server, tmp_path, executor_parameters={
+    with ros_domain() as domain:
+        recorder = ExecutionRecorder(domain.node, '/plan_execution')
+        client = domain.client()
+        planner, executor = _start(domain, server, tmp_path, executor_parameters={
             'execution.policy': 'preempt', 'simulation.step_duration_s': 1.5})
         try:
             assert client.wait_for_planner(30), planner.stderr()[-3000:]
-            _wait_for_executor(session, executor)
+            _wait_for_executor(domain, executor, client, recorder)
             first = client.send('把水拿给我', 'long-1')
             recorder.wait_for(first, 0, 'RUNNING')
             second = client.send('去客厅', 'short-1')
@@ -242,15 +256,15 @@ def test_a_new_plan_preempts_the_running_one(server, tmp_path):
 
 
 def test_invalid_parameters_answer_every_plan_with_the_reason(server, tmp_path):
-    with ros_session() as session:
-        recorder = ExecutionRecorder(session.node, '/plan_execution')
-        client = session.client()
-        planner, executor = _start(session, server, tmp_path, executor_parameters={
+    with ros_domain() as domain:
+        recorder = ExecutionRecorder(domain.node, '/plan_execution')
+        client = domain.client()
+        planner, executor = _start(domain, server, tmp_path, executor_parameters={
             'behaviours.skills': '移动到=no_such_robot_package.nav:go',
             'execution.policy': 'lifo'})
         try:
             assert client.wait_for_planner(30), planner.stderr()[-3000:]
-            _wait_for_executor(session, executor)
+            _wait_for_executor(domain, executor, client, recorder)
             plan_id = client.send('去客厅', 'bad-1')
             end = recorder.wait_for_end(plan_id)
             assert (end['status'], end['code']) == ('FAILURE', 'invalid_parameters')

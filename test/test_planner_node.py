@@ -16,7 +16,7 @@ import threading
 import time
 
 from planner_harness import (assert_exactly_one_answer, fake_server_parameters, NodeProcess,
-                             ros_session, schema_validator, wait_for_answers)
+                             ros_domain, schema_validator, wait_for_answers)
 import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -133,17 +133,17 @@ def test_values_are_converted():
 # ---------------------------------------------------------------------- the tiny model
 @pytest.fixture(scope='module')
 def tiny(tiny_model, tiny_adapter, tmp_path_factory):
-    """Start planner_node with the tiny model + adapter; yield (session, node, status)."""
-    with ros_session() as session:
-        status = session.status()  # before the node starts: sees `loading`
-        client = session.client()
+    """Start planner_node with the tiny model + adapter; yield (domain, node, status)."""
+    with ros_domain() as domain:
+        status = domain.status()  # before the node starts: sees `loading`
+        client = domain.client()
         node = NodeProcess(
-            session, tmp_path_factory.mktemp('tiny_node'),
+            domain, tmp_path_factory.mktemp('tiny_node'),
             {'model.path': tiny_model, 'model.device': 'cpu', 'generation.fast_path': 'off',
              'generation.constrained': False, 'generation.max_new_tokens': 48},
             overrides=[('model.adapter_path', tiny_adapter), ('queue.max_size', 8)])
         try:
-            yield session, node, status, client
+            yield domain, node, status, client
         finally:
             node.kill()
 
@@ -241,12 +241,12 @@ def test_garbage_without_an_id_is_answered_with_an_assigned_one(tiny):
 
 
 def test_late_subscribers_get_old_answers_only_if_transient_local(tiny):
-    session, _, status, client = tiny
+    domain, _, status, client = tiny
     status.wait_for(lambda s: s['state'] == 'ready', timeout=120)
     request_id = client.send('去客厅', 'history-1')
     wait_for_answers(client, [request_id])
     got = {'volatile': [], 'transient_local': []}
-    subscriptions = [session.node.create_subscription(
+    subscriptions = [domain.node.create_subscription(
         String, '/action_plan', lambda msg, kind=kind: got[kind].append(json.loads(msg.data)),
         QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                    durability=getattr(DurabilityPolicy, kind.upper())))
@@ -260,7 +260,7 @@ def test_late_subscribers_get_old_answers_only_if_transient_local(tiny):
         assert got['volatile'] == []  # a behavior tree is never handed old plans
     finally:
         for subscription in subscriptions:
-            session.node.destroy_subscription(subscription)
+            domain.node.destroy_subscription(subscription)
 
 
 def test_sigint_stops_the_node_cleanly(tiny):
