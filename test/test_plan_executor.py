@@ -177,7 +177,7 @@ def test_plans_from_planner_node_run_step_by_step_and_a_failing_skill_stops_the_
         domain.env['PYTHONPATH'] = TEST_DIR + os.pathsep + domain.env.get('PYTHONPATH', '')
         goals = []
         domain.node.create_subscription(String, '/robot1/navigation_goals',
-                                         lambda msg: goals.append(msg.data), 10)
+                                        lambda msg: goals.append(msg.data), 10)
         recorder = ExecutionRecorder(domain.node, '/robot1/plan_execution')
         client = domain.client('/robot1')
         # what `ros2 launch ... namespace:=robot1 executor:=true` starts, with overrides
