@@ -324,9 +324,13 @@ def test_parse_device_refuses(text):
 
 
 @pytest.mark.slow
-def test_compiled_step_equals_generate(merged):
+def test_compiled_step_equals_generate(merged, tmp_path, monkeypatch):
     # The CUDA fast path compiles its step (torch.compile, fullgraph); inductor compiles the
     # same graph on the CPU, so the traced step is checked here against plain generate().
+    # Inductor's own cache, not the machine's: torch 2.11's cache key leaves out the CPU
+    # kernels' instruction set, and a C++ kernel compiled under another ATEN_CPU_CAPABILITY
+    # and served from a shared cache crashed the process (SIGBUS).
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path / 'inductor'))
     from robot_llm_planner.inference.decoding import StaticCacheDecoder
     ids = merged.encode('把红色的杯子放到厨房的桌子上', PROMPT)
     expected = merged.generate(['把红色的杯子放到厨房的桌子上'], PROMPT,
