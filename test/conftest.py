@@ -26,10 +26,6 @@ os.environ['PYTHONPATH'] = os.pathsep.join(
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
-# Fast DDS over UDP only, in this process and the nodes it starts: the tests kill nodes on
-# purpose, and a participant killed while it holds a shared-memory port can leave the segment
-# inconsistent, which faults (SIGBUS) the next process on the machine that opens it.
-os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'UDPv4')
 
 SAMPLE_COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅', '打开冰箱门',
                    '能不能帮我把遥控器拿给爸爸', '关上卧室的窗户吧']
