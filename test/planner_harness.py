@@ -303,6 +303,17 @@ class NodeProcess:
             self.process.wait()
 
 
+def flat_parameters(tree, prefix=''):
+    """Return a parameters YAML's nested mapping as {'group.name': value}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_parameters(value, prefix + key + '.'))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def _nest(flat):
     nested = {}
     for name, value in flat.items():

@@ -15,7 +15,7 @@ import subprocess
 import xml.etree.ElementTree as ElementTree
 
 from btcpp_harness import skill_runner
-from planner_harness import FakeServer, schema_validator
+from planner_harness import schema_validator
 import pytest
 from robot_llm_planner.cli import commands as cli
 from robot_llm_planner.core.bt_xml import (BtXmlError, nodes_model_xml, plan_to_bt_xml,
@@ -126,11 +126,10 @@ def test_cli_bt_xml_writes_ok_plans_and_says_why_others_have_no_tree(capsys, mon
 
 
 @pytest.fixture
-def server():
-    fake = FakeServer()
-    fake.answers.update({COMMAND: ANSWER, '拿{x}': '拿{x}。寻找物体，{x}'})
-    yield fake
-    fake.close()
+def server(server):
+    """Return the conftest's FakeServer, answering this file's commands."""
+    server.answers.update({COMMAND: ANSWER, '拿{x}': '拿{x}。寻找物体，{x}'})
+    return server
 
 
 def test_message_bt_xml_adds_the_tree_to_ok_plans(server):

@@ -3,7 +3,6 @@
 import io
 import json
 
-from planner_harness import FakeServer
 import pytest
 from robot_llm_planner.cli import commands as cli
 
@@ -13,11 +12,10 @@ ANSWERS = {'去厨房': '去厨房。移动到，厨房', '今天天气怎么样
 
 
 @pytest.fixture
-def server():
-    fake = FakeServer()
-    fake.answers.update(ANSWERS)
-    yield fake
-    fake.close()
+def server(server):
+    """Return the conftest's FakeServer, answering this file's commands."""
+    server.answers.update(ANSWERS)
+    return server
 
 
 def _plan(capsys, monkeypatch, stdin, *argv, server=None):

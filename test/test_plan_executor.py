@@ -14,7 +14,7 @@ import threading
 import time
 
 import jsonschema
-from planner_harness import (fake_server_parameters, FakeServer, NodeProcess, ros_domain,
+from planner_harness import (fake_server_parameters, flat_parameters, NodeProcess, ros_domain,
                              share_path, wait_for_answers)
 import pytest
 from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS_BY_NAME, ExecutorConfig,
@@ -36,19 +36,9 @@ DONE = 60.0  # seconds a test waits for a plan to end
 
 
 # ---------------------------------------------------------------------- ROS-free
-def _flatten(tree, prefix=''):
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, prefix + key + '.'))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def test_plan_executor_yaml_has_every_parameter_with_its_default():
     with open(os.path.join(ROOT, 'config', 'plan_executor.yaml'), encoding='utf-8') as stream:
-        values = _flatten(yaml.safe_load(stream)['/**']['ros__parameters'])
+        values = flat_parameters(yaml.safe_load(stream)['/**']['ros__parameters'])
     assert values == {name: parameter.default
                       for name, parameter in EXECUTOR_PARAMETERS_BY_NAME.items()}
     assert load_executor_config(values) == (ExecutorConfig(), [])
@@ -119,11 +109,10 @@ class ExecutionRecorder:
 
 
 @pytest.fixture
-def server():
-    fake = FakeServer()
-    fake.answers.update(ANSWERS)
-    yield fake
-    fake.close()
+def server(server):
+    """Return the conftest's FakeServer, answering this file's commands."""
+    server.answers.update(ANSWERS)
+    return server
 
 
 def _start(domain, server, tmp_path, namespace='', executor_parameters=None,

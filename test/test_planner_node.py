@@ -15,8 +15,8 @@ import signal
 import threading
 import time
 
-from planner_harness import (assert_exactly_one_answer, fake_server_parameters, NodeProcess,
-                             ros_domain, schema_validator, wait_for_answers)
+from planner_harness import (assert_exactly_one_answer, fake_server_parameters, flat_parameters,
+                             NodeProcess, ros_domain, schema_validator, wait_for_answers)
 import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -32,16 +32,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------- ROS-free
-def _flatten(tree, prefix=''):
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, prefix + key + '.'))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def test_every_planner_setting_is_a_parameter():
     assert settings_fields_without_parameter() == []
     defaults = PlannerSettings()
@@ -53,7 +43,7 @@ def test_every_planner_setting_is_a_parameter():
 def test_planner_yaml_has_every_parameter_with_its_default():
     with open(os.path.join(ROOT, 'config', 'planner.yaml'), encoding='utf-8') as stream:
         text = stream.read()
-    values = _flatten(yaml.safe_load(text)['/**']['ros__parameters'])
+    values = flat_parameters(yaml.safe_load(text)['/**']['ros__parameters'])
     assert sorted(values) == sorted(PARAMETERS_BY_NAME)
     for name, value in values.items():
         assert value == default_value(PARAMETERS_BY_NAME[name]), (
