@@ -12,12 +12,12 @@ of the demo model's shape, or of the given ``--model``, so its share of a step c
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
+from report import write_report
 import torch
 
 VOCABS = (4374, 151936)   # the demo model's logits width, Qwen1.5-7B's (vocab_size, padded)
@@ -95,9 +95,6 @@ def main(argv=None) -> int:
               'step_us': time_decode_step(model, device, args.repeats),
               'confidence_us': {str(vocab): time_confidence(vocab, dtype, device, args.repeats)
                                 for vocab in sorted(set(VOCABS) | {model.config.vocab_size})}}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'confidence_cost.json'), 'w') as stream:
-        json.dump(result, stream, indent=1)
     lines = ['| logits width | confidence per token (µs) |', '|---|---|']
     for vocab, micros in result['confidence_us'].items():
         lines.append('| %s | %.1f |' % (vocab, micros))
@@ -107,9 +104,7 @@ def main(argv=None) -> int:
             % (result['date'], result['device'], result['torch'], result['dtype'],
                result['load_average'] or 0.0, '\n'.join(lines), baseline, result['step_us'],
                result['step_vocab'], 100 * own / result['step_us']))
-    with open(os.path.join(args.out, 'confidence_cost.md'), 'w') as stream:
-        stream.write(text)
-    print(text, end='')
+    write_report(args.out, 'confidence_cost', result, text)
     return 0
 
 

@@ -45,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, 'training')]
 
 from bench_models import build_model, SHAPES, synchronize  # noqa: E402, I100
+from report import write_report  # noqa: E402
 from robot_llm_planner.core.prompt import IM_END, PromptBuilder  # noqa: E402
 from robot_llm_planner.core.skills import SkillSet  # noqa: E402
 from robot_llm_planner.inference.decoding import StaticCacheDecoder  # noqa: E402
@@ -336,13 +337,7 @@ def main(argv=None):
         model = load_model(args, tokenizer, device, dtype)
         report['build_s'] = round(time.perf_counter() - started, 2)
         run_model(args, report, model, tokenizer, grammar, stop_ids, device, dtype)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'grammar_overhead.json'), 'w', encoding='utf-8') as stream:
-        json.dump(report, stream, indent=1, ensure_ascii=False)
-    text = markdown(report)
-    with open(os.path.join(args.out, 'grammar_overhead.md'), 'w', encoding='utf-8') as stream:
-        stream.write(text)
-    print(text)
+    write_report(args.out, 'grammar_overhead', report, markdown(report))
     return 0
 
 

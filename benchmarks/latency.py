@@ -37,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout (the GPU machine has no colcon install)
 
 from bench_models import build_model, SHAPES, synchronize  # noqa: E402, I100
+from report import percentile  # noqa: E402
 from robot_llm_planner.inference.decoding import StaticCacheDecoder  # noqa: E402
 import torch  # noqa: E402
 
@@ -58,9 +59,8 @@ def copy_bandwidth(device, megabytes):
 
 def percentiles(values):
     """Return p50 and p90 of a list of milliseconds."""
-    ordered = sorted(values)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-    return {'p50_ms': round(statistics.median(ordered), 3), 'p90_ms': round(p90, 3)}
+    return {'p50_ms': round(statistics.median(values), 3),
+            'p90_ms': round(percentile(values, 0.9), 3)}
 
 
 def time_runs(function, device, runs):

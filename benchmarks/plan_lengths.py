@@ -11,8 +11,8 @@ one-token-per-character vocabulary (built here as ``make demo`` builds it, or
 - prompt tokens: the qwen-template prompt with LLaMA-Factory 0.9.5's default system prompt;
 - prompt-lookup acceptance on the labels: the plan tokens per forward pass of the fast path
   (``StaticCacheDecoder``, k draft tokens) if the model wrote exactly the label, replayed
-  through the decode loop's own n-gram index (:func:`lookup_passes`). On the demo model its
-  own plans measured 1.996 (k = 4) and 2.225 (k = 8) on the first 100 test commands.
+  through the decode loop's own n-gram index (:func:`lookup_passes`); ``latency.py
+  --acceptance-model`` measures the same on a model's own plans.
 
 ``benchmarks/latency.py --tokenizer DIR`` takes its prompt and plan lengths from
 :func:`split_lengths` (the test split's medians).
@@ -34,7 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # run from a checkout; training/ for the demo model's tokenizer
 sys.path[:0] = [ROOT, os.path.join(ROOT, 'training')]
 
-from robot_llm_planner.core.prompt import IM_END, PromptBuilder  # noqa: E402, I100
+from report import percentile, write_report  # noqa: E402, I100
+from robot_llm_planner.core.prompt import IM_END, PromptBuilder  # noqa: E402
 
 SPLITS = ('train', 'validation', 'test')
 DRAFT_TOKENS = (0, 2, 4, 8)
@@ -50,8 +51,8 @@ def split_rows(split: str) -> List[dict]:
 def distribution(values: Sequence[int]) -> Dict[str, float]:
     """Return p50, p90 (nearest ranks), max and mean of token counts."""
     ordered = sorted(values)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-    return {'count': len(ordered), 'p50': statistics.median_low(ordered), 'p90': p90,
+    return {'count': len(ordered), 'p50': statistics.median_low(ordered),
+            'p90': percentile(ordered, 0.9),
             'max': ordered[-1], 'mean': round(statistics.mean(ordered), 2)}
 
 
@@ -208,13 +209,7 @@ def main(argv=None) -> int:
             'size': len(tokenizer), 'lengths': split_lengths(tokenizer, args.splits),
             'acceptance': acceptance(tokenizer, test_rows, args.draft_tokens)}
     report['seconds'] = round(time.perf_counter() - started, 1)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'plan_lengths.json'), 'w', encoding='utf-8') as stream:
-        json.dump(report, stream, indent=1, ensure_ascii=False)
-    text = markdown(report)
-    with open(os.path.join(args.out, 'plan_lengths.md'), 'w', encoding='utf-8') as stream:
-        stream.write(text)
-    print(text, end='')
+    write_report(args.out, 'plan_lengths', report, markdown(report))
     return 0
 
 

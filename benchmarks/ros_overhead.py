@@ -30,14 +30,10 @@ sys.path.insert(0, os.path.join(ROOT, 'training'))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
+from report import percentile, write_report  # noqa: E402, I100
+
 DEFAULT_SPLIT = os.path.join(ROOT, 'training', 'data', 'task2_prompt0_test.json')
 WARM_UP = 5  # commands answered before the timed ones (not counted)
-
-
-def percentile(values, share):
-    """Return the value at ``share`` (0..1) of the sorted values (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
 def tiny_model(directory):
@@ -165,9 +161,6 @@ def main(argv=None):
               'load_average': [round(load_start, 2), round(os.getloadavg()[0], 2)],
               'rmw': os.environ.get('RMW_IMPLEMENTATION', 'default'),
               **summary(rows)}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'ros_overhead.json'), 'w', encoding='utf-8') as stream:
-        json.dump(dict(report, rows=rows), stream, indent=1)
     lines = ['%s, %d CPUs, load average %.2f -> %.2f, RMW %s; %s, max_new_tokens %d; %d '
              'commands one at a time (after %d not counted): %s' % (
                  report['date'], report['cpus'], report['load_average'][0],
@@ -183,10 +176,7 @@ def main(argv=None):
                        ('queue_ms', 'of which queued in the node (timing.queue_ms)')):
         lines.append('| %s | %.2f | %.2f | %.2f |' % (
             label, report[key]['p50'], report[key]['p99'], report[key]['max']))
-    text = '\n'.join(lines) + '\n'
-    with open(os.path.join(args.out, 'ros_overhead.md'), 'w', encoding='utf-8') as stream:
-        stream.write(text)
-    print(text, end='')
+    write_report(args.out, 'ros_overhead', dict(report, rows=rows), '\n'.join(lines) + '\n')
     return 0
 
 

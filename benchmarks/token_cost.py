@@ -38,7 +38,8 @@ sys.path.insert(0, ROOT)  # run from a checkout too
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
-from robot_llm_planner.inference.decoding import StaticCacheDecoder  # noqa: E402, I100
+from report import write_report  # noqa: E402, I100
+from robot_llm_planner.inference.decoding import StaticCacheDecoder  # noqa: E402
 import torch  # noqa: E402
 
 DEFAULT_SPLIT = os.path.join(ROOT, 'training', 'data', 'task2_prompt0_test.json')
@@ -253,13 +254,7 @@ def main(argv=None) -> int:
         lines.append('| µs per kept token: %s | ' % stage + ' | '.join(
             '%.1f' % path['us_per_kept_token'].get(stage, 0.0)
             for path in report['paths'].values()) + ' |')
-    text = '\n'.join(lines) + '\n'
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'token_cost.json'), 'w', encoding='utf-8') as stream:
-        json.dump(report, stream, indent=1)
-    with open(os.path.join(args.out, 'token_cost.md'), 'w', encoding='utf-8') as stream:
-        stream.write(text)
-    print(text, end='')
+    write_report(args.out, 'token_cost', report, '\n'.join(lines) + '\n')
     return 0
 
 

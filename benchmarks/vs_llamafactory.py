@@ -35,6 +35,8 @@ sys.path.insert(0, os.path.join(ROOT, 'training'))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
+from report import percentile, write_report  # noqa: E402, I100
+
 DEFAULT_SPLIT = os.path.join(ROOT, 'training', 'data', 'task2_prompt0_test.json')
 DEFAULT_VARIANTS = [['defaults'], ['generate()', 'fast_path=off', 'draft_tokens=0']]
 
@@ -49,12 +51,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.machine()
-
-
-def percentile(values: List[float], share: float) -> float:
-    """Return the value at ``share`` (0..1) of the sorted values (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
 def variant_settings(words: List[str]) -> Dict[str, object]:
@@ -229,13 +225,7 @@ def main(argv=None) -> int:
     parser.add_argument('--out', required=True)
     args = parser.parse_args(argv)
     report = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'vs_llamafactory.json'), 'w', encoding='utf-8') as stream:
-        json.dump(report, stream, ensure_ascii=False, indent=1)
-    text = markdown(report)
-    with open(os.path.join(args.out, 'vs_llamafactory.md'), 'w', encoding='utf-8') as stream:
-        stream.write(text)
-    print(text, end='')
+    write_report(args.out, 'vs_llamafactory', report, markdown(report))
     return 0
 
 
