@@ -342,3 +342,20 @@ def test_compiled_step_equals_generate(merged, tmp_path, monkeypatch):
         assert decoder.compile_error == ''
         assert merged.tokenizer.decode(result.tokens, skip_special_tokens=True) == expected.text
         assert decoder.decode(ids, 20).tokens == result.tokens  # replayed, same answer
+
+
+def test_warm_up_decodes_once_when_the_step_is_not_compiled(tiny_model, monkeypatch):
+    # A second warm-up generation only records a compiled step (CUDA); eager it is a wasted
+    # prefill, for a 7B model on the CPU a long one.
+    calls = []
+    original = TransformersBackend.generate
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[0])
+        return original(self, *args, **kwargs)
+
+    backend = _load(tiny_model, fast_path='on')
+    monkeypatch.setattr(TransformersBackend, 'generate', counting)
+    backend.warm_up(PROMPT)
+    assert backend.decoder is not None and not backend.decoder.compiled
+    assert len(calls) == 1

@@ -9,9 +9,11 @@ tokenizer directory (``tokenizer.json`` and ``tokenizer_config.json``) with Qwen
 special tokens at ids 151,643-151,645, so tests and benchmarks tokenize as Qwen1.5-7B does
 without a model download. A robot does not need it.
 
-The BPE merges are derived from the ranks: each token of two or more bytes is the merge of
-every split of it into two tokens, and merges apply in the order of the ranks of what they
-make; a word that is a token as a whole is that token (as tiktoken encodes).
+The BPE merges are derived from the ranks: each token of two or more bytes gets one merge,
+the two tokens that byte-level BPE reaches just before it when it spells the token's bytes
+(:func:`last_merge`), and merges apply in the order of the ranks of what they make. Every
+multi-byte token of ``qwen.tiktoken`` has such a merge, so the BPE encodes as tiktoken does
+(tested on the shipped data).
 
 Importing this module loads only the standard library; ``tokenizers`` is imported when a
 tokenizer is built.

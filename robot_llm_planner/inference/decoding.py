@@ -26,11 +26,12 @@ pass's rows and one log-sum-exp over the rows kept, as tensor operations over al
 once. The grammar is asked whether it allows the model's own choice; only a refused row is
 masked.
 
-One host synchronization per forward pass, no fewer: the grammar's matcher runs on the CPU,
-and the stop check and the next draft need the kept tokens as Python integers (the
-log-probabilities come back with the next ``tolist()``, the data already there). Nothing
-else is read back or allocated per token: a step's input is written into one preallocated
-buffer and the attention mask is a row lookup in a table made once.
+Two host reads per forward pass: the greedy tokens (the grammar's matcher runs on the CPU,
+and the stop check and the next draft need them as Python integers), then the kept rows'
+log-probabilities, whose log-sum-exp can only start once the kept rows are known (taking it
+over every row first would save that wait on a GPU and cost a pass over all 1 + k rows on
+the CPU). A step's input is written into one preallocated buffer and the attention mask is a
+row lookup in a table made once.
 
 Stale cache entries past the current length (rejected drafts, padding) are harmless: the mask
 hides positions beyond the one being computed, and the next step overwrites them. Without
@@ -163,6 +164,11 @@ class StaticCacheDecoder:
         if compile_steps:
             self._compiled_step = torch.compile(self._step_forward, mode='reduce-overhead',
                                                 fullgraph=True, dynamic=False)
+
+    @property
+    def compiled(self) -> bool:
+        """Return True while the step runs compiled; a compile error makes it eager for good."""
+        return self._compiled_step is not None
 
     # ------------------------------------------------------------------ model passes
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor,

@@ -197,14 +197,14 @@ class TransformersBackend(Backend):
                 'model.max_prompt_tokens is %d' % (length, self.max_prompt_tokens))
         config = GenerationConfig(max_new_tokens=min(8, self.max_new_tokens))
         self.generate([WARMUP_COMMAND], prompt, config)
-        if self.decoder is not None:
-            # The fast path compiles its step on first use; run it again so that the CUDA
-            # graph is recorded and replayed now, not on a user's command.
+        if self.decoder is not None and self.decoder.compiled:
+            # The step compiled on first use; run it again so that the CUDA graph is recorded
+            # and replayed now, not on a user's command. (Eager steps need no second run.)
             self.generate([WARMUP_COMMAND], prompt, config)
-            if self.decoder.compile_error:
-                logging.getLogger(__name__).warning(
-                    'fast path: the decode step could not be compiled (%s); decoding eagerly',
-                    self.decoder.compile_error)
+        if self.decoder is not None and self.decoder.compile_error:
+            logging.getLogger(__name__).warning(
+                'fast path: the decode step could not be compiled (%s); decoding eagerly',
+                self.decoder.compile_error)
         self.load_seconds += time.perf_counter() - started
 
     # --------------------------------------------------------------- generating
