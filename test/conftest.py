@@ -201,6 +201,71 @@ def llamafactory_api(tiny_model, tiny_adapter, tmp_path_factory):
     process.wait(timeout=30)
 
 
+# The API key the vLLM server is started with, and the variable the planner reads it from.
+VLLM_API_KEY = 'sk-vllm-fleet-secret-5f3a9c'
+VLLM_KEY_ENV = 'PLANNER_VLLM_KEY'
+# LLaMA-Factory 0.9.2's default system prompt in place of the system message: a server with
+# this chat template renders another prompt than the planner's (the test of that check).
+OTHER_CHAT_TEMPLATE = (
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '<|im_start|>user\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+class VllmModel:
+    """A tiny base model vLLM's CPU attention runs, two LoRA adapters and chat templates."""
+
+    def __init__(self, directory):
+        from planner_training.tiny_qwen import build_model, build_tokenizer
+        from planner_training.vllm_server import TRAINING_CHAT_TEMPLATE
+        self.base = str(directory / 'base')
+        build_tokenizer(project_texts(), self.base, vocab_size=600)
+        # head size 32 (vLLM's CPU attention has no kernel for tiny_model's 16)
+        build_model(self.base, self.base, hidden_size=64, layers=2, heads=2, kv_heads=1,
+                    max_positions=2048, seed=0)
+        self.adapters = {name: _build_adapter(self.base, directory / name, seed)
+                         for name, seed in (('robot_a', 1), ('robot_b', 2))}
+        self.training_template = str(directory / 'training.jinja')
+        self.other_template = str(directory / 'other.jinja')
+        for path, template in ((self.training_template, TRAINING_CHAT_TEMPLATE),
+                               (self.other_template, OTHER_CHAT_TEMPLATE)):
+            with open(path, 'w', encoding='utf-8') as stream:
+                stream.write(template)
+
+
+@pytest.fixture(scope='session')
+def vllm_model(tmp_path_factory):
+    """Return a :class:`VllmModel` (random weights; adapters robot_a and robot_b)."""
+    return VllmModel(tmp_path_factory.mktemp('vllm_model'))
+
+
+@pytest.fixture(scope='session')
+def vllm_server(vllm_model, tmp_path_factory):
+    """
+    Yield a real vLLM server (.venv-vllm, `make vllm-env`) serving both adapters.
+
+    It wants :data:`VLLM_API_KEY` and renders chat messages with the training template.
+    """
+    from planner_training.vllm_server import VllmServer
+    log = str(tmp_path_factory.mktemp('vllm') / 'vllm.log')
+    server = VllmServer(vllm_model.base, vllm_model.adapters, log, api_key=VLLM_API_KEY,
+                        chat_template=vllm_model.training_template)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def vllm_key(monkeypatch):
+    """Return the name of an environment variable that holds the vLLM server's key."""
+    monkeypatch.setenv(VLLM_KEY_ENV, VLLM_API_KEY)
+    return VLLM_KEY_ENV
+
+
 @pytest.fixture
 def api_key(monkeypatch):
     """Return the name of an environment variable that holds the API server's key."""

@@ -368,6 +368,9 @@ class FakeServer:
             def do_POST(self):
                 length = int(self.headers.get('Content-Length', 0))
                 body = json.loads(self.rfile.read(length).decode('utf-8'))
+                if not self.path.endswith('/chat/completions'):  # e.g. vLLM's /tokenize
+                    self._send(404, {'detail': 'Not Found'})
+                    return
                 command = body['messages'][-1]['content'].split('\n')[-1]
                 server.bodies.append(body)
                 server.requests.append(command)

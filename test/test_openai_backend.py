@@ -366,25 +366,43 @@ def test_an_unsure_refusal_stays_a_refusal(server):
     assert [error['code'] for error in message['errors']] == ['not_a_task']
 
 
-def test_token_offsets_come_from_the_servers_token_bytes(server):
+def test_token_offsets_come_from_the_servers_token_texts_or_bytes(server):
     entries = [{'token': token, 'logprob': math.log(p), 'bytes': list(token.encode())}
                for token, p in (('去', 0.9), ('客厅', 0.5), ('。', 0.99), ('移动到', 0.8),
                                 ('，', 0.95), ('客', 0.7), ('厅', 0.6))]
-    srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': entries})))
-    generation = _generate(OpenAIBackend(srv.url, 'm'))
-    assert [(start, end) for start, end, _ in generation.token_probabilities] == [
-        (0, 1), (1, 3), (3, 4), (4, 7), (7, 8), (8, 9), (9, 10)]
-    assert [p for _, _, p in generation.token_probabilities] == pytest.approx(
-        [0.9, 0.5, 0.99, 0.8, 0.95, 0.7, 0.6])
+    expected = [(0, 1), (1, 3), (3, 4), (4, 7), (7, 8), (8, 9), (9, 10)]
+    # the token texts (vLLM) or the bytes (servers that list raw bytes) give the same offsets
+    for listed in (entries, [dict(e, bytes=None) for e in entries]):
+        srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': listed})))
+        generation = _generate(OpenAIBackend(srv.url, 'm'))
+        assert [(start, end) for start, end, _ in generation.token_probabilities] == expected
+        assert [p for _, _, p in generation.token_probabilities] == pytest.approx(
+            [0.9, 0.5, 0.99, 0.8, 0.95, 0.7, 0.6])
     result = Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load()).plan('去客厅')
     assert [step['confidence'] for step in result.message('r')['steps']] == [0.5]
-    # without bytes, or bytes that do not spell the answer: no offsets, the confidence stays
-    for broken in ([dict(e, bytes=None) for e in entries],
-                   [dict(e, bytes=[65]) for e in entries]):
+    # bytes, or texts without bytes, that do not spell the answer: no offsets, the confidence
+    # stays
+    for broken in ([dict(e, bytes=[65]) for e in entries],
+                   [dict(e, token='x', bytes=None) for e in entries]):
         srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': broken})))
         generation = _generate(OpenAIBackend(srv.url, 'm'))
         assert generation.token_probabilities is None
         assert generation.confidence == pytest.approx(0.5)
+
+
+def test_a_token_holding_part_of_a_character_without_token_ids_gives_no_offsets(server):
+    """
+    The server (vLLM) lists such a token as '' and gives the character to the next token.
+
+    Where it was, only the server can tell (it decodes the answer up to that token, as
+    test_vllm shows); a server that gives no token ids gets no offsets rather than guesses.
+    """
+    entries = [{'token': token, 'logprob': math.log(p)}
+               for token, p in (('去客厅。', 0.9), ('', 0.3), ('移动到，客厅', 0.8))]
+    srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': entries})))
+    generation = _generate(OpenAIBackend(srv.url, 'm'))
+    assert generation.token_probabilities is None
+    assert generation.confidence == pytest.approx(0.3)
 
 
 def test_a_stop_token_the_server_lists_ends_where_the_text_does(server):

@@ -414,7 +414,7 @@ def test_plans_carry_their_confidence_and_unsure_ones_are_invalid(ros, tmp_path,
         ids = [client.send('帮我拿一瓶水。', 'c1'), client.send('帮我拿一瓶水吧', 'c2'),
                client.send('帮我拿一瓶水', 'c3')]  # no log-probabilities in its reply
         answers = wait_for_answers(client, ids)
-        assert answers['c1']['status'] == 'ok' and answers['c1']['confidence'] == 0.9
+        assert answers['c1']['status'] == 'ok' and answers['c1']['confidence'] == 0.9, answers
         unsure = answers['c2']
         assert unsure['status'] == 'invalid' and unsure['confidence'] == 0.2
         assert [e['code'] for e in unsure['errors']] == ['low_confidence']

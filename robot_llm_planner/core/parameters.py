@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from robot_llm_planner.core.settings import (BACKENDS, DTYPES, EXECUTION_POLICIES, FAST_PATHS,
                                              parse_device, PlannerSettings, QUANTIZATION,
-                                             QUEUE_POLICIES, REMOTE_FIELDS, SIMULATED_BEHAVIOUR)
+                                             QUEUE_POLICIES, REMOTE_ENDPOINTS, REMOTE_FIELDS,
+                                             SIMULATED_BEHAVIOUR)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ PARAMETERS: Tuple[Parameter, ...] = (
     Parameter('remote.grammar_field', str, 'openai backend with generation.constrained: how '
               'the grammar is sent: structured_outputs (vLLM >= 0.10.2), guided_grammar (older '
               'vLLM) or none.', 'remote_grammar_field', choices=REMOTE_FIELDS),
+    Parameter('remote.endpoint', str, 'openai backend: completions (the planner sends the '
+              'training prompt itself; vLLM), chat (the server renders it with its chat template; '
+              'checked against the training prompt where the server has /tokenize) or auto '
+              '(completions where the server has /tokenize, else chat).', 'remote_endpoint',
+              choices=REMOTE_ENDPOINTS),
     Parameter('prompt.system', str, 'System prompt; must be the one the model was trained with '
               '(empty: the LLaMA-Factory qwen template default).', 'system'),
     Parameter('prompt.instruction', str, 'Alpaca instruction the model was trained with, put '
@@ -352,7 +358,8 @@ def settings_fields_without_parameter() -> List[str]:
 _OPTIONS = {'model_path': '--model', 'adapter_path': '--adapter', 'skills_file': '--skills',
             'remote_base_url': '--base-url', 'remote_model': '--remote-model',
             'remote_api_key_env': '--api-key-env', 'remote_timeout_s': '--timeout',
-            'remote_retries': '--retries', 'remote_grammar_field': '--remote-grammar-field'}
+            'remote_retries': '--retries', 'remote_grammar_field': '--remote-grammar-field',
+            'remote_endpoint': '--remote-endpoint'}
 
 
 def cli_option(parameter: Parameter) -> str:

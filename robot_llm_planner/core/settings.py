@@ -22,6 +22,7 @@ FAST_PATHS = ('auto', 'on', 'off')
 #   guided_grammar:     vLLM < 0.12 ({"guided_grammar": ...}; removed in 0.12)
 #   none:               send nothing (servers without guided decoding)
 REMOTE_FIELDS = ('structured_outputs', 'guided_grammar', 'none')
+REMOTE_ENDPOINTS = ('auto', 'completions', 'chat')
 # planner_node's queue when full: fifo refuses the new command, latest drops the oldest.
 QUEUE_POLICIES = ('fifo', 'latest')
 # plan_executor, when a plan arrives while one runs: queue it, or preempt the running one.
@@ -48,6 +49,7 @@ class PlannerSettings:
     remote_timeout_s: float = 30.0       # remote.timeout_s
     remote_retries: int = 2              # remote.retries
     remote_grammar_field: str = 'structured_outputs'  # remote.grammar_field (grammar.py)
+    remote_endpoint: str = 'auto'        # remote.endpoint
     system: str = SYSTEM_PROMPT          # prompt.system
     instruction: str = ''                # prompt.instruction
     max_new_tokens: int = 256            # generation.max_new_tokens

@@ -25,7 +25,8 @@ def build_backend(settings: PlannerSettings, skills: SkillSet) -> Backend:
         from robot_llm_planner.inference.openai_backend import OpenAIBackend
         return OpenAIBackend(settings.remote_base_url, settings.remote_model,
                              settings.remote_api_key_env, settings.remote_timeout_s,
-                             settings.remote_retries, grammar=grammar)
+                             settings.remote_retries, grammar=grammar,
+                             endpoint=settings.remote_endpoint)
     raise ValueError('model.backend must be one of %s, got %r'
                      % (', '.join(BACKENDS), settings.backend))
 

@@ -1,93 +1,153 @@
 """
-The remote backend: an OpenAI-compatible chat-completions server.
+The remote backend: an OpenAI-compatible server, for a fleet that shares one GPU server.
 
-For when the GPU is elsewhere or a fleet shares one server: vLLM (``--enable-lora``, the
-adapter served under its own model name) or ``llamafactory-cli api``. The server applies the
-chat template, so it must use the same one as training (LLaMA-Factory's api does; for vLLM
-pass ``--chat-template`` if the model's own template differs). Uses only the standard library.
+vLLM serves the base model with one LoRA adapter per robot type (``--enable-lora
+--lora-modules NAME=PATH``; ``remote.model`` picks one); ``llamafactory-cli api`` serves one
+model. Two ways to send a command (``remote.endpoint``):
 
-Every request asks for the answer's token log-probabilities (``logprobs``, part of the
-OpenAI API); where the server gives them (vLLM does, ``llamafactory-cli api`` does not), the
-lowest one is the answer's ``confidence``.
+- ``completions``: the planner's own prompt, the exact text the model was trained on, goes to
+  ``/v1/completions``; the server's chat template is never used. Needs vLLM's ``/tokenize``.
+- ``chat``: chat messages go to ``/v1/chat/completions`` and the server's chat template renders
+  them. Where the server has ``/tokenize`` (vLLM), configure checks that the rendering is the
+  training prompt token for token and fails, naming the first difference, when it is not.
+- ``auto`` (default): ``completions`` where the server has ``/tokenize``, else ``chat``.
 
-The API key is read from the environment variable named by ``api_key_env`` at each request and
-never logged, published or put in an error message.
+Confidence means the same as on the local backend (docs/confidence.md): the lowest
+probability the model gave a token of the answer, the stop token included, before the plan
+grammar's mask. vLLM reports log-probabilities after its grammar mask, so when a grammar was
+sent the answer's tokens are scored again without one (``prompt_logprobs`` over the prompt and
+the answer: a prefill, no decoding). ``llamafactory-cli api`` gives no log-probabilities: no
+confidence.
 """
 
 from concurrent.futures import ThreadPoolExecutor
-import http.client
-import json
 import math
 import os
-import socket
 import time
-from typing import Dict, List, Optional, Tuple
-import urllib.error
-import urllib.request
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from robot_llm_planner.core.backend import Backend, Generation, GenerationConfig, RemoteError
 from robot_llm_planner.core.confidence import character_spans
-from robot_llm_planner.core.prompt import PromptBuilder
+from robot_llm_planner.core.prompt import IM_END, IM_START, PromptBuilder
+from robot_llm_planner.inference.json_client import JsonClient, ServerRefused
 
-RETRYABLE_HTTP = (429, 500, 502, 503, 504)
 MAX_CONCURRENT_REQUESTS = 16
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: urllib would send the API key on and turn a POST into a GET."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # urllib then raises the redirect as an HTTPError
+ENDPOINTS = ('auto', 'completions', 'chat')
+# The command whose prompt configure compares (any command renders the same template).
+PROBE_COMMAND = '帮我拿一瓶水。'
 
 
 class OpenAIBackend(Backend):
-    """Plan through ``POST {base_url}/chat/completions``."""
+    """Plan through an OpenAI-compatible server's completions or chat completions."""
 
     name = 'openai'
 
     def __init__(self, base_url: str, model: str, api_key_env: str = '',
                  timeout_s: float = 30.0, retries: int = 2, retry_backoff_s: float = 0.5,
-                 grammar=None) -> None:
+                 grammar=None, endpoint: str = 'auto') -> None:
         """
         Talk to ``base_url`` (e.g. http://gpu-server:8000/v1) asking for ``model``.
 
         ``grammar`` (optional :class:`~robot_llm_planner.inference.grammar.PlanGrammar`) is sent
-        as a guided-decoding grammar to servers that support it (vLLM).
+        as a structured-outputs grammar to servers that support it (vLLM). ``endpoint`` is one
+        of :data:`ENDPOINTS`.
         """
-        self.base_url = (base_url or '').rstrip('/')
+        self.client = JsonClient(base_url, api_key_env, timeout_s, retries, retry_backoff_s)
         self.model = model
-        self.api_key_env = api_key_env
-        self.timeout_s = timeout_s
-        self.retries = max(0, int(retries))
-        self.retry_backoff_s = retry_backoff_s
         self.grammar = grammar
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._grammar_fields = grammar.guided_request() if grammar is not None else {}
+        self.endpoint = endpoint
+        self.served_endpoint = ''  # the endpoint in use, once warm_up has looked at the server
+        self.prompt_check = ''     # what configure found of the served prompt
+        self._stop_ids: List[int] = []  # known where the server tokenizes (vLLM's /tokenize)
+
+    @property
+    def base_url(self) -> str:
+        """Return the server URL in use."""
+        return self.client.base_url
 
     def describe(self) -> Dict[str, str]:
-        """Return the backend, server and model name (never the key)."""
-        return {'backend': self.name, 'base': self.base_url, 'adapter': self.model}
+        """Return the backend, server, model name and endpoint (never the key)."""
+        described = {'backend': self.name, 'base': self.base_url, 'adapter': self.model}
+        if self.served_endpoint:
+            described['endpoint'] = self.served_endpoint
+        if self.prompt_check:
+            described['prompt_check'] = self.prompt_check
+        return described
 
     def placement(self) -> Dict[str, str]:
         """Return where the model runs: on the server (its dtype is the server's business)."""
         return {'device': 'remote', 'dtype': ''}
 
     def load(self) -> None:
-        """Check the settings and that the server answers ``GET /models``."""
+        """Check the settings and that the server answers ``GET /models`` (with the key)."""
         if not self.base_url.startswith(('http://', 'https://')):
             raise RemoteError('remote.base_url must start with http:// or https://, got %r'
                               % self.base_url)
         if not self.model:
             raise RemoteError('remote.model is empty: set the model (or LoRA) name the server '
                               'serves')
-        if self.api_key_env and not os.environ.get(self.api_key_env):
+        if self.endpoint not in ENDPOINTS:
+            raise RemoteError('remote.endpoint must be one of %s, got %r'
+                              % (', '.join(ENDPOINTS), self.endpoint))
+        env = self.client.api_key_env
+        if env and not os.environ.get(env):
             raise RemoteError('remote.api_key_env names %s but that environment variable is '
-                              'not set' % self.api_key_env)
-        self._request('GET', '/models')
+                              'not set' % env)
+        self.client.request('GET', '/models')
+
+    def warm_up(self, prompt: PromptBuilder) -> None:
+        """
+        Choose the endpoint and check that the server serves the training prompt.
+
+        Raises a RemoteError naming the first difference when the server's chat template
+        renders another prompt (``chat``), or when its tokenizer does not know the template's
+        special tokens (``completions``).
+        """
+        probe = prompt.text(PROBE_COMMAND)
+        try:
+            served = self.client.request('POST', '/tokenize', {
+                'model': self.model, 'prompt': probe, 'add_special_tokens': False,
+                'return_token_strs': True}, at_root=True)
+        except ServerRefused as exc:
+            if exc.status not in (404, 405) or self.endpoint == 'completions':
+                raise
+            self.served_endpoint = 'chat'
+            self.prompt_check = ('not checked: the server has no /tokenize; it must render '
+                                 'chat messages with the training template')
+            return
+        ids = _int_list(served.get('tokens'), 'tokens of /tokenize')
+        strings = served.get('token_strs') or []
+        self._stop_ids = _special_token_ids(ids, strings, self.base_url)
+        self.served_endpoint = 'chat' if self.endpoint == 'chat' else 'completions'
+        if self.served_endpoint == 'chat':
+            self._check_chat_template(prompt, probe, ids)
+            self.prompt_check = 'the chat template renders the training prompt (%d tokens)' \
+                % len(ids)
+        else:
+            self.prompt_check = 'the planner sends the training prompt (%d tokens)' % len(ids)
+
+    def _check_chat_template(self, prompt: PromptBuilder, probe: str, ids: List[int]) -> None:
+        rendered = self.client.request('POST', '/tokenize', {
+            'model': self.model, 'messages': prompt.messages(PROBE_COMMAND),
+            'add_generation_prompt': True, 'add_special_tokens': False}, at_root=True)
+        chat_ids = _int_list(rendered.get('tokens'), 'tokens of /tokenize')
+        if chat_ids == ids:
+            return
+        text = self.client.request('POST', '/detokenize', {
+            'model': self.model, 'tokens': chat_ids}, at_root=True).get('prompt', '')
+        at = next((i for i, (a, b) in enumerate(zip(probe, str(text))) if a != b),
+                  min(len(probe), len(str(text))))
+        raise RemoteError(
+            'the server renders another prompt than the model was trained on (its chat '
+            'template differs): from character %d the server has %r where the planner has %r; '
+            'start vLLM with the training chat template (--chat-template) or set '
+            'remote.endpoint to completions' % (at, str(text)[at:at + 40], probe[at:at + 40]))
 
     def generate(self, commands: List[str], prompt: PromptBuilder,
                  config: GenerationConfig) -> List[Generation]:
         """
-        Send one chat request per command, all at once (the server batches them).
+        Send one request per command, all at once (the server batches them).
 
         A command whose request fails gets a Generation with ``error`` set; when every
         request fails, the first failure is raised.
@@ -110,132 +170,198 @@ class OpenAIBackend(Backend):
             raise failures[0]
         return generations
 
-    def _complete(self, command: str, prompt: PromptBuilder,
-                  config: GenerationConfig) -> Generation:
-        body = {'model': self.model, 'messages': prompt.messages(command),
-                'max_tokens': config.max_new_tokens, 'stream': False, 'logprobs': True}
+    def _request_body(self, command: str, prompt: PromptBuilder,
+                      config: GenerationConfig) -> dict:
+        body = {'model': self.model, 'max_tokens': config.max_new_tokens, 'stream': False}
+        if self.served_endpoint == 'completions':
+            body.update(prompt=prompt.text(command), logprobs=0, stop_token_ids=self._stop_ids)
+        else:
+            body.update(messages=prompt.messages(command), logprobs=True)
+        if self._stop_ids:  # vLLM: the token ids, to score them again
+            body['return_token_ids'] = True
         if config.do_sample:
             body.update(temperature=config.temperature, top_p=config.top_p)
         else:
             body['temperature'] = 0.0  # greedy on vLLM and on LLaMA-Factory's api
-        if self.grammar is not None:
-            body.update(self.grammar.guided_request())
+        body.update(self._grammar_fields)
+        return body
+
+    def _complete(self, command: str, prompt: PromptBuilder,
+                  config: GenerationConfig) -> Generation:
+        body = self._request_body(command, prompt, config)
+        chat = 'messages' in body
         started = time.perf_counter()
-        answer = self._request('POST', '/chat/completions', body)
+        answer = self.client.request('POST', '/chat/completions' if chat else '/completions',
+                                     body)
         try:
             choice = answer['choices'][0]
-            text = choice['message']['content']
+            text = choice['message']['content'] if chat else choice['text']
             if not isinstance(text, str):
-                raise TypeError('content is %s' % type(text).__name__)
+                raise TypeError('the text is %s' % type(text).__name__)
         except (KeyError, IndexError, TypeError) as exc:
-            raise RemoteError('remote server %s answered without choices[0].message.content '
-                              '(%s): %s' % (self.base_url, exc, _excerpt(answer))) from exc
+            raise RemoteError('remote server %s answered without choices[0].%s (%s): %s'
+                              % (self.base_url, 'message.content' if chat else 'text', exc,
+                                 str(answer)[:200])) from exc
         usage = answer.get('usage')
         usage = usage if isinstance(usage, dict) else {}  # only statistics: never fatal
+        tokens = _answer_tokens(choice.get('logprobs'), chat)
+        ids = choice.get('token_ids')
+        if tokens is not None and isinstance(ids, list) and self._needs_scoring(chat):
+            ids, tokens = self._score(answer, choice, tokens[0])
+        confidence, token_probabilities = None, None
+        if tokens is not None:
+            probabilities = [math.exp(value) for value in tokens[1]]
+            confidence = min(probabilities)
+            spans = self._spans(text, tokens[0], ids)
+            if spans is not None:
+                token_probabilities = [(start, end, probability) for (start, end), probability
+                                       in zip(spans, probabilities)]
         return Generation(text, tokens=_count(usage.get('completion_tokens')),
                           prompt_tokens=_count(usage.get('prompt_tokens')),
                           finished=choice.get('finish_reason') != 'length',
                           stats={'request_ms': (time.perf_counter() - started) * 1000.0},
-                          confidence=_lowest_probability(choice.get('logprobs')),
-                          token_probabilities=_token_probabilities(choice.get('logprobs'), text))
+                          confidence=confidence, token_probabilities=token_probabilities)
 
-    def _request(self, method: str, path: str, body: Optional[dict] = None) -> dict:
-        url = self.base_url + path
-        data = json.dumps(body, ensure_ascii=False).encode('utf-8') if body is not None else None
-        headers = {'Content-Type': 'application/json', 'Accept': 'application/json'}
-        key = os.environ.get(self.api_key_env, '') if self.api_key_env else ''
-        if key:
-            headers['Authorization'] = 'Bearer ' + key
-        last = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.retry_backoff_s * (2 ** (attempt - 1)))
-            request = urllib.request.Request(url, data=data, headers=headers, method=method)
-            try:
-                with self._opener.open(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as exc:
-                if 300 <= exc.code < 400:
-                    raise RemoteError(
-                        'remote server %s answered %s %s with a redirect (HTTP %d) to %s: set '
-                        'remote.base_url to the address it points to (redirects are not '
-                        'followed: they would carry the API key elsewhere)'
-                        % (self.base_url, method, path, exc.code,
-                           exc.headers.get('Location', '(no Location)'))) from None
-                detail = _excerpt(exc.read().decode('utf-8', 'replace'))
-                last = RemoteError('remote server %s answered HTTP %d to %s %s: %s'
-                                   % (self.base_url, exc.code, method, path, detail))
-                if exc.code in RETRYABLE_HTTP:
-                    continue
-                raise last from None
-            except http.client.HTTPException as exc:  # IncompleteRead, BadStatusLine, ...
-                last = RemoteError('remote server %s broke off its answer to %s %s (%s)'
-                                   % (self.base_url, method, path, type(exc).__name__))
-                continue
-            except (socket.timeout, TimeoutError):
-                last = RemoteError('remote server %s did not answer %s %s within remote.timeout_s'
-                                   ' = %g s' % (self.base_url, method, path, self.timeout_s))
-                continue
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, 'reason', exc)
-                last = RemoteError('remote server %s is unreachable (%s %s): %s'
-                                   % (self.base_url, method, path, reason))
-                continue
-            try:
-                answer = json.loads(raw.decode('utf-8'))
-                if not isinstance(answer, dict):
-                    raise ValueError('not a JSON object')
-            except ValueError as exc:
-                raise RemoteError('remote server %s answered %s %s with something that is not a '
-                                  'JSON object (%s): %s' % (self.base_url, method, path, exc,
-                                                            _excerpt(raw)))
-            return answer
-        raise RemoteError('%s (after %d attempts)' % (last, self.retries + 1), transient=True)
+    def _needs_scoring(self, chat: bool) -> bool:
+        """
+        Whether the server's log-probabilities are another quantity than the local backend's.
+
+        vLLM's come after its grammar mask, and a chat answer's leave the stop token out.
+        """
+        return bool(self._grammar_fields) or chat
+
+    def _score(self, answer: dict, choice: dict, pieces: List[str]):
+        """Return the answer's pieces and log-probabilities as the model gives them, no mask."""
+        prompt_ids = choice.get('prompt_token_ids') or answer.get('prompt_token_ids')
+        prompt_ids = _int_list(prompt_ids, 'prompt_token_ids')
+        answer_ids = _int_list(choice.get('token_ids'), 'token_ids')
+        if answer_ids and answer_ids[-1] not in self._stop_ids and \
+                choice.get('finish_reason') == 'stop' and self._stop_ids:
+            answer_ids = answer_ids + self._stop_ids[:1]  # chat leaves the stop token out
+            pieces = pieces + ['']
+        scored = self.client.request('POST', '/completions', {
+            'model': self.model, 'prompt': prompt_ids + answer_ids, 'max_tokens': 1,
+            'temperature': 0.0, 'prompt_logprobs': 0})
+        rows = scored.get('prompt_logprobs')
+        if rows is None and scored.get('choices'):
+            rows = scored['choices'][0].get('prompt_logprobs')
+        if not isinstance(rows, list) or len(rows) != len(prompt_ids) + len(answer_ids):
+            raise RemoteError('remote server %s scored the answer without one prompt_logprobs '
+                              'entry per token' % self.base_url)
+        values = []
+        for row, token in zip(rows[len(prompt_ids):], answer_ids):
+            entry = row.get(str(token)) if isinstance(row, dict) else None
+            value = entry.get('logprob') if isinstance(entry, dict) else None
+            if not _is_number(value):
+                raise RemoteError('remote server %s scored token %d without a log-probability'
+                                  % (self.base_url, token))
+            values.append(min(0.0, float(value)))
+        return answer_ids, (pieces[:len(values)] + [''] * (len(values) - len(pieces)), values)
+
+    def _spans(self, text: str, pieces: list, ids) -> Optional[List[Tuple[int, int]]]:
+        """
+        Return the characters of ``text`` each token falls in (:func:`character_spans`).
+
+        Raw bytes (some servers list them) give them at once. vLLM's token texts give each
+        character to the token that completes it; for a token holding part of a character
+        (its text is not the text's next characters) the server decodes the answer up to it
+        (``/detokenize``): the characters done so far, and one begun when the decoding ends
+        in U+FFFD. None where the pieces do not spell the text.
+        """
+        if any(isinstance(piece, bytes) for piece in pieces):
+            return _byte_spans(text, pieces)
+        spans: List[Tuple[int, int]] = []
+        offset = 0
+        for index, piece in enumerate(pieces):
+            if offset >= len(text):
+                spans.append((len(text), len(text)))  # the stop token
+            elif piece and text.startswith(piece, offset):
+                spans.append((offset, offset + len(piece)))
+                offset += len(piece)
+            elif isinstance(ids, list) and len(ids) > index:
+                done = str(self.client.request('POST', '/detokenize', {
+                    'model': self.model, 'tokens': ids[:index + 1]}, at_root=True).get('prompt'))
+                begun = done.endswith('\ufffd') and not text.startswith(done)
+                done = done[:-1] if begun else done
+                if len(done) < offset or not text.startswith(done):
+                    return None
+                spans.append((offset, len(done) + begun))
+                offset = len(done)
+            else:
+                return None
+        return spans if offset == len(text) else None
 
 
-def _lowest_probability(logprobs) -> Optional[float]:
-    """Return the lowest token probability of a choice's ``logprobs``, None if it has none."""
-    content = logprobs.get('content') if isinstance(logprobs, dict) else None
-    if not isinstance(content, list) or not content:
-        return None
-    values = []
-    for entry in content:
-        value = entry.get('logprob') if isinstance(entry, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            return None  # an answer this code cannot read is no evidence either way
-        values.append(min(0.0, float(value)))
-    return math.exp(min(values))
+def _special_token_ids(ids: Sequence[int], strings: Sequence, base_url: str) -> List[int]:
+    """Return the stop token's id; the template's special tokens must be single tokens."""
+    found = {IM_START: set(), IM_END: set()}
+    for token, string in zip(ids, strings):
+        if string in found:
+            found[string].add(token)
+    if len(strings) != len(ids) or not all(len(seen) == 1 for seen in found.values()):
+        raise RemoteError('the tokenizer of remote server %s does not read %s and %s as single '
+                          'tokens: it is not the tokenizer the model was trained with'
+                          % (base_url, IM_START, IM_END))
+    return sorted(found[IM_END])
 
 
-def _token_probabilities(logprobs, text: str) -> Optional[List[Tuple[int, int, float]]]:
+def _answer_tokens(logprobs, chat: bool):
     """
-    Return (start, end, probability) per token of a choice's logprobs.
+    Return the server's per-token pieces and log-probabilities, None if it gave none.
 
-    Start and end are the characters of ``text`` the token's ``bytes`` fall in
-    (:func:`character_spans`); entries past the end of the text (a stop token the server
-    lists) hold none of it. None when an entry has no bytes, or when the
-    bytes do not spell ``text`` (a server that reports each token decoded on its own, as
-    vLLM does, cannot spell a character split over two tokens).
+    A piece is the token's text, or its bytes where a chat answer lists them and they are
+    not just the text's bytes (a server that reports the raw bytes of a token holding part of
+    a character).
     """
-    if _lowest_probability(logprobs) is None:
+    if not isinstance(logprobs, dict):
         return None
-    pieces = []
-    for entry in logprobs['content']:
-        spelled = entry.get('bytes')
-        if not isinstance(spelled, list) or not all(
-                isinstance(byte, int) and not isinstance(byte, bool) and 0 <= byte < 256
-                for byte in spelled):
+    if chat:
+        content = logprobs.get('content')
+        if not isinstance(content, list) or not content or \
+                not all(isinstance(entry, dict) for entry in content):
             return None
-        pieces.append(bytes(spelled))
-    spans, decoded = character_spans(pieces)
-    if not decoded.startswith(text):
-        return None
-    past = [index for index, (_, end) in enumerate(spans) if end > len(text)]
-    if past and (spans[past[0] - 1][1] if past[0] else 0) != len(text):
-        return None  # the text ends inside a token, not before the trailing ones
-    return [(min(start, len(text)), min(end, len(text)),
-             math.exp(min(0.0, float(entry['logprob']))))
-            for (start, end), entry in zip(spans, logprobs['content'])]
+        pieces = [entry.get('token') for entry in content]
+        values = [entry.get('logprob') for entry in content]
+        spelled = [entry.get('bytes') for entry in content]
+        if all(_is_bytes(item) for item in spelled):
+            pieces = [piece if isinstance(piece, str) and bytes(item) == piece.encode('utf-8')
+                      else bytes(item) for piece, item in zip(pieces, spelled)]
+    else:
+        pieces, values = logprobs.get('tokens'), logprobs.get('token_logprobs')
+        if not isinstance(pieces, list) or not isinstance(values, list) or \
+                len(pieces) != len(values) or not pieces:
+            return None
+    if not all(_is_number(value) for value in values):
+        return None  # an answer this code cannot read is no evidence either way
+    pieces = [piece if isinstance(piece, (str, bytes)) else '' for piece in pieces]
+    return pieces, [min(0.0, float(value)) for value in values]
+
+
+def _byte_spans(text: str, pieces: list) -> Optional[List[Tuple[int, int]]]:
+    """Return the characters each token's bytes fall in; None if they do not spell ``text``."""
+    spans, decoded = character_spans([piece if isinstance(piece, bytes)
+                                      else piece.encode('utf-8') for piece in pieces])
+    if not decoded.startswith(text) or any(start < len(text) < end for start, end in spans):
+        return None  # not this text, or the text ends inside a token
+    return [(min(start, len(text)), min(end, len(text))) for start, end in spans]
+
+
+def _is_bytes(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(byte, int) and not isinstance(byte, bool) and 0 <= byte < 256
+        for byte in value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        not math.isnan(value)
+
+
+def _int_list(value, what: str) -> List[int]:
+    if not isinstance(value, list) or not all(
+            isinstance(item, int) and not isinstance(item, bool) for item in value):
+        raise RemoteError('the remote server answered without a list of %s' % what)
+    return value
 
 
 def _count(value) -> int:
@@ -243,8 +369,3 @@ def _count(value) -> int:
         return max(0, int(value or 0))
     except (TypeError, ValueError):
         return 0
-
-
-def _excerpt(value, limit: int = 200) -> str:
-    text = value.decode('utf-8', 'replace') if isinstance(value, bytes) else str(value)
-    return text if len(text) <= limit else text[:limit] + '...'

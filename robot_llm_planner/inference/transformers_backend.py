@@ -10,6 +10,7 @@ compiled on CUDA) unless ``generation.fast_path`` is off. docs/decoding.md says 
 runs when, and what each costs.
 """
 
+import codecs
 import json
 import logging
 import math
@@ -303,6 +304,8 @@ class TransformersBackend(Backend):
                     prompt_tokens: int, stats: dict) -> Generation:
         """Return the Generation of ``tokens`` (stop token left out) and their scores."""
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if not finished:
+            text = self._without_cut_character(tokens, text)
         token_probabilities = None
         spans = self._token_spans(tokens, text)
         if spans is not None and len(logprobs) >= len(tokens):
@@ -315,6 +318,27 @@ class TransformersBackend(Backend):
                           confidence=math.exp(min(logprobs)) if logprobs else None,
                           token_probabilities=token_probabilities)
 
+    def _spelled(self, tokens: List[int]) -> Optional[List[bytes]]:
+        """Return each token's bytes (b'' for a special token); None if not a byte-level BPE."""
+        pieces = self.tokenizer.convert_ids_to_tokens(tokens)
+        spelled = [b'' if token in self._special_ids else _bytes_of(piece)
+                   for token, piece in zip(tokens, pieces)]
+        return None if None in spelled else spelled
+
+    def _without_cut_character(self, tokens: List[int], text: str) -> str:
+        """
+        Return ``text`` without a last character the token limit cut in two.
+
+        Its first bytes decode to U+FFFD; vLLM leaves such a character out of its text, and
+        so does this backend, so that both give the same text for the same tokens.
+        """
+        spelled = self._spelled(tokens) if text.endswith('\ufffd') else None
+        if spelled is None:
+            return text
+        decoder = codecs.getincrementaldecoder('utf-8')('replace')
+        head = decoder.decode(b''.join(spelled))
+        return head if decoder.getstate()[0] and text == head + '\ufffd' else text
+
     def _token_spans(self, tokens: List[int], text: str) -> Optional[List[Tuple[int, int]]]:
         """
         Return the characters of ``text`` (its decoded form) each token falls in, (start, end).
@@ -324,13 +348,11 @@ class TransformersBackend(Backend):
         prefix (slower), and a token then starts where the one before it ends. None if neither
         agrees with ``text``.
         """
-        pieces = self.tokenizer.convert_ids_to_tokens(tokens)
-        spelled = [b'' if token in self._special_ids else _bytes_of(piece)
-                   for token, piece in zip(tokens, pieces)]
-        if None not in spelled:
+        spelled = self._spelled(tokens)
+        if spelled is not None:
             spans, decoded = character_spans(spelled)
-            if decoded == text:
-                return spans
+            if decoded in (text, text + '\ufffd'):  # the latter: a character cut off
+                return [(min(start, len(text)), min(end, len(text))) for start, end in spans]
         ends = [len(self.tokenizer.decode(tokens[:count], skip_special_tokens=True))
                 for count in range(1, len(tokens) + 1)]
         if ends and ends[-1] != len(text):
