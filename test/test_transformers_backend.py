@@ -359,3 +359,24 @@ def test_warm_up_decodes_once_when_the_step_is_not_compiled(tiny_model, monkeypa
     backend.warm_up(PROMPT)
     assert backend.decoder is not None and not backend.decoder.compiled
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize('fast_path', ['off', 'on'])
+def test_an_answer_cut_inside_a_character_ends_before_it(vllm_model, fast_path):
+    """
+    As vLLM does: the text of an unfinished answer is the characters its tokens complete.
+
+    Under the plan grammar (the planner's default, and what a remote server is sent) the
+    answer is valid UTF-8: only the token limit can leave a character unfinished.
+    """
+    from robot_llm_planner.core.skills import SkillSet
+    from robot_llm_planner.inference.grammar import PlanGrammar
+    backend = _load(vllm_model.base, vllm_model.adapters['robot_a'], fast_path=fast_path,
+                    grammar=PlanGrammar(SkillSet.load()))
+    texts = [backend.generate(['帮我拿一瓶水。'], PROMPT,
+                              GenerationConfig(max_new_tokens=count))[0].text
+             for count in range(1, 25)]
+    assert not any(text.endswith('\ufffd') for text in texts), texts
+    assert all(longer.startswith(text) for text, longer in zip(texts, texts[1:]))
+    # some tokens complete no character (the tiny vocabulary splits Chinese into bytes)
+    assert any(text == longer for text, longer in zip(texts, texts[1:])), texts

@@ -11,6 +11,8 @@ restarts it (with another chat template) in the middle of a stream of commands.
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -166,6 +168,39 @@ def test_a_node_with_the_key_plans_and_one_without_fails_configure_and_nothing_l
 def _read(path):
     with open(path, encoding='utf-8', errors='replace') as stream:
         return stream.read()
+
+
+def _run_benchmark(script, vllm_server, vllm_model, tmp_path, *options):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', script), '--model', vllm_model.base,
+         '--adapter', vllm_model.adapters['robot_a'], '--server', vllm_server.url,
+         '--server-model', 'robot_a', '--api-key-env', VLLM_KEY_ENV, '--out', str(tmp_path)]
+        + list(options), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = script[:-len('.py')]
+    return (json.loads((tmp_path / (name + '.json')).read_text()),
+            (tmp_path / (name + '.md')).read_text())
+
+
+@pytest.mark.slow
+def test_fleet_benchmark_smoke(vllm_server, vllm_model, vllm_key, tmp_path):
+    report, table = _run_benchmark('fleet.py', vllm_server, vllm_model, tmp_path, '--robots',
+                                   '1', '2', '--commands', '2', '--max-new-tokens', '8')
+    runs = {(run['path'], run['robots']): run for run in report['runs']}
+    assert sorted(runs) == [('local', 1), ('local', 2), ('remote', 1), ('remote', 2)]
+    for (_, robots), run in runs.items():
+        assert run['plans'] == 2 * robots and sum(run['statuses'].values()) == run['plans']
+        assert run['p90_ms'] >= run['p50_ms'] > 0 and run['plans_per_s'] > 0
+    assert '| 2 |' in table and 'One robot (batch 1)' in table
+
+
+@pytest.mark.slow
+def test_remote_parity_benchmark_smoke(vllm_server, vllm_model, vllm_key, tmp_path):
+    report, table = _run_benchmark('remote_parity.py', vllm_server, vllm_model, tmp_path,
+                                   '--limit', '3')
+    assert report['commands'] == 3 and report['endpoint'] == 'completions'
+    assert report['same_text'] == 3 and report['all_within'] == 3, report['rows']
+    assert '| identical plan text | 3 / 3 | - |' in table
 
 
 class CommandStream:

@@ -10,8 +10,9 @@ Shapes: ``L`` is the prompt's length, ``V`` the model's logits width, ``k`` the 
   and ``k`` draft tokens ``[1, n]`` at the positions after it; row ``i`` of its logits
   ``[n, V]`` is the model's choice after input ``i``. The drafts are prompt lookup
   (:class:`NgramIndex`): the longest recent n-gram of the sequence that occurred before
-  proposes the tokens that followed it then. Its shape never changes (a missing draft token
-  is padding: a wrong guess), so the compiled step never recompiles.
+  proposes the tokens that followed it then. Compiled, its shape never changes (a missing
+  draft token is padding: a wrong guess), so the step never recompiles; eager, it runs only
+  the drafts there are.
 - **accept** (:meth:`StaticCacheDecoder._accept`): the greedy token of every row, under the
   grammar when there is one; a draft token is kept while it equals the model's own choice,
   and the first row that differs gives one more token. The output is the plain greedy output,
@@ -213,14 +214,15 @@ class StaticCacheDecoder:
 
     def _step(self, last: int, draft: Sequence[int], position: int) -> torch.Tensor:
         """Run ``[last] + draft`` (n tokens) from ``position`` on; return the logits [n, V]."""
+        n = 1 + len(draft)
         self._host_view[0, 0] = last
-        self._host_view[0, 1:] = draft
-        self._host_view[1] = range(position, position + len(draft) + 1)
+        self._host_view[0, 1:n] = draft
+        self._host_view[1, :n] = range(position, position + n)
         if self._step_input is not self._host_input:
             # asynchronous, and safe: the previous step's input was read before its tokens
             # came back to the host
             self._step_input.copy_(self._host_input, non_blocking=True)
-        ids, positions = self._step_input[:1], self._step_input[1]          # [1, n], [n]
+        ids, positions = self._step_input[:1, :n], self._step_input[1, :n]  # [1, n], [n]
         if self._compiled_step is None:
             self._fit_cache(position + len(draft) + 1)
             return self._step_forward(ids, positions)
@@ -300,8 +302,8 @@ class StaticCacheDecoder:
             index.extend(kept)
             draft = index.draft(min(self.draft_tokens, budget - len(answer.tokens)))
             drafted += len(draft)
-            # a fixed step shape (one compiled graph): padding is just a wrong guess
-            draft += padding[len(draft):]
+            if self.compiled:  # a fixed step shape (one graph): padding is just a wrong guess
+                draft += padding[len(draft):]
             position = len(prompt_ids) + len(answer.tokens) - 1  # the last kept token's
             logits = self._step(answer.tokens[-1], draft, position)          # [n, V]
             passes += 1
