@@ -83,7 +83,8 @@ class _Server:
                 length = int(self.headers.get('Content-Length') or 0)
                 data = self.rfile.read(length)
                 server.requests.append((self.command, self.path, dict(self.headers), data))
-                command = json.loads(data)['messages'][-1]['content'] if data else None
+                messages = json.loads(data).get('messages') if data else None
+                command = messages[-1]['content'] if messages else None
                 with lock:
                     answer = server.by_command.get(command) or (
                         server.answers.pop(0) if len(server.answers) > 1 else server.answers[0])
@@ -416,3 +417,13 @@ def test_a_stop_token_the_server_lists_ends_where_the_text_does(server):
     entries[1]['bytes'] = list('移动到，客厅吧'.encode())
     srv = server((0, 200, _completion_with_logprobs(PLAN, {'content': entries})))
     assert _generate(OpenAIBackend(srv.url, 'm')).token_probabilities is None
+
+
+def test_a_server_tokenizer_without_the_templates_special_tokens_fails_configure(server):
+    """Where the server tokenizes (vLLM's /tokenize), <|im_start|> must be one token."""
+    models = json.dumps({'data': [{'id': 'm'}]}).encode()
+    split = json.dumps({'tokens': [1, 2, 3], 'token_strs': ['<|im_', 'start|>', 'x']}).encode()
+    srv = server((0, 200, models), (0, 200, split))
+    with pytest.raises(RemoteError, match='does not read <.im_start.> and <.im_end.> as single'):
+        Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load()).load()
+    assert [path for _, path, _, _ in srv.requests] == ['/v1/models', '/tokenize']
