@@ -31,8 +31,8 @@ from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS, ExecutorConf
                                                load_executor_config)
 from robot_llm_planner.core.skills import SkillError, SkillSet
 from robot_llm_planner.execution.behaviours import BehaviourError, BehaviourMap
-from robot_llm_planner.execution.runner import PlanRunner
 from robot_llm_planner.execution.faults import Faults
+from robot_llm_planner.execution.runner import PlanRunner
 from robot_llm_planner.execution.simulation import SimulationSettings
 from robot_llm_planner.execution.tree import execution_message, FAILURE
 from std_msgs.msg import String
