@@ -9,6 +9,11 @@ message is checked against config/plan_execution.schema.json, and every attempt'
 against the needs of its step (no step starts while a need is false).
 """
 
+import importlib
+import json
+import os
+import sys
+
 import pytest
 from robot_llm_planner.core.plan import parse_plan, Step
 from robot_llm_planner.core.recovery import (achiever, attempt_bound, Goal, parse_goal,
@@ -19,10 +24,10 @@ from robot_llm_planner.execution.behaviours import BehaviourMap, StepContext
 from robot_llm_planner.execution.faults import Faults
 from robot_llm_planner.execution.runner import PlanRunner
 from robot_llm_planner.execution.simulation import SimulationSettings
-from test_execution import BRING, Clock, events, plan, run_out, runner, SKILLS, validator
+from test_execution import BRING, Clock, events, plan, runner, SKILLS, validator
 
 assert validator  # the schema fixture, shared with test_execution
-STEPS = parse_plan(BRING[1]).steps
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIVE = ('拿水给我', '寻找水；拿起水；递给我。寻找物体，水；拿起物体，水；递给，我')
 FRIDGE = """
 skills:
@@ -95,25 +100,14 @@ def test_a_behaviour_reports_a_fact_through_its_context():
 
 
 # ---------------------------------------------------------------------- reactive trees
-def started_with_false_needs(messages, steps, skills=SKILLS):
-    """Return the attempts that started while a need of theirs was false in their state."""
-    actions = reactive_plan(skills, steps)
-    wrong = []
-    for message in messages:
-        if message['status'] != 'RUNNING' or not message['attempt']:
-            continue
-        state = skills.initial_state()
-        state.place, state.held = message['state']['place'], list(message['state']['held'])
-        state.found, state.opened, state.closed = (
-            set(message['state'][key]) for key in ('found', 'open', 'closed'))
-        action = actions[message['step']]
-        if message['recovery'] is not None:
-            inserted = message['recovery']
-            action = reactive_plan(skills, [Step('', inserted['action'], inserted['target'],
-                                                 inserted['location'])])[0]
-        if any(not need.goal.holds(state) for need in action.needs):
-            wrong.append(message)
-    return wrong
+def false_starts(messages, plan_json, skills=SKILLS):
+    """Return how many attempts started while a need of theirs was false (the benchmark's)."""
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        benchmark = importlib.import_module('recovery')
+    finally:
+        sys.path.pop(0)
+    return benchmark.false_starts(messages, json.loads(plan_json), skills)
 
 
 def tick_all(plan_runner, ticks=60):
@@ -141,7 +135,7 @@ def test_a_pick_that_fails_twice_then_works_is_retried_and_the_plan_succeeds(val
         ('r1', 1, 'RUNNING', '', ''), ('r1', 1, 'SUCCESS', '', '')]
     assert [m['attempt'] for m in messages if m['step'] == 1] == [1, 1, 2, 2, 3, 3]
     assert messages[-1]['status'] == 'SUCCESS' and messages[-1]['state']['place'] == '我'
-    assert started_with_false_needs(messages, STEPS) == []
+    assert false_starts(messages, plan('r1', BRING)) == 0
 
 
 def test_a_pick_that_always_fails_ends_in_failure_with_the_fact_and_what_was_tried(validator):
@@ -175,19 +169,23 @@ def test_a_dropped_object_is_found_and_picked_again(validator):
                         (3, '寻找物体', 'found(水)', 'SUCCESS'),
                         (3, '拿起物体', 'held(水)', 'RUNNING'),
                         (3, '拿起物体', 'held(水)', 'SUCCESS')]
-    assert messages[-1]['state']['held'] == [] and started_with_false_needs(messages, STEPS) == []
+    assert messages[-1]['state']['held'] == []
+    assert false_starts(messages, plan('r3', BRING)) == 0
     # the linear tree of the same plan stops at the hand-over
     linear = runner(faults=Faults(disturbances='drop=水*1'), recovery=False)
     linear.submit(plan('r4', BRING))
-    assert run_out(linear, validator)[-1] == (
+    messages = tick_all(linear)
+    assert events(messages, validator)[-1] == (
         'r4', None, 'FAILURE', 'step_failed', 'step 4: 递给 needs the robot to hold something')
+    assert false_starts(messages, plan('r4', BRING)) == 1  # the check sees such a start
 
 
 def test_a_need_lost_while_a_step_runs_stops_it_and_starts_it_over(validator):
     # published without the preconditions check: recovery inserts the move to 我, and the
     # water slips out of the hand as the move begins
     moving = runner(duration=2.0, faults=Faults(disturbances='drop=水*1'))
-    moving.submit(plan('r5', GIVE, preconditions=False))
+    given = plan('r5', GIVE, preconditions=False)
+    moving.submit(given)
     messages = tick_all(moving)
     assert messages[-1]['status'] == 'SUCCESS'
     move = [(m['status'], m['code'], m['attempt']) for m in messages
@@ -196,7 +194,7 @@ def test_a_need_lost_while_a_step_runs_stops_it_and_starts_it_over(validator):
                     ('SUCCESS', '', 2)]
     interrupted = next(m for m in messages if m['code'] == 'interrupted')
     assert interrupted['reason'] == 'interrupted: held(水) no longer holds (attempt 1 of 3)'
-    assert started_with_false_needs(messages, STEPS) == []
+    assert false_starts(messages, given) == 0
     events(messages, validator)
 
 
@@ -218,7 +216,7 @@ def test_a_door_that_closes_again_is_opened_before_taking_out(tmp_path, validato
     message = {'id': 'r7', 'status': 'ok', 'command': '从冰箱拿牛奶', 'steps': [
         {'action': '打开', 'target': '冰箱', 'location': ''},
         {'action': '取出', 'target': '牛奶', 'location': '冰箱'}]}
-    fridge.submit(__import__('json').dumps(message, ensure_ascii=False))
+    fridge.submit(json.dumps(message, ensure_ascii=False))
     messages = tick_all(fridge)
     assert [(m['step'], m['status'], m['code'], (m['recovery'] or {}).get('action'))
             for m in messages if m['step'] == 1] == [
@@ -227,11 +225,10 @@ def test_a_door_that_closes_again_is_opened_before_taking_out(tmp_path, validato
         (1, 'RUNNING', '', '打开'), (1, 'SUCCESS', '', '打开'),
         (1, 'RUNNING', '', None), (1, 'SUCCESS', '', None)]
     assert messages[-1]['status'] == 'SUCCESS' and messages[-1]['state']['held'] == ['牛奶']
-    assert started_with_false_needs(messages, [Step('', '打开', '冰箱'), Step('', '取出', '牛奶', '冰箱')],
-                                    skills) == []
+    assert false_starts(messages, json.dumps(message), skills) == 0
     # with no door opened first, recovery opens it before the first attempt
-    fridge.submit(__import__('json').dumps(dict(message, id='r8', steps=message['steps'][1:]),
-                                           ensure_ascii=False))
+    fridge.submit(json.dumps(dict(message, id='r8', steps=message['steps'][1:]),
+                             ensure_ascii=False))
     first = tick_all(fridge)
     assert [(m['status'], (m['recovery'] or {}).get('action')) for m in first
             if m['step'] == 0] == [('RUNNING', '打开'), ('SUCCESS', '打开'),

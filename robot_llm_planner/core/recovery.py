@@ -25,7 +25,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from robot_llm_planner.core.plan import clean_text, Step
 from robot_llm_planner.core.skills import Retry, SkillSet
-from robot_llm_planner.core.world import Fact, FactError, PREDICATES, WorldState
+from robot_llm_planner.core.world import Fact, fact_text, FactError, PREDICATES, WorldState
 
 # How many inserted steps deep recovery goes (held(X) <- 拿起物体 X <- found(X) <- 寻找物体 X
 # is two).
@@ -44,10 +44,8 @@ class Goal:
 
     def __str__(self) -> str:
         """Return the goal as written in messages: ``found(遥控器)``, ``not held(水)``."""
-        text = self.predicate
-        if PREDICATES.get(self.predicate):
-            text = '%s(%s)' % (self.predicate, self.value or 'last')
-        return 'not ' + text if self.negated else text
+        thing = self.value or ('last' if PREDICATES.get(self.predicate) else '')
+        return fact_text(self.predicate, thing, self.negated)
 
     def holds(self, world: WorldState) -> bool:
         """Return whether the goal is true in ``world``."""

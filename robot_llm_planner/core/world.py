@@ -53,8 +53,13 @@ class Fact:
 
     def __str__(self) -> str:
         """Return the fact as written in the skills file."""
-        text = '%s(%s)' % (self.predicate, self.argument) if self.argument else self.predicate
-        return 'not ' + text if self.negated else text
+        return fact_text(self.predicate, self.argument, self.negated)
+
+
+def fact_text(predicate: str, argument: str, negated: bool = False) -> str:
+    """Return ``predicate(argument)`` (the predicate alone without one), ``not`` if negated."""
+    text = '%s(%s)' % (predicate, argument) if argument else predicate
+    return 'not ' + text if negated else text
 
 
 def parse_fact(text: object, as_effect: bool = False) -> Fact:
