@@ -24,6 +24,7 @@ from robot_llm_planner.execution.behaviours import BehaviourMap, StepContext
 from robot_llm_planner.execution.faults import Faults
 from robot_llm_planner.execution.runner import PlanRunner
 from robot_llm_planner.execution.simulation import SimulationSettings
+from robot_llm_planner.execution.tree import CODES, SCHEMA_VERSION, STATUSES
 from test_execution import BRING, Clock, events, plan, runner, SKILLS, validator
 
 assert validator  # the schema fixture, shared with test_execution
@@ -271,3 +272,20 @@ def test_fault_entries_and_rates_are_checked_and_seeded():
     assert draws(7) == draws(7) and draws(7) != draws(8)  # the same seed, the same failures
     assert 60 < sum(bool(reason) for reason in draws(7)) < 140
     assert 'simulated failure of 拿起物体 杯子 (simulation.fail_rate 0.5)' in draws(7)
+
+
+def test_a_plan_stopped_between_attempts_ends_the_waiting_step(validator):
+    waiting = runner(fail='拿起物体=水')
+    waiting.submit(plan('r10', BRING))
+    before = waiting.tick()  # the clock stands still: the pick waits for its second attempt
+    assert [(m['step'], m['status']) for m in before][-1] == (1, 'RETRYING')
+    assert events(waiting.shutdown(), validator) == [
+        ('r10', 1, 'FAILURE', 'shutting_down', 'the executor shut down'),
+        ('r10', None, 'FAILURE', 'shutting_down', 'the executor shut down')]
+
+
+def test_the_schema_has_every_status_and_code_the_executor_writes(validator):
+    properties = validator.schema['properties']
+    assert properties['status']['enum'] == list(STATUSES)
+    assert set(properties['code']['enum']) == {''} | set(CODES)
+    assert properties['schema_version'] == {'const': SCHEMA_VERSION}

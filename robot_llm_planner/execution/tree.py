@@ -37,7 +37,7 @@ from robot_llm_planner.execution.reactive import build_step, FAILURE, RETRYING, 
     SUCCESS
 
 SCHEMA_VERSION = 2
-STATUSES = (RUNNING, SUCCESS, RETRYING, FAILURE)
+STATUSES = (RUNNING, SUCCESS, RETRYING, FAILURE)  # config/plan_execution.schema.json's
 # Why a step or plan ended other than by running to success.
 CODES = {
     'step_failed': 'a step failed: the behaviour returned FAILURE (reason: its feedback)',
@@ -130,7 +130,7 @@ class PlanRun:
         self.world = skills.initial_state()
         self.messages: List[dict] = []
         self.warnings: List[str] = []  # what went wrong after the plan ended (for the log)
-        self.running: List[tuple] = []  # (step, recovery, attempt) started and not ended
+        self.running: List[tuple] = []  # (step, recovery, attempt) started and not over
         self.finished = self.stopping = False
         self.actions: List[Action] = reactive_plan(skills, plan_steps(plan, skills))
         children = [build_step(self, action, self._behaviour, recovery)
@@ -188,9 +188,11 @@ class PlanRun:
         if step is not None and not fields.get('changed'):
             key = (step, json.dumps(fields.get('recovery'), ensure_ascii=False))
             if status == RUNNING:
-                self.running.append(key + (fields.get('attempt', 0),))
-            else:
                 self.running = [entry for entry in self.running if entry[:2] != key]
+                self.running.append(key + (fields.get('attempt', 0),))
+            elif status != RETRYING:  # a step that ends ends what was inserted for it too
+                self.running = [entry for entry in self.running if entry[:2] != key and (
+                    entry[0] != step or fields.get('recovery') is not None)]
         self.messages.append(execution_message(self.plan, status, step, code, reason,
                                                self.world, **fields))
 
