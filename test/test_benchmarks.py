@@ -303,3 +303,25 @@ def test_token_cost_smoke(tiny_model, tiny_adapter, tmp_path):
     assert before['tokens_per_plan'] == after['tokens_per_plan']
     assert '| plan decode p50 ms (not instrumented) |' in (
         tmp_path / 'token_cost.md').read_text()
+
+
+def test_recovery_benchmark_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'recovery.py'), '--limit', '40',
+         '--rates', '0', '0.3', '--out', str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'recovery.json').read_text())
+    assert report['plans'] == 40 and report['retry']['拿起物体'] == [3, 0.5]
+    rows = {(row['condition'], row['mode']): row for row in report['rows']}
+    assert set(rows) == {(condition, mode) for mode in ('linear', 'reactive') for condition in
+                         ('fail_rate 0', 'fail_rate 0.3', 'drop*1', 'drop*1, fail_rate 0.2')}
+    # without faults both trees run every plan, the same steps
+    assert rows['fail_rate 0', 'linear']['completed'] == 40
+    assert rows['fail_rate 0', 'reactive']['completed'] == 40
+    for condition in ('fail_rate 0.3', 'drop*1'):
+        linear, reactive = rows[condition, 'linear'], rows[condition, 'reactive']
+        assert reactive['completed'] > linear['completed']
+        assert reactive['false_starts'] == 0 and reactive['hung'] == 0
+    assert rows['drop*1', 'reactive']['recovery_steps'] > 0
+    assert rows['drop*1', 'linear']['false_starts'] > 0  # it hands over what fell
+    assert '| fail_rate 0.3 | reactive |' in (tmp_path / 'recovery.md').read_text()

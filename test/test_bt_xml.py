@@ -19,7 +19,7 @@ from planner_harness import schema_validator
 import pytest
 from robot_llm_planner.cli import commands as cli
 from robot_llm_planner.core.bt_xml import (BtXmlError, nodes_model_xml, plan_to_bt_xml,
-                                           unsafe_value)
+                                           recovery_bt_xml, unsafe_value)
 from robot_llm_planner.core.plan import parse_plan, Step
 from robot_llm_planner.core.planner import Planner
 from robot_llm_planner.core.skills import SkillSet
@@ -106,7 +106,9 @@ def test_cli_bt_xml_writes_ok_plans_and_says_why_others_have_no_tree(capsys, mon
     stdin = '\n'.join(lines) + '\n'
     code, out, err = _bt_xml(capsys, monkeypatch, stdin)
     assert code == 1
-    assert out == plan_to_bt_xml('a/1', good['steps']) * 2
+    assert out == recovery_bt_xml('a/1', good['steps'], SKILLS) * 2
+    assert _bt_xml(capsys, monkeypatch, stdin, '--linear')[1] == plan_to_bt_xml(
+        'a/1', good['steps']) * 2
     assert err.splitlines() == [
         'bt-xml: line 3 (id b) is invalid, not an ok plan: no tree',
         'bt-xml: line 4 is not JSON: Expecting value: line 1 column 1 (char 0)',
@@ -114,7 +116,7 @@ def test_cli_bt_xml_writes_ok_plans_and_says_why_others_have_no_tree(capsys, mon
         'reads as a blackboard reference']
     out_dir = tmp_path / 'trees'
     code, out, err = _bt_xml(capsys, monkeypatch, lines[0] + '\n' + lines[-1] + '\n', '--out',
-                             str(out_dir))
+                             str(out_dir), '--linear')
     assert (code, err) == (0, '')
     assert out.split() == [str(out_dir / 'a_1.xml'), str(out_dir / 'a_1-2.xml')]
     assert (out_dir / 'a_1.xml').read_text(encoding='utf-8') == plan_to_bt_xml(
@@ -166,15 +168,28 @@ def _tick(runner, xml, tmp_path, *argv):
     result = subprocess.run([runner, str(path), *argv], capture_output=True, text=True,
                             timeout=60)
     lines = result.stdout.splitlines()
-    ticks = [json.loads(line) for line in lines if line.startswith('[')]
+    ticks = [json.loads(line)[:4] for line in lines if line.startswith('[')]
     status = [line for line in lines if line.startswith('status ')]
     return result.returncode, ticks, status, result.stderr
+
+
+def _results(runner, xml, tmp_path, *faults):
+    """Return (exit status, [(name, action, target, its status, unmet needs)], final status)."""
+    path = tmp_path / 'plan.xml'
+    path.write_text(xml, encoding='utf-8')
+    result = subprocess.run([runner, str(path), *faults], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode in (0, 1), result.stderr
+    ticks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('[')]
+    return (result.returncode, [(t[0], t[1], t[2], t[4], t[5]) for t in ticks],
+            result.stdout.splitlines()[-1])
 
 
 def test_behaviortree_cpp_ticks_every_step_in_order_with_its_values(
         runner, capsys, monkeypatch, tmp_path):
     message = _message()
-    code, xml, err = _bt_xml(capsys, monkeypatch, json.dumps(message, ensure_ascii=False))
+    code, xml, err = _bt_xml(capsys, monkeypatch, json.dumps(message, ensure_ascii=False),
+                             '--linear')
     assert (code, err) == (0, '')
     code, ticks, status, stderr = _tick(runner, xml, tmp_path)
     assert (code, status, stderr) == (0, ['status SUCCESS'], '')
@@ -188,6 +203,52 @@ def test_a_failing_skill_stops_the_sequence(runner, tmp_path):
                                    '移动到')
     assert (code, status) == (1, ['status FAILURE'])
     assert ticks == _expected_ticks(message)[:6]  # the hand-over never runs
+
+
+REMOTE = ('把遥控器拿给我', '寻找遥控器；拿起遥控器；走到我身边；把遥控器递给我。寻找物体，遥控器；拿起物体，遥控器；'
+          '移动到，我；递给，我')
+
+
+def _recovery_xml(capsys, monkeypatch):
+    message = _message('remote-1', *REMOTE)
+    code, xml, err = _bt_xml(capsys, monkeypatch, json.dumps(message, ensure_ascii=False))
+    assert (code, err) == (0, '') and '<ReactiveSequence' in xml
+    return xml
+
+
+def test_behaviortree_cpp_retries_a_pick_that_fails_twice_and_the_plan_succeeds(
+        runner, capsys, monkeypatch, tmp_path):
+    code, ticks, status = _results(runner, _recovery_xml(capsys, monkeypatch), tmp_path,
+                                   '拿起物体*2')
+    assert (code, status) == (0, 'status SUCCESS')
+    assert [(t[0], t[3]) for t in ticks] == [
+        ('寻找遥控器', 'SUCCESS'), ('拿起遥控器', 'FAILURE'), ('拿起遥控器', 'FAILURE'),
+        ('拿起遥控器', 'SUCCESS'), ('走到我身边', 'SUCCESS'), ('把遥控器递给我', 'SUCCESS')]
+    assert all(t[4] == '' for t in ticks)  # no Skill started with a need false
+
+
+def test_behaviortree_cpp_ends_a_pick_that_always_fails_after_its_attempts(
+        runner, capsys, monkeypatch, tmp_path):
+    code, ticks, status = _results(runner, _recovery_xml(capsys, monkeypatch), tmp_path,
+                                   '拿起物体')
+    assert (code, status) == (1, 'status FAILURE')
+    assert [(t[1], t[3]) for t in ticks] == [('寻找物体', 'SUCCESS')] + [
+        ('拿起物体', 'FAILURE')] * SKILLS.retry_of('拿起物体').attempts
+
+
+def test_behaviortree_cpp_finds_and_picks_a_dropped_object_again(
+        runner, capsys, monkeypatch, tmp_path):
+    code, ticks, status = _results(runner, _recovery_xml(capsys, monkeypatch), tmp_path,
+                                   'drop=遥控器')
+    assert (code, status) == (0, 'status SUCCESS')
+    assert [(t[0], t[3], t[4]) for t in ticks] == [
+        ('寻找遥控器', 'SUCCESS', ''), ('拿起遥控器', 'SUCCESS', ''), ('走到我身边', 'SUCCESS', ''),
+        ('寻找物体 遥控器 (for found(遥控器))', 'SUCCESS', ''),
+        ('拿起物体 遥控器 (for held(遥控器))', 'SUCCESS', ''), ('把遥控器递给我', 'SUCCESS', '')]
+    # the linear tree hands over what it no longer holds
+    code, ticks, status = _results(runner, plan_to_bt_xml('p', _message('p', *REMOTE)['steps']),
+                                   tmp_path, 'drop=遥控器')
+    assert (code, ticks[-1][3:]) == (1, ('FAILURE', ' held(last)'))
 
 
 def test_behaviortree_cpp_reads_braces_as_a_blackboard_reference(runner, tmp_path):

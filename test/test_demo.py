@@ -26,7 +26,7 @@ def test_samples_cover_training_heldout_and_nonsense():
         assert kinds.count(kind) >= 2, kinds
     assert kinds[-1] == 'nonsense' and samples[-1][2] is None
     assert samples[-3][0] == 'held-out, no task' and samples[-3][2] == '无法执行'
-    assert len(samples) <= 16  # planner_node's default queue.max_size: none is rejected
+    assert len(samples) <= demo.MAX_SAMPLES  # planner_node's queue.max_size: none rejected
     test = {row['input']: row['output'] for row in demo_model.split_rows('test', ROOT)}
     for kind, command, label in samples:
         if kind.startswith('held-out'):
@@ -97,6 +97,22 @@ def test_execution_is_shown_step_by_step_with_the_state():
     assert demo.execution_line('x', '拿水', failed) == (
         '[x] 拿水: FAILURE (step_failed: simulated failure)')
     assert demo.execution_line('x', '拿水', messages[:2]) == '[x] 拿水: did not end'
+
+
+def test_a_retried_attempt_and_a_recovery_step_are_shown():
+    retried = dict(_execution(1, 'RETRYING', '拿起物体', '水', code='step_failed',
+                              reason='simulated failure of 拿起物体 (simulation.fail) '
+                              '(attempt 1 of 3)'), attempt=1)
+    dropped = dict(_execution(1, 'RUNNING', '递给', '我', reason='reported by x'),
+                   changed=['not held(水)'])
+    found = dict(_execution(1, 'SUCCESS', '递给', '我', state={
+        'place': '我', 'found': ['水'], 'held': [], 'open': [], 'closed': []}),
+        recovery={'action': '寻找物体', 'target': '水', 'location': '', 'achieves': 'found(水)'})
+    assert demo.format_execution([retried, dropped, found]).splitlines() == [
+        '    step 2 拿起物体 水: RETRYING  (simulated failure of 拿起物体 (simulation.fail) '
+        '(attempt 1 of 3))',
+        '    step 2: the world changed: not held(水)',
+        '    step 2, recovery 寻找物体 水 for found(水): SUCCESS  (at 我, holds nothing, found 水)']
 
 
 def test_plan_table_of_a_command_without_a_task():
@@ -182,6 +198,7 @@ def test_demo_plans_the_samples_with_the_cached_model_over_ros(tiny_model, tiny_
     assert not any('status no answer' in line for line in lines), output
     # the random tiny model plans nothing ok: plan_executor runs nothing, and says so
     assert '== 4. plan_executor runs the 0 ok plans in the simulated household' in output
+    assert 'simulation.fail:=拿起物体*1' in output  # the pick the demo shows retried
     assert 'plan_executor exited with 0' in output
     assert 'planner_node exited with 0' in output
 

@@ -17,8 +17,9 @@ from robot_llm_planner.core.answer import AnswerCheck
 from robot_llm_planner.core.skills import package_share_path, SkillSet
 from robot_llm_planner.execution.behaviours import (BehaviourError, BehaviourMap, load_factory,
                                                     parse_mapping)
+from robot_llm_planner.execution.faults import Faults, parse_rules, Rule
 from robot_llm_planner.execution.runner import PlanRunner
-from robot_llm_planner.execution.simulation import parse_failures, SimulationSettings
+from robot_llm_planner.execution.simulation import SimulationSettings
 
 SKILLS = SkillSet.load()
 BRING = ('把水拿给我', '寻找水；拿起水；走到我身边；把水递给我。寻找物体，水；拿起物体，水；移动到，我；递给，我')
@@ -53,10 +54,12 @@ def validator():
     return jsonschema.Draft202012Validator(schema)
 
 
-def runner(mapping='', default=None, duration=0.0, fail='', clock=None, **kwargs):
+def runner(mapping='', default=None, duration=0.0, fail='', clock=None, faults=None,
+           **kwargs):
     behaviours = BehaviourMap(SKILLS, mapping, *(() if default is None else (default,)))
-    simulation = SimulationSettings(duration, parse_failures(fail), clock or Clock())
-    return PlanRunner(SKILLS, behaviours, simulation, **kwargs)
+    clock = clock or Clock()
+    simulation = SimulationSettings(duration, faults or Faults(fail), clock)
+    return PlanRunner(SKILLS, behaviours, simulation, clock=clock, **kwargs)
 
 
 def events(messages, validator):
@@ -66,9 +69,11 @@ def events(messages, validator):
 
 
 def run_out(plan_runner, validator, ticks=20):
+    """Tick ``ticks`` times, a second apart; return the events."""
     messages = []
     for _ in range(ticks):
         messages += plan_runner.tick()
+        plan_runner.clock.now += 1.0
     return events(messages, validator)
 
 
@@ -96,8 +101,8 @@ def test_a_plan_runs_step_by_step_in_the_simulated_household(validator):
     assert simulated.idle
 
 
-def test_a_failing_step_stops_the_tree_and_says_why(validator):
-    failing = runner(fail='拿起物体=水')
+def test_a_failing_step_stops_the_linear_tree_and_says_why(validator):
+    failing = runner(fail='拿起物体=水', recovery=False)
     failing.submit(plan('p2', BRING))
     assert run_out(failing, validator) == [
         ('p2', 0, 'RUNNING', '', ''), ('p2', 0, 'SUCCESS', '', ''),
@@ -109,7 +114,7 @@ def test_a_failing_step_stops_the_tree_and_says_why(validator):
 
 def test_the_household_refuses_a_step_whose_preconditions_do_not_hold(validator):
     # a plan the planner would refuse, published with validation.preconditions off
-    simulated = runner()
+    simulated = runner(recovery=False)
     simulated.submit(plan('p3', HAND_ONLY, preconditions=False))
     assert run_out(simulated, validator) == [
         ('p3', 0, 'RUNNING', '', ''),
@@ -119,7 +124,7 @@ def test_the_household_refuses_a_step_whose_preconditions_do_not_hold(validator)
 
 def test_plugged_behaviours_run_their_skills_and_the_state_follows(validator):
     mapping = '移动到=executor_behaviours:navigate_to'
-    plugged = runner(mapping)
+    plugged = runner(mapping, recovery=False)
     plugged.submit(plan('p4', FETCH))
     messages = []
     for _ in range(5):
@@ -252,9 +257,12 @@ def test_behaviour_mappings_are_checked_when_the_map_is_built(mapping, message):
 def test_mapping_and_failure_texts():
     assert parse_mapping(' 移动到 = a.b:c ,递给=d:e;\n', SKILLS) == {'移动到': 'a.b:c', '递给': 'd:e'}
     assert load_factory('executor_behaviours:Gripper') is executor_behaviours.Gripper
-    assert parse_failures('拿起物体=一瓶 水; 递给,') == [('拿起物体', '一瓶 水'), ('递给', '')]
-    with pytest.raises(ValueError, match="'=水': write action or action=target"):
-        parse_failures('=水')
+    assert parse_rules('拿起物体=一瓶 水; 递给, 拿起物体=遥控器*2') == [
+        Rule('拿起物体', '一瓶 水'), Rule('递给', ''), Rule('拿起物体', '遥控器', 2)]
+    with pytest.raises(ValueError, match="'=水': write name, name=target or name=target"):
+        parse_rules('=水')
+    with pytest.raises(ValueError, match="'拿起物体\\*0': the count after \\* must be"):
+        parse_rules('拿起物体*0')
     behaviours = BehaviourMap(SKILLS, '递给=executor_behaviours:gripper')
     assert behaviours.factory('递给') is executor_behaviours.gripper
     assert behaviours.factory('飞行') is None

@@ -31,6 +31,8 @@ ANSWERS = {
                  '寻找物体，杯子；拿起物体，杯子；移动到，我；递给，我'),
     '把水递给我': '把水递给我。递给，我',
     '去客厅': '去客厅。移动到，客厅',
+    '把遥控器拿给我': ('寻找遥控器；拿起遥控器；走到我身边；把遥控器递给我。寻找物体，遥控器；拿起物体，遥控器；'
+                '移动到，我；递给，我'),
 }
 DONE = 60.0  # seconds a test waits for a plan to end
 
@@ -171,6 +173,7 @@ def test_plans_from_planner_node_run_step_by_step_and_a_failing_skill_stops_the_
         client = domain.client('/robot1')
         # what `ros2 launch ... namespace:=robot1 executor:=true` starts, with overrides
         planner, executor = _start(domain, server, tmp_path, '/robot1', {
+            'execution.recovery': False,  # the linear tree: each step once, in plan order
             'simulation.step_duration_s': 0.2, 'simulation.fail': '拿起物体=杯子',
             'behaviours.skills': '移动到=executor_behaviours:navigate_to'},
             params_file=share_path('config', 'plan_executor.yaml'))
@@ -207,6 +210,57 @@ def test_plans_from_planner_node_run_step_by_step_and_a_failing_skill_stops_the_
             time.sleep(1.0)
             assert recorder.of(impossible) == []
             assert recorder.errors == []
+            assert _stop(executor, planner) == [0, 0]
+        finally:
+            executor.kill()
+            planner.kill()
+
+
+def test_recovery_retries_a_failed_pick_finds_a_dropped_object_and_fails_in_bounded_time(
+        server, tmp_path):
+    with ros_domain() as domain:
+        recorder = ExecutionRecorder(domain.node, '/plan_execution')
+        client = domain.client()
+        duration, delay = 0.1, 0.5  # delay_s: the shipped skills' retry default
+        planner, executor = _start(domain, server, tmp_path, executor_parameters={
+            'simulation.step_duration_s': duration,
+            'simulation.fail': '拿起物体=杯子*2, 拿起物体=遥控器',
+            'simulation.disturbances': 'drop=水*1'})
+        try:
+            assert client.wait_for_planner(30), planner.stderr()[-3000:]
+            _wait_for_executor(domain, executor, client, recorder)
+            # a pick that fails twice, then works: the plan succeeds, both failures reported
+            fetch = client.send('去厨房拿杯子给我', 'fetch-2')
+            assert recorder.wait_for_end(fetch)['status'] == 'SUCCESS'
+            failed = 'simulated failure of 拿起物体 杯子 (simulation.fail) (attempt %d of 3)'
+            assert [m for m in recorder.of(fetch) if m[0] == 2] == [
+                (2, 'RUNNING', '', ''), (2, 'RETRYING', 'step_failed', failed % 1),
+                (2, 'RUNNING', '', ''), (2, 'RETRYING', 'step_failed', failed % 2),
+                (2, 'RUNNING', '', ''), (2, 'SUCCESS', '', '')]
+            # a pick that always fails: FAILURE with the fact and what was tried, in bounded
+            # time (3 attempts of the step and 2 delays between them, plus the other steps)
+            started = time.monotonic()
+            remote = client.send('把遥控器拿给我', 'remote-1')
+            end = recorder.wait_for_end(remote, timeout=30)
+            elapsed = time.monotonic() - started
+            assert (end['status'], end['code'], end['unmet']) == (
+                'FAILURE', 'step_failed', 'held(遥控器)')
+            assert end['reason'] == ('simulated failure of 拿起物体 遥控器 (simulation.fail) '
+                                     '(attempt 3 of 3)')
+            assert end['tried'] == [{'action': '拿起物体', 'target': '遥控器', 'location': '',
+                                     'attempts': 3, 'achieves': ''}]
+            assert elapsed < 4 * duration + 2 * delay + 5.0  # + planning and ticks
+            # a dropped object is found and picked again before it is handed over
+            bring = client.send('把水拿给我', 'bring-2')
+            assert recorder.wait_for_end(bring)['status'] == 'SUCCESS'
+            with recorder._lock:
+                messages = [m for m in recorder.messages if m['plan_id'] == bring]
+            assert [m['changed'] for m in messages if m['changed']] == [
+                ['not held(水)'], ['not found(水)']]
+            assert [(m['step'], m['recovery']['action'], m['status']) for m in messages
+                    if m['recovery']] == [(3, '寻找物体', 'RUNNING'), (3, '寻找物体', 'SUCCESS'),
+                                          (3, '拿起物体', 'RUNNING'), (3, '拿起物体', 'SUCCESS')]
+            assert messages[-1]['state']['held'] == [] and recorder.errors == []
             assert _stop(executor, planner) == [0, 0]
         finally:
             executor.kill()

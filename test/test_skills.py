@@ -5,7 +5,7 @@ import re
 import pytest
 
 from robot_llm_planner.core.plan import parse_plan
-from robot_llm_planner.core.skills import default_skills_path, SkillError, SkillSet
+from robot_llm_planner.core.skills import default_skills_path, Retry, SkillError, SkillSet
 
 
 @pytest.fixture(scope='module')
@@ -104,6 +104,17 @@ def test_unknown_action_names_the_step_and_the_skills(skills):
      "key '拿起' is given twice in one mapping \\(line 2 column 3 and line 3 column 3\\)"),
     ('skills:\n  拿起: {required: [target], required: []}\n', "key 'required' is given twice"),
     ('skills: {拿起: {}}\nskills: {放下: {}}\n', "key 'skills' is given twice"),
+    # retries and the file's own keys
+    ('retry: 3\nskills: {拿起: {}}', 'retry must be a mapping \\(e.g. \\{attempts: 3'),
+    ('retry: {tries: 3}\nskills: {拿起: {}}', "retry: unknown key\\(s\\) 'tries'"),
+    ('retry: {attempts: 0}\nskills: {拿起: {}}', 'retry.attempts must be an integer >= 1'),
+    ('retry: {attempts: 2.5}\nskills: {拿起: {}}', 'retry.attempts must be an integer >= 1'),
+    ('retry: {delay_s: -1}\nskills: {拿起: {}}', 'retry.delay_s must be seconds from 0'),
+    ('retry: {delay_s: .nan}\nskills: {拿起: {}}', 'retry.delay_s must be seconds from 0'),
+    ('skills: {拿起: {retry: {attempts: true}}}', "skill '拿起': retry.attempts must be"),
+    ('retries: {attempts: 2}\nskills: {拿起: {}}', "unknown key\\(s\\) 'retries' \\(known: "
+     'schema_version, state, retry, skills\\)'),
+    ('schema_version: 3\nskills: {拿起: {}}', 'schema_version 3 is not one this'),
 ])
 def test_malformed_skills_file(tmp_path, content, message):
     path = tmp_path / 'skills.yaml'
@@ -111,6 +122,17 @@ def test_malformed_skills_file(tmp_path, content, message):
     with pytest.raises(SkillError, match=message) as info:
         SkillSet.load(str(path))
     assert str(path) in str(info.value)
+
+
+def test_retries_come_from_the_skill_or_the_files_default(tmp_path, skills):
+    assert skills.retry == Retry(3, 0.5) and skills.retry_of('拿起物体') == Retry(3, 0.5)
+    path = tmp_path / 'skills.yaml'
+    path.write_text('schema_version: 1\nretry: {delay_s: 0}\nskills:\n'
+                    '  拿起: {required: [target], retry: {attempts: 5}}\n'
+                    '  放下: {required: [target]}\n', encoding='utf-8')
+    own = SkillSet.load(str(path))
+    assert own.retry_of('拿起') == Retry(5, 0.0)  # the default's delay, its own attempts
+    assert own.retry_of('放下') == Retry(3, 0.0) == own.retry_of('not a skill')
 
 
 def test_missing_skills_file(tmp_path):

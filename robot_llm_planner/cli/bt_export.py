@@ -3,7 +3,9 @@
 
 Each input line is an /action_plan JSON message (what planner_node publishes, ``cli plan``
 and ``cli validate`` print). Every ``ok`` plan becomes one document (tree ID: the message
-id) written to standard output, one after the other, or to ``DIR/<id>.xml`` with ``--out``.
+id) written to standard output, one after the other, or to ``DIR/<id>.xml`` with ``--out``:
+with recovery (the skills' needs, effects and retries, as plan_executor runs it) unless
+``--linear`` asks for the plain Sequence of ``Skill`` nodes.
 A line that is not an ok plan, or whose values BehaviorTree.CPP cannot take, is reported on
 standard error and skipped. ``--nodes-model`` prints the ``TreeNodesModel`` of the ``Skill``
 node for Groot2 instead.
@@ -12,18 +14,21 @@ node for Groot2 instead.
 import json
 import os
 import re
-from typing import Iterable, Iterator, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
-from robot_llm_planner.core.bt_xml import BtXmlError, plan_to_bt_xml
+from robot_llm_planner.core.bt_xml import BtXmlError, plan_to_bt_xml, recovery_bt_xml
+from robot_llm_planner.core.skills import SkillSet
 
 _UNSAFE_FILE_CHARS = re.compile(r'[^\w.-]')
 
 
-def documents(lines: Iterable[str]) -> Iterator[Tuple[str, str, str]]:
+def documents(lines: Iterable[str],
+              skills: Optional[SkillSet] = None) -> Iterator[Tuple[str, str, str]]:
     """
     Yield ``(id, xml, problem)`` per non-blank line: the document, or '' and why there is none.
 
-    The id is '' when the line has none (not JSON, not an object).
+    The id is '' when the line has none (not JSON, not an object). With ``skills`` the
+    document has the recovery structure, else it is linear.
     """
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -51,7 +56,8 @@ def documents(lines: Iterable[str]) -> Iterator[Tuple[str, str, str]]:
                 number, request_id)
             continue
         try:
-            yield request_id, plan_to_bt_xml(request_id, steps), ''
+            yield request_id, (plan_to_bt_xml(request_id, steps) if skills is None
+                               else recovery_bt_xml(request_id, steps, skills)), ''
         except BtXmlError as exc:
             yield request_id, '', 'line %d (id %s): %s' % (number, request_id, exc)
 
@@ -67,9 +73,10 @@ def file_name(request_id: str, taken: set) -> str:
     return name
 
 
-def write_documents(lines: Iterable[str], out_dir: str, stdout, stderr) -> Tuple[int, int]:
+def write_documents(lines: Iterable[str], out_dir: str, stdout, stderr,
+                    skills: Optional[SkillSet] = None) -> Tuple[int, int]:
     """
-    Write the document of each ok plan in ``lines``; return (written, skipped).
+    Write the document of each ok plan in ``lines`` (:func:`documents`); return (written, skipped).
 
     With ``out_dir`` each goes to its own file (its path printed on ``stdout``), else to
     ``stdout``. Skipped lines are reported on ``stderr``.
@@ -78,7 +85,7 @@ def write_documents(lines: Iterable[str], out_dir: str, stdout, stderr) -> Tuple
     taken: set = set()
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-    for request_id, xml, problem in documents(lines):
+    for request_id, xml, problem in documents(lines, skills):
         if problem:
             skipped += 1
             print('bt-xml: %s' % problem, file=stderr)

@@ -217,16 +217,17 @@ def _bt_xml(args: argparse.Namespace) -> int:
     from robot_llm_planner.cli.bt_export import write_documents
     from robot_llm_planner.core.bt_xml import nodes_model_xml
     from robot_llm_planner.core.skills import SkillError, SkillSet
+    try:
+        skills = SkillSet.load(args.skills_file or None)
+    except SkillError as exc:
+        print('bt-xml: %s' % exc, file=sys.stderr)
+        return 2
     if args.nodes_model:
-        try:
-            sys.stdout.write(nodes_model_xml(SkillSet.load(args.skills_file or None)))
-        except SkillError as exc:
-            print('bt-xml: %s' % exc, file=sys.stderr)
-            return 2
+        sys.stdout.write(nodes_model_xml(skills))
         return 0
     try:
         written, skipped = write_documents(_input_lines(args.files), args.out, sys.stdout,
-                                           sys.stderr)
+                                           sys.stderr, None if args.linear else skills)
     except (OSError, UnicodeDecodeError) as exc:
         print('bt-xml: %s' % exc, file=sys.stderr)
         return 2
@@ -292,9 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt_xml.add_argument('-o', '--out', default='', metavar='DIR', help='write DIR/<id>.xml per '
                         'plan and print the paths (default: the documents on standard output)')
     bt_xml.add_argument('--nodes-model', action='store_true', help='print the TreeNodesModel of '
-                        'the Skill node for Groot2 instead (from the skills file)')
+                        'the Skill and Holds nodes for Groot2 instead (from the skills file)')
+    bt_xml.add_argument('--linear', action='store_true', help='a plain Sequence of Skill nodes '
+                        '(default: with recovery, as plan_executor runs it)')
     bt_xml.add_argument('--skills', dest='skills_file', default='', metavar='FILE',
-                        help='skills YAML for --nodes-model (default: the installed one)')
+                        help='skills YAML: the needs, effects and retries of the recovery, and '
+                        'the node model (default: the installed one)')
     bt_xml.set_defaults(run=_bt_xml)
 
     parameters = sub.add_parser('parameters', help='print the parameter reference (markdown)')

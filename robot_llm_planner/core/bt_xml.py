@@ -1,7 +1,8 @@
 """
 A plan as a BehaviorTree.CPP v4 XML document, and the ``Skill`` node model for Groot2.
 
-One tree per plan: a ``Sequence`` of generic ``Skill`` nodes, one per step, in plan order::
+Linear: one tree per plan, a ``Sequence`` of generic ``Skill`` nodes, one per step, in plan
+order::
 
     <root BTCPP_format="4" main_tree_to_execute="cli-1">
       <BehaviorTree ID="cli-1">
@@ -15,6 +16,20 @@ names are ASCII; values are XML-escaped UTF-8. BehaviorTree.CPP reads a port val
 ``{key}`` as a blackboard reference, so a value holding ``{`` or ``}`` is refused
 (:class:`BtXmlError`), as is a character XML 1.0 cannot carry.
 
+With recovery (:func:`recovery_bt_xml`), each step is the structure plan_executor ticks
+(:mod:`robot_llm_planner.core.recovery`), with a condition node ``Holds`` (input port
+``fact``: ``found(遥控器)``, ``hand_free``, ...) the robot registers beside ``Skill``::
+
+    <Fallback name="1 寻找物体 遥控器">              only for a step that can be skipped
+      <Holds fact="found(遥控器)"/>                its effects hold: skip it
+      <ReactiveSequence>                           needs re-checked on every tick
+        <Fallback>                                 per need: it holds, or achieve it
+          <Holds fact="..."/>  <ReactiveSequence> the inserted step </ReactiveSequence>
+        </Fallback>
+        <Fallback>                                 the step's Skill: a first attempt, then
+          <Skill .../>                             attempts - 1 more, delay_s apart
+          <RetryUntilSuccessful num_attempts="2"><Delay delay_msec="500"><Skill .../>
+
 This module uses only the standard library.
 """
 
@@ -23,8 +38,13 @@ from typing import Iterable, List, Optional, Union
 from xml.sax.saxutils import escape
 
 from robot_llm_planner.core.plan import Step
+from robot_llm_planner.core.recovery import Action, reactive_plan
+from robot_llm_planner.core.skills import SkillSet
 
 NODE = 'Skill'
+CONDITION = 'Holds'
+FACT_HELP = ('a fact about a thing that must hold: at(X), found(X), held(X), open(X), '
+             'closed(X) or hand_free; not in front negates it')
 PORTS = ('action', 'target', 'location')
 PORT_HELP = {
     'action': 'the skill to run (config/skills.yaml)',
@@ -82,22 +102,95 @@ def plan_to_bt_xml(tree_id: str, steps: List[StepLike]) -> str:
     problem = unsafe_value(steps)
     if problem:
         raise BtXmlError(problem)
+    return _document(tree_id, ['      ' + _skill(step) for step in steps])
+
+
+def _document(tree_id: str, body: List[str]) -> str:
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              '<root BTCPP_format="4" main_tree_to_execute=%s>' % _attribute(tree_id),
              '  <BehaviorTree ID=%s>' % _attribute(tree_id),
-             '    <Sequence>']
-    for step in steps:
-        name = _value(step, 'description')
-        ports = ' '.join('%s=%s' % (port, _attribute(_value(step, port))) for port in PORTS)
-        named = 'name=%s ' % _attribute(name) if name else ''
-        lines.append('      <%s %s%s/>' % (NODE, named, ports))
-    lines += ['    </Sequence>', '  </BehaviorTree>', '</root>']
+             '    <Sequence>'] + body + ['    </Sequence>', '  </BehaviorTree>', '</root>']
     return '\n'.join(lines) + '\n'
+
+
+def _skill(step: StepLike, name: str = '') -> str:
+    name = name or _value(step, 'description')
+    ports = ' '.join('%s=%s' % (port, _attribute(_value(step, port))) for port in PORTS)
+    named = 'name=%s ' % _attribute(name) if name else ''
+    return '<%s %s%s/>' % (NODE, named, ports)
+
+
+def recovery_bt_xml(tree_id: str, steps: List[StepLike], skills: SkillSet) -> str:
+    """
+    Return the document running ``steps`` with recovery, as plan_executor does.
+
+    Each step is skipped when its effects hold, makes every need true first (the inserted
+    steps of :func:`~robot_llm_planner.core.recovery.reactive_plan`, re-checked on every
+    tick) and tries its Skill as its ``retry`` says. Raise :class:`BtXmlError` as
+    :func:`plan_to_bt_xml` does, or for a step that is not a skill of ``skills``.
+    """
+    plan_to_bt_xml(tree_id, steps)  # the same checks of the values
+    plain = [Step(_value(s, 'description'), _value(s, 'action'), _value(s, 'target'),
+                  _value(s, 'location')) for s in steps]
+    try:
+        actions = reactive_plan(skills, plain)
+    except ValueError as exc:
+        raise BtXmlError(str(exc)) from exc
+    body: List[str] = []
+    for action in actions:
+        body += _step_lines(action, 6)
+    return _document(_NOT_XML.sub('', tree_id) or 'plan', body)
+
+
+def _step_lines(action: Action, indent: int) -> List[str]:
+    name = '%d %s %s' % (action.index + 1, action.step.action, action.step.target)
+    if not action.skippable:
+        return _achieve_lines(action, indent, name)
+    facts = [' ' * (indent + 2) + _holds(str(goal)) for goal in action.effects]
+    if len(facts) > 1:
+        facts = [' ' * (indent + 2) + '<Sequence>'] + ['  ' + f for f in facts] + \
+            [' ' * (indent + 2) + '</Sequence>']
+    return ([' ' * indent + '<Fallback name=%s>' % _attribute(name)] + facts
+            + _achieve_lines(action, indent + 2) + [' ' * indent + '</Fallback>'])
+
+
+def _achieve_lines(action: Action, indent: int, name: str = '') -> List[str]:
+    pad = ' ' * indent
+    named = ' name=%s' % _attribute(name) if name else ''
+    lines = [pad + '<ReactiveSequence%s>' % named]
+    for need in action.needs:
+        if need.achieve is None:
+            lines.append(pad + '  ' + _holds(str(need.goal)))
+            continue
+        lines += [pad + '  <Fallback>', pad + '    ' + _holds(str(need.goal))]
+        lines += _achieve_lines(need.achieve, indent + 4)
+        lines.append(pad + '  </Fallback>')
+    return lines + _attempt_lines(action, indent + 2) + [pad + '</ReactiveSequence>']
+
+
+def _attempt_lines(action: Action, indent: int) -> List[str]:
+    pad = ' ' * indent
+    name = '%s (for %s)' % (action.step.description, action.achieves) if action.achieves \
+        else ''
+    skill = _skill(action.step, name)
+    if action.retry.attempts == 1:
+        return [pad + skill]
+    retried = [pad + '    ' + skill]
+    if action.retry.delay_s > 0:
+        retried = [pad + '    <Delay delay_msec="%d">' % round(action.retry.delay_s * 1000),
+                   '  ' + retried[0], pad + '    </Delay>']
+    return ([pad + '<Fallback>', pad + '  ' + skill,
+             pad + '  <RetryUntilSuccessful num_attempts="%d">' % (action.retry.attempts - 1)]
+            + retried + [pad + '  </RetryUntilSuccessful>', pad + '</Fallback>'])
+
+
+def _holds(fact: str) -> str:
+    return '<%s fact=%s/>' % (CONDITION, _attribute(fact))
 
 
 def nodes_model_xml(skills: Iterable) -> str:
     """
-    Return the ``TreeNodesModel`` of the ``Skill`` node for Groot2.
+    Return the ``TreeNodesModel`` of the ``Skill`` action and ``Holds`` condition for Groot2.
 
     ``skills`` are :class:`~robot_llm_planner.core.skills.Skill` objects (a SkillSet); the
     ``action`` port's description lists them.
@@ -112,5 +205,9 @@ def nodes_model_xml(skills: Iterable) -> str:
     for port in PORTS:
         lines.append('      <input_port name="%s" type="std::string">%s</input_port>'
                      % (port, escape(help_text[port])))
-    lines += ['    </Action>', '  </TreeNodesModel>', '</root>']
+    lines += ['    </Action>',
+              '    <Condition ID="%s">' % CONDITION,
+              '      <input_port name="fact" type="std::string">%s</input_port>'
+              % escape(FACT_HELP),
+              '    </Condition>', '  </TreeNodesModel>', '</root>']
     return '\n'.join(lines) + '\n'

@@ -169,10 +169,23 @@ EXECUTOR_PARAMETERS: Tuple[Parameter, ...] = (
               'tree.', default=0.1, positive=True),
     Parameter('execution.setup_timeout_s', float, "Seconds a tree's setup may take (e.g. "
               'action clients waiting for their server).', default=10.0, positive=True),
+    Parameter('execution.recovery', bool, 'Reactive trees: a step whose effects hold is '
+              'skipped, a precondition that does not hold is made true by the skill whose '
+              'effects do so, and each skill is retried as config/skills.yaml says (retry). '
+              'false: the steps in plan order, each tried once.', default=True),
     Parameter('simulation.step_duration_s', float, 'Seconds each step of the simulated '
               'household runs.', default=0.5, minimum=0),
-    Parameter('simulation.fail', str, 'Simulated steps made to fail: action or action=target '
-              'entries separated by , or ; (e.g. 拿起物体=一瓶水).', default=''),
+    Parameter('simulation.fail', str, 'Simulated attempts made to fail: action, action=target '
+              'or action=target*count entries separated by , or ; (e.g. 拿起物体=遥控器*2: the '
+              'first 2 attempts fail; without a count every attempt fails).', default=''),
+    Parameter('simulation.fail_rate', float, 'Probability that any simulated attempt fails '
+              '(drawn from simulation.seed).', default=0.0, minimum=0, maximum=1),
+    Parameter('simulation.seed', int, 'Seed of the random draws of simulation.fail_rate.',
+              default=0, minimum=0),
+    Parameter('simulation.disturbances', str, 'The simulated world changing by itself: '
+              'drop[=object][*count] (a picked-up object slips out of the hand as the next step '
+              'begins), close[=thing][*count] (an opened thing closes again), separated by , '
+              'or ;.', default=''),
 )
 
 EXECUTOR_PARAMETERS_BY_NAME = {parameter.name: parameter for parameter in EXECUTOR_PARAMETERS}
@@ -322,6 +335,10 @@ class ExecutorConfig:
     setup_timeout_s: float = 10.0
     step_duration_s: float = 0.5
     fail: str = ''
+    recovery: bool = True
+    fail_rate: float = 0.0
+    seed: int = 0
+    disturbances: str = ''
 
 
 _EXECUTOR_FIELDS = {
@@ -331,6 +348,8 @@ _EXECUTOR_FIELDS = {
     'execution.max_queued': 'max_queued', 'execution.tick_period_s': 'tick_period_s',
     'execution.setup_timeout_s': 'setup_timeout_s',
     'simulation.step_duration_s': 'step_duration_s', 'simulation.fail': 'fail',
+    'execution.recovery': 'recovery', 'simulation.fail_rate': 'fail_rate',
+    'simulation.seed': 'seed', 'simulation.disturbances': 'disturbances',
 }
 
 

@@ -3,7 +3,9 @@ The robot's skill vocabulary (config/skills.yaml) and plan validation against it
 
 Besides its arguments, a skill may state what must hold before it runs (``requires``) and what
 holds after it (``effects``) over the symbolic state of :mod:`robot_llm_planner.core.world`;
-:meth:`SkillSet.check_preconditions` runs a plan over that state from the start.
+:meth:`SkillSet.check_preconditions` runs a plan over that state from the start. How often
+plan_executor tries a skill before it gives up (``retry``: attempts and the delay between them)
+is set per skill, with a default for the file.
 """
 
 from dataclasses import dataclass
@@ -18,9 +20,22 @@ import yaml
 PACKAGE = 'robot_llm_planner'
 
 # The keys a skill's entry may have (config/skills.yaml explains each).
-SKILL_KEYS = ('description', 'required', 'optional', 'arguments', 'requires', 'effects')
-# The keys of the file's `state:` mapping.
+SKILL_KEYS = ('description', 'required', 'optional', 'arguments', 'requires', 'effects',
+              'retry')
+# The keys of the file's `state:` mapping, of a `retry:` mapping and of the file itself.
 STATE_KEYS = ('max_held',)
+RETRY_KEYS = ('attempts', 'delay_s')
+FILE_KEYS = ('schema_version', 'state', 'retry', 'skills')
+# The skills file versions this code reads: 2 added `retry`.
+SCHEMA_VERSIONS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How plan_executor retries a skill: at most ``attempts`` tries, ``delay_s`` apart."""
+
+    attempts: int = 3
+    delay_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,7 @@ class Skill:
     optional: Tuple[str, ...]
     requires: Tuple[Fact, ...] = ()
     effects: Tuple[Fact, ...] = ()
+    retry: Optional[Retry] = None   # None: the file's default
 
     @property
     def max_arguments(self) -> int:
@@ -98,11 +114,17 @@ class SkillSet:
     """The set of skills a plan is validated against."""
 
     def __init__(self, skills: List[Skill], source: str = '',
-                 max_held: int = DEFAULT_MAX_HELD) -> None:
+                 max_held: int = DEFAULT_MAX_HELD, retry: Retry = Retry()) -> None:
         """Hold ``skills``; ``source`` names where they came from (for messages)."""
         self.skills: Dict[str, Skill] = {skill.name: skill for skill in skills}
         self.source = source
         self.max_held = max_held
+        self.retry = retry
+
+    def retry_of(self, action: str) -> Retry:
+        """Return how ``action`` is retried (its own ``retry``, else the file's default)."""
+        skill = self.skills.get(action)
+        return skill.retry if skill is not None and skill.retry is not None else self.retry
 
     def __contains__(self, action: str) -> bool:
         """Return True when ``action`` is a known skill."""
@@ -138,12 +160,16 @@ class SkillSet:
             raise SkillError('skills file %s is not valid YAML: %s' % (path, exc)) from exc
         if not isinstance(data, dict) or not isinstance(data.get('skills'), dict):
             raise SkillError('skills file %s must have a mapping `skills:`' % path)
+        _check_file_keys(data, path)
+        default = _retry(data.get('retry'), 'retry', Retry(), path)
         skills = []
         for name, spec in data['skills'].items():
-            skills.append(_skill_from_yaml(name, {} if spec is None else spec, path))
+            spec = {} if spec is None else spec
+            skills.append(_skill_from_yaml(name, spec, path, default))
         if not skills:
             raise SkillError('skills file %s defines no skills' % path)
-        return cls(skills, source=path, max_held=_max_held(data.get('state'), path))
+        return cls(skills, source=path, max_held=_max_held(data.get('state'), path),
+                   retry=default)
 
     def validate(self, plan: Plan) -> List[PlanError]:
         """Return the errors that make ``plan`` not executable by this robot."""
@@ -211,6 +237,39 @@ class SkillSet:
                 return [error]
             self.apply_effects(state, step)
         return []
+
+
+def _check_file_keys(data: dict, path: str) -> None:
+    unknown = [key for key in data if key not in FILE_KEYS]
+    if unknown:
+        raise SkillError('skills file %s: unknown key(s) %s (known: %s)' % (
+            path, ', '.join(repr(k) for k in unknown), ', '.join(FILE_KEYS)))
+    version = data.get('schema_version', 1)
+    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
+        raise SkillError('skills file %s: schema_version %r is not one this robot_llm_planner '
+                         'reads (%s)' % (path, version, ', '.join(map(str, SCHEMA_VERSIONS))))
+
+
+def _retry(spec: object, where: str, default: Retry, path: str) -> Retry:
+    """Return the Retry of a `retry:` mapping; keys it leaves out keep ``default``'s."""
+    if spec is None:
+        return default
+    if not isinstance(spec, dict):
+        raise SkillError('skills file %s: %s must be a mapping (e.g. {attempts: 3, '
+                         'delay_s: 0.5}), got %r' % (path, where, spec))
+    unknown = [key for key in spec if key not in RETRY_KEYS]
+    if unknown:
+        raise SkillError('skills file %s: %s: unknown key(s) %s (known: %s)' % (
+            path, where, ', '.join(repr(k) for k in unknown), ', '.join(RETRY_KEYS)))
+    attempts = spec.get('attempts', default.attempts)
+    delay = spec.get('delay_s', default.delay_s)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise SkillError('skills file %s: %s.attempts must be an integer >= 1 (1: no retry), '
+                         'got %r' % (path, where, attempts))
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < 3600:
+        raise SkillError('skills file %s: %s.delay_s must be seconds from 0 to 3600, got %r'
+                         % (path, where, delay))
+    return Retry(attempts, float(delay))
 
 
 def _max_held(spec: object, path: str) -> int:
@@ -284,7 +343,7 @@ def _argument_list(spec: dict, key: str, name: str, path: str) -> Tuple[str, ...
     return tuple(value)
 
 
-def _skill_from_yaml(name: object, spec: dict, path: str) -> Skill:
+def _skill_from_yaml(name: object, spec: dict, path: str, default_retry: Retry) -> Skill:
     name = _check_name(name, path)
     if not isinstance(spec, dict):
         raise SkillError('skills file %s: skill %r must be a mapping' % (path, name))
@@ -300,6 +359,9 @@ def _skill_from_yaml(name: object, spec: dict, path: str) -> Skill:
         raise SkillError(
             'skills file %s: skill %r: required + optional must be a prefix of %s in that '
             'order (output2 is positional), got %s' % (path, name, list(ARGUMENTS), list(order)))
+    retry = None
+    if spec.get('retry') is not None:
+        retry = _retry(spec['retry'], 'skill %r: retry' % name, default_retry, path)
     return Skill(name, str(spec.get('description', '')), required, optional,
                  _facts(spec, 'requires', name, order, path),
-                 _facts(spec, 'effects', name, order, path))
+                 _facts(spec, 'effects', name, order, path), retry)

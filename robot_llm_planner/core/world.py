@@ -53,8 +53,13 @@ class Fact:
 
     def __str__(self) -> str:
         """Return the fact as written in the skills file."""
-        text = '%s(%s)' % (self.predicate, self.argument) if self.argument else self.predicate
-        return 'not ' + text if self.negated else text
+        return fact_text(self.predicate, self.argument, self.negated)
+
+
+def fact_text(predicate: str, argument: str, negated: bool = False) -> str:
+    """Return ``predicate(argument)`` (the predicate alone without one), ``not`` if negated."""
+    text = '%s(%s)' % (predicate, argument) if argument else predicate
+    return 'not ' + text if negated else text
 
 
 def parse_fact(text: object, as_effect: bool = False) -> Fact:
@@ -119,39 +124,56 @@ class WorldState:
         value = self.value(fact, step)
         if value is None and fact.argument != 'last':
             return True  # the step leaves the argument empty: nothing to check
-        if fact.predicate == 'hand_free':
-            true = len(self.held) < self.max_held
-        elif value is None:  # held(last) with nothing held
-            true = False
-        elif fact.predicate == 'at':
-            true = self.place == value
-        elif fact.predicate == 'held':
-            true = value in self.held
-        elif fact.predicate == 'found':
-            true = value in self.found
-        else:
-            true = value in (self.opened if fact.predicate == 'open' else self.closed)
+        true = value is not None and self.is_true(fact.predicate, value)
         return true != fact.negated
+
+    def is_true(self, predicate: str, value: str) -> bool:
+        """Return whether ``predicate(value)`` is true now (``held('')``: anything is held)."""
+        if predicate == 'hand_free':
+            return len(self.held) < self.max_held
+        if predicate == 'at':
+            return self.place == value
+        if predicate == 'held':
+            return value in self.held if value else bool(self.held)
+        if predicate == 'found':
+            return value in self.found
+        return value in (self.opened if predicate == 'open' else self.closed)
 
     def apply(self, fact: Fact, step: Step) -> None:
         """Make the effect ``fact`` of ``step`` true."""
         value = self.value(fact, step)
-        if not value:
-            return
-        if fact.predicate == 'at':
-            self.place = value
-        elif fact.predicate == 'found':
-            (self.found.discard if fact.negated else self.found.add)(value)
-        elif fact.predicate == 'held':
-            if not fact.negated:
+        if value:
+            self.change(fact.predicate, value, not fact.negated)
+
+    def change(self, predicate: str, value: str, true: bool) -> None:
+        """
+        Make ``predicate(value)`` true or false.
+
+        ``held``: true picks one more ``value`` up, false puts one down (the last one picked;
+        ``value`` '' puts down the object picked up last). ``open`` / ``closed``: true sets one
+        and clears the other, false makes the thing's state unknown. ``hand_free`` follows from
+        ``held`` and cannot be changed.
+        """
+        if predicate == 'at':
+            self.place = value if true else ('' if self.place == value else self.place)
+        elif predicate == 'found':
+            (self.found.add if true else self.found.discard)(value)
+        elif predicate == 'held':
+            value = value or (self.held[-1] if self.held and not true else '')
+            if true:
                 self.held.append(value)
             elif value in self.held:
                 del self.held[len(self.held) - 1 - self.held[::-1].index(value)]
-        else:
-            made, other = ((self.opened, self.closed) if fact.predicate == 'open'
+        elif predicate in ('open', 'closed'):
+            made, other = ((self.opened, self.closed) if predicate == 'open'
                            else (self.closed, self.opened))
-            made.add(value)
-            other.discard(value)
+            if true:
+                made.add(value)
+                other.discard(value)
+            else:
+                made.discard(value)
+        else:
+            raise FactError('%s cannot be changed: it follows from what is held' % predicate)
 
     def need(self, fact: Fact, step: Step) -> str:
         """Return, in words, what the unmet condition ``fact`` needs and what the state is."""

@@ -18,9 +18,11 @@ import re
 from typing import Any, Callable, Dict, Optional
 
 from robot_llm_planner.core.plan import Step
+from robot_llm_planner.core.recovery import parse_goal
 from robot_llm_planner.core.settings import SIMULATED_BEHAVIOUR
 from robot_llm_planner.core.skills import SkillSet
 from robot_llm_planner.core.world import WorldState
+
 _SPEC = re.compile(r'^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$')
 _ENTRY_SEPARATORS = re.compile(r'[,;\n]')
 
@@ -31,13 +33,32 @@ class BehaviourError(ValueError):
 
 @dataclass
 class StepContext:
-    """What a behaviour factory gets besides the step."""
+    """What a behaviour factory gets besides the step, and how a behaviour reports facts."""
 
     plan_id: str        # the /action_plan id
-    index: int          # the step's index in the plan (0-based)
+    index: int          # the step's index in the plan (0-based; a recovery step: the step
+    #                     it serves)
     skills: SkillSet    # the skills file the executor runs with
     world: WorldState   # the plan's symbolic state (updated as steps succeed)
     simulation: Any     # the simulated household's settings (simulation.SimulationSettings)
+    on_fact: Optional[Callable[[int, str, bool, str], None]] = None  # set by the plan run
+
+    def report_fact(self, fact: str, true: bool, by: str = '') -> None:
+        """
+        Tell the plan that a fact about a thing is now true or false.
+
+        ``context.report_fact('held(遥控器)', False)``: the object was lost.
+
+        ``fact`` is ``predicate(thing)`` (at, found, held, open, closed; ``not`` in front
+        negates it) and ``true`` its new truth; ``by`` says who noticed (for the record). The
+        plan's state changes at once, /plan_execution records it, and the reactive tree checks
+        the steps' needs against it on its next tick. ValueError for a text that is no fact.
+        """
+        if self.on_fact is not None:
+            self.on_fact(self.index, fact, true, by)
+            return
+        goal = parse_goal(fact)
+        self.world.change(goal.predicate, goal.value, true != goal.negated)
 
 
 Factory = Callable[[Step, StepContext], Any]

@@ -15,7 +15,8 @@ arrives while one runs is handled by the policy:
 
 from collections import deque
 import json
-from typing import Deque, Dict, List, Optional, Tuple
+import time
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from robot_llm_planner.core.settings import EXECUTION_POLICIES
 from robot_llm_planner.core.skills import SkillSet
@@ -31,8 +32,14 @@ class PlanRunner:
     def __init__(self, skills: SkillSet, behaviours: BehaviourMap,
                  simulation: Optional[SimulationSettings] = None, policy: str = 'queue',
                  max_queued: int = 8, setup: Optional[Dict] = None,
-                 setup_timeout_s: float = 30.0) -> None:
-        """Run plans with ``behaviours``; ``setup`` goes to each tree's setup (e.g. node=)."""
+                 setup_timeout_s: float = 30.0, recovery: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """
+        Run plans with ``behaviours``; ``setup`` goes to each tree's setup (e.g. node=).
+
+        ``recovery``: reactive trees with retries and recovery steps (else linear ones);
+        ``clock`` times the delays between attempts.
+        """
         if policy not in EXECUTION_POLICIES:
             raise ValueError('policy must be one of %s, got %r'
                              % (', '.join(EXECUTION_POLICIES), policy))
@@ -40,6 +47,7 @@ class PlanRunner:
         self.simulation = simulation or SimulationSettings()
         self.policy, self.max_queued = policy, max_queued
         self.setup, self.setup_timeout_s = setup or {}, setup_timeout_s
+        self.recovery, self.clock = recovery, clock
         self.current: Optional[PlanRun] = None
         self.waiting: Deque[dict] = deque()
         self.warnings: List[str] = []  # for the log: problems that have no message of their own
@@ -86,7 +94,7 @@ class PlanRunner:
     def _build(self, plan: dict) -> Tuple[Optional[PlanRun], List[dict]]:
         try:
             return PlanRun(plan, self.skills, self.behaviours, self.simulation, self.setup,
-                           self.setup_timeout_s), []
+                           self.setup_timeout_s, self.recovery, self.clock), []
         except BehaviourFailed as exc:
             code, reason = 'behaviour_error', str(exc)
         except ValueError as exc:

@@ -3,8 +3,8 @@ plan_executor: runs the planner's plans as py_trees trees.
 
 Started with ``ros2 run robot_llm_planner plan_executor`` (or the launch file's ``executor``
 argument), it subscribes to ``topics.plan`` (/action_plan), builds one tree per ``ok`` plan
-(a Sequence with memory, one behaviour per step, :mod:`robot_llm_planner.execution`), ticks it
-every ``execution.tick_period_s`` and publishes the progress on ``topics.execution``
+(one subtree per step, reactive with recovery or linear: :mod:`robot_llm_planner.execution`),
+ticks it every ``execution.tick_period_s`` and publishes the progress on ``topics.execution``
 (std_msgs/String carrying the /plan_execution JSON of config/plan_execution.schema.json).
 Each skill's behaviour comes from a factory named in ``behaviours.default`` /
 ``behaviours.skills``; by default the simulated household runs them. Trees are set up with
@@ -31,8 +31,9 @@ from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS, ExecutorConf
                                                load_executor_config)
 from robot_llm_planner.core.skills import SkillError, SkillSet
 from robot_llm_planner.execution.behaviours import BehaviourError, BehaviourMap
+from robot_llm_planner.execution.faults import Faults
 from robot_llm_planner.execution.runner import PlanRunner
-from robot_llm_planner.execution.simulation import parse_failures, SimulationSettings
+from robot_llm_planner.execution.simulation import SimulationSettings
 from robot_llm_planner.execution.tree import execution_message, FAILURE
 from std_msgs.msg import String
 
@@ -80,8 +81,9 @@ class PlanExecutorNode(Node):
             self.get_logger().error(self._error + ' (every plan is answered FAILURE)')
         self._runner = None if errors else runner
         self._timer = self.create_timer(config.tick_period_s, self._tick)
-        self.get_logger().info('plans on %s, progress on %s; policy %s; behaviours: %s' % (
+        self.get_logger().info('plans on %s, progress on %s; policy %s; %s; behaviours: %s' % (
             self._sub.topic_name, self._pub.topic_name, config.policy,
+            'reactive trees with recovery' if config.recovery else 'linear trees',
             self._describe_behaviours(config)))
 
     def _create(self, kind: str, config: ExecutorConfig, errors: List[str]):
@@ -101,9 +103,11 @@ class PlanExecutorNode(Node):
     def _build_runner(self, config: ExecutorConfig) -> PlanRunner:
         skills = SkillSet.load(config.skills_file or None)
         behaviours = BehaviourMap(skills, config.behaviours_skills, config.behaviours_default)
-        simulation = SimulationSettings(config.step_duration_s, parse_failures(config.fail))
+        faults = Faults(config.fail, config.fail_rate, config.seed, config.disturbances)
+        simulation = SimulationSettings(config.step_duration_s, faults)
         return PlanRunner(skills, behaviours, simulation, config.policy, config.max_queued,
-                          setup={'node': self}, setup_timeout_s=config.setup_timeout_s)
+                          setup={'node': self}, setup_timeout_s=config.setup_timeout_s,
+                          recovery=config.recovery)
 
     @staticmethod
     def _describe_behaviours(config: ExecutorConfig) -> str:

@@ -11,7 +11,8 @@
    task), one the demo model plans impossibly (refused ``precondition_failed``) and a
    nonsense one, and prints each plan as a table;
 5. shows the ok plans running in the simulated household: the first step by step with the
-   state, the others one line each (/plan_execution);
+   state, the others one line each (/plan_execution); the first attempt to pick something up
+   fails (``simulation.fail`` ``拿起物体*1``), and the reactive tree retries it;
 6. prints the held-out test split's plan exact match (the figure of docs/demo.md, same code);
 7. stops the nodes with SIGINT and waits for them.
 
@@ -40,6 +41,8 @@ IMPOSSIBLE = '把笔记本送到姐姐那里！'
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 15.0
 STEP_DURATION_S = 0.3    # each step of the simulated household
+FAIL_ONCE = '拿起物体*1'  # the first pick-up attempt fails: the demo shows it retried
+MAX_SAMPLES = 16         # planner_node's default queue.max_size: no sample is refused
 EXECUTION_TIMEOUT_S = 120.0
 
 
@@ -154,7 +157,10 @@ def start_executor(env: Dict[str, str], log_path: str, namespace: str = ''):
     from robot_llm_planner.core.skills import package_share_path
     command = _executable('plan_executor') + [
         '--ros-args', '--params-file', package_share_path('config', 'plan_executor.yaml'),
-        '-p', 'simulation.step_duration_s:=%g' % STEP_DURATION_S]
+        '-p', 'simulation.step_duration_s:=%g' % STEP_DURATION_S,
+        '-p', 'simulation.fail:=%s' % FAIL_ONCE,
+        # every sample's plan may arrive while the first runs: none is refused queue_full
+        '-p', 'execution.max_queued:=%d' % MAX_SAMPLES]
     if namespace:
         command += ['-r', '__ns:=' + namespace]
     _say('starting plan_executor (log %s):' % log_path)
@@ -370,13 +376,21 @@ def format_execution(messages: List[dict]) -> str:
     """Return a plan's /plan_execution messages as lines, step by step, with the state."""
     lines = []
     for message in messages:
+        inserted = message.get('recovery')
         if message['step'] is None:
             head = 'plan %s' % message['status']
+        elif message.get('changed'):
+            head = 'step %d: the world changed: %s' % (message['step'] + 1,
+                                                       ', '.join(message['changed']))
         else:
             head = 'step %d %s %s%s: %s' % (
                 message['step'] + 1, message['action'], message['target'],
                 ' @' + message['location'] if message['location'] else '', message['status'])
-        tail = message['reason'] if message['status'] == 'FAILURE' else (
+            if inserted:
+                head = 'step %d, recovery %s %s for %s: %s' % (
+                    message['step'] + 1, inserted['action'], inserted['target'],
+                    inserted['achieves'], message['status'])
+        tail = message['reason'] if message['status'] in ('FAILURE', 'RETRYING') else (
             _state_text(message['state']) if message['status'] == 'SUCCESS' else '')
         lines.append('    %s%s' % (head, '  (%s)' % tail if tail else ''))
     return '\n'.join(lines)
@@ -505,8 +519,9 @@ def show_execution(samples: List[Tuple[str, str, Optional[str]]], answers: List[
     """Print how plan_executor ran the ok plans; return 1 when one did not end."""
     ran = [(kind, command, answer['id']) for (kind, command, _), answer in zip(samples, answers)
            if answer.get('status') == 'ok']
-    _say('== 4. plan_executor runs the %d ok plans in the simulated household (%g s a step)'
-         % (len(ran), STEP_DURATION_S))
+    _say('== 4. plan_executor runs the %d ok plans in the simulated household (%g s a step; '
+         'simulation.fail %s: the first pick-up attempt fails and is retried)'
+         % (len(ran), STEP_DURATION_S, FAIL_ONCE))
     if not watcher.wait_for([plan_id for _, _, plan_id in ran], EXECUTION_TIMEOUT_S):
         _say('   not every plan ended within %g s' % EXECUTION_TIMEOUT_S)
     for number, (kind, command, plan_id) in enumerate(ran):

@@ -1,0 +1,233 @@
+"""
+One plan step as a py_trees subtree: reactive, with recovery, or linear.
+
+Reactive (``execution.recovery`` true), from the step's :class:`~robot_llm_planner.core.
+recovery.Action` (what it needs, what achieves each need, what it makes true)::
+
+    PlanStep "2 拿起物体 遥控器"               reports a skip, or the step's failure
+    └─ Selector (memory)
+       ├─ Holds: the step's effects            only for steps that can be skipped
+       └─ Sequence (no memory: every need is re-checked on every tick)
+          ├─ Selector (memory) per need        Holds(need), else achieve it: the inserted
+          │  ├─ Holds: found(遥控器)            step's own Sequence, built the same way
+          │  └─ Sequence [... Attempts(寻找物体 遥控器)]
+          ├─ Holds: hand_free                  a need no skill makes true
+          └─ Attempts(拿起物体 遥控器)            the step's behaviour, retried
+
+Linear (false): ``PlanStep └─ Attempts`` with one attempt, the plan as it was written.
+
+:class:`Attempts` runs an action's behaviour at most ``retry.attempts`` times,
+``retry.delay_s`` apart, never more often while the plan runs, and reports each attempt:
+RUNNING when it starts, SUCCESS (the action's effects are applied to the plan's state),
+RETRYING when it failed or was interrupted (a need it depends on stopped holding: the
+reactive Sequence stops it, achieves the need again and starts it over), FAILURE when an
+inserted action is out of attempts. So a step never starts while a need is false, and a plan
+ends after at most :func:`~robot_llm_planner.core.recovery.attempt_bound` attempts.
+"""
+
+from typing import Any, Callable, List, Optional
+
+import py_trees
+from robot_llm_planner.core.recovery import Action, Goal, unmet
+from robot_llm_planner.core.skills import Retry
+from robot_llm_planner.core.world import WorldState
+
+Status = py_trees.common.Status
+RUNNING, SUCCESS, FAILURE, RETRYING = 'RUNNING', 'SUCCESS', 'FAILURE', 'RETRYING'
+LINEAR = Retry(1, 0.0)
+
+# run: the plan run (tree.PlanRun): world, clock(), stopping, report(status, step, ...)
+Run = Any
+MakeBehaviour = Callable[[Action], Optional[py_trees.behaviour.Behaviour]]
+
+
+def goals_text(goals: List[Goal]) -> str:
+    """Return goals as one text: ``found(水), at(厨房)``."""
+    return ', '.join(str(goal) for goal in goals)
+
+
+def recovery_field(action: Action) -> Optional[dict]:
+    """Return the message's ``recovery`` object of an inserted action (None: a plan step)."""
+    if action.achieves is None:
+        return None
+    return {'action': action.step.action, 'target': action.step.target,
+            'location': action.step.location, 'achieves': str(action.achieves)}
+
+
+class Holds(py_trees.behaviour.Behaviour):
+    """Condition: SUCCESS when every goal holds in the plan's state, else FAILURE."""
+
+    def __init__(self, goals: List[Goal], world: WorldState) -> None:
+        """Check ``goals`` against ``world``."""
+        super().__init__(name=goals_text(goals) + '?')
+        self.goals, self.world = goals, world
+
+    def update(self) -> Status:
+        """Return whether all goals hold now."""
+        return Status.SUCCESS if all(goal.holds(self.world) for goal in self.goals) \
+            else Status.FAILURE
+
+
+class Attempts(py_trees.decorators.Decorator):
+    """An action's behaviour, tried up to ``retry.attempts`` times (module docstring)."""
+
+    def __init__(self, run: Run, action: Action, child: py_trees.behaviour.Behaviour,
+                 retry: Retry) -> None:
+        """Try ``child`` (the behaviour of ``action``) as ``retry`` says, for ``run``."""
+        super().__init__(name='%s %s x%d' % (action.step.action, action.step.target,
+                                             retry.attempts), child=child)
+        self.run, self.action, self.retry = run, action, retry
+        self.count = 0            # attempts started, over the whole plan
+        self.active = False       # an attempt is under way
+        self.retry_at: Optional[float] = None
+        self.last_reason = ''
+
+    def _report(self, status: str, code: str = '', reason: str = '') -> None:
+        self.run.report(status, self.action.index, code, reason, attempt=self.count,
+                        recovery=recovery_field(self.action))
+
+    def tick(self):
+        """Wait between attempts, start one, or pass the running attempt's tick on."""
+        if self.status != Status.RUNNING:
+            self.initialise()
+        if self.retry_at is not None and self.run.clock() < self.retry_at:
+            self.status = Status.RUNNING
+            yield self
+            return
+        self.retry_at = None
+        if not self.active:
+            if self.count >= self.retry.attempts:
+                self._give_up('all %d attempts used' % self.count)
+                self.stop(Status.FAILURE)
+                yield self
+                return
+            self.count += 1
+            self.active = True
+            self._report(RUNNING)
+        yield from self.decorated.tick()
+        status = self._ended(self.decorated.status)
+        if status != Status.RUNNING:
+            self.stop(status)
+        self.status = status
+        yield self
+
+    def update(self) -> Status:
+        """Return the status :meth:`tick` set (tick does the work of a Decorator's update)."""
+        return self.status
+
+    def _ended(self, child: Status) -> Status:
+        if child == Status.RUNNING:
+            return Status.RUNNING
+        self.active = False
+        if child == Status.SUCCESS:
+            for goal in self.action.effects:
+                goal.make_true(self.run.world)
+            self._report(SUCCESS)
+            return Status.SUCCESS
+        self.last_reason = self.decorated.feedback_message or \
+            'the %s behaviour failed' % self.action.step.action
+        if self.count < self.retry.attempts:
+            self.retry_at = self.run.clock() + self.retry.delay_s
+            self._report(RETRYING, 'step_failed', '%s (attempt %d of %d)' % (
+                self.last_reason, self.count, self.retry.attempts))
+            return Status.RUNNING
+        self._give_up('attempt %d of %d' % (self.count, self.retry.attempts)
+                      if self.retry.attempts > 1 else '')
+        return Status.FAILURE
+
+    def _give_up(self, note: str) -> None:
+        """Note the last reason; an inserted action reports its FAILURE (PlanStep a step's)."""
+        if note:
+            self.last_reason = '%s (%s)' % (self.last_reason, note) if self.last_reason \
+                else note
+        if self.action.achieves is not None:
+            self._report(FAILURE, 'step_failed', self.last_reason)
+
+    def terminate(self, new_status: Status) -> None:
+        """Report an attempt stopped from above (a need stopped holding) as interrupted."""
+        if new_status == Status.INVALID:
+            if self.active and not self.run.stopping:
+                lost = [need.goal for action in self.run.actions[self.action.index].walk()
+                        for need in action.needs if not need.goal.holds(self.run.world)]
+                self.last_reason = 'interrupted: %s no longer holds' % (
+                    lost[0] if lost else 'a need')
+                self._report(RETRYING, 'interrupted', '%s (attempt %d of %d)' % (
+                    self.last_reason, self.count, self.retry.attempts))
+            self.active = False
+            self.retry_at = None
+
+
+class PlanStep(py_trees.decorators.Decorator):
+    """One step of the plan: reports a skipped step, and a failed one with what was tried."""
+
+    def __init__(self, run: Run, action: Action, child: py_trees.behaviour.Behaviour,
+                 attempts: List[Attempts]) -> None:
+        """Wrap the step's subtree ``child``; ``attempts`` are its Attempts nodes."""
+        super().__init__(name='%d %s %s' % (action.index + 1, action.step.action,
+                                            action.step.target), child=child)
+        self.run, self.action, self.attempts = run, action, attempts
+
+    def update(self) -> Status:
+        """Pass the subtree's status on, and report a skip or a failure."""
+        status = self.decorated.status
+        self.feedback_message = self.decorated.feedback_message
+        if status == Status.SUCCESS and self.attempts[0].count == 0:
+            self.run.report(SUCCESS, self.action.index, reason='skipped: its effects '
+                            'already hold: %s' % goals_text(list(self.action.effects)))
+        elif status == Status.FAILURE:
+            self._report_failure()
+        return status
+
+    def _report_failure(self) -> None:
+        world = self.run.world
+        missing = unmet(self.action, world)
+        need = next((n for n in self.action.needs if n.goal == missing), None)
+        tried = [{'action': a.action.step.action, 'target': a.action.step.target,
+                  'location': a.action.step.location, 'attempts': a.count,
+                  'achieves': str(a.action.achieves or '')}
+                 for a in self.attempts if a.count]
+        if need is None or self.attempts[0].status == Status.FAILURE:  # the action gave up
+            code, reason = 'step_failed', self.attempts[0].last_reason
+        else:
+            code = 'precondition_unmet'
+            failed = [a for a in self.attempts[1:] if a.count and a.status == Status.FAILURE]
+            how = ('no skill makes it true' if need.achieve is None or not failed
+                   else '%s %s did not: %s' % (failed[-1].action.step.action,
+                                               failed[-1].action.step.target,
+                                               failed[-1].last_reason))
+            reason = '%s %s needs %s: %s' % (self.action.step.action, self.action.step.target,
+                                             missing, how)
+        self.run.report(FAILURE, self.action.index, code, reason,
+                        unmet=str(missing or ''), tried=tried)
+
+
+def build_step(run: Run, action: Action, make: MakeBehaviour, recovery: bool) -> PlanStep:
+    """Return the subtree of plan step ``action`` (reactive when ``recovery``)."""
+    attempts: List[Attempts] = []
+    if not recovery:
+        act = Attempts(run, action, make(action), LINEAR)
+        return PlanStep(run, action, act, [act])
+    sequence = _achieve(run, action, make(action), make, attempts)
+    children = [Holds(list(action.effects), run.world)] if action.skippable else []
+    root = py_trees.composites.Selector(name='skip or do', memory=True,
+                                        children=children + [sequence])
+    return PlanStep(run, action, root, attempts)
+
+
+def _achieve(run: Run, action: Action, behaviour: py_trees.behaviour.Behaviour,
+             make: MakeBehaviour, attempts: List[Attempts]) -> py_trees.behaviour.Behaviour:
+    """Return Sequence[ensure each need, Attempts(act)]; the act's Attempts is listed first."""
+    act = Attempts(run, action, behaviour, action.retry)
+    attempts.append(act)
+    children: List[py_trees.behaviour.Behaviour] = []
+    for need in action.needs:
+        holds = Holds([need.goal], run.world)
+        inserted = None if need.achieve is None else make(need.achieve)
+        if inserted is None:  # no skill makes it true, or no behaviour runs that skill
+            children.append(holds)
+            continue
+        children.append(py_trees.composites.Selector(
+            name='ensure %s' % need.goal, memory=True,
+            children=[holds, _achieve(run, need.achieve, inserted, make, attempts)]))
+    return py_trees.composites.Sequence(name='needs, then %s' % action.step.action,
+                                        memory=False, children=children + [act])
