@@ -20,7 +20,8 @@ such as a run of the planner itself writes. :func:`evaluate_rows` computes, per 
 - ``description_*``: micro precision / recall / F1 of output1 step descriptions;
 - ``action_*``: the same for output2 ``(action, target, location)`` tuples (None when the
   labels have no output2, i.e. task1);
-- ``latency_p50_ms`` / ``p90`` / ``p99`` when rows carry ``latency_ms``.
+- ``latency_p50_ms`` / ``p90`` / ``p99`` when rows carry ``latency_ms`` (nearest rank,
+  :func:`~robot_llm_planner.core.stats.percentile`).
 
 :func:`confidence_table` shows, for a run of the planner whose rows carry ``confidence``, what
 each ``validation.min_confidence`` would keep of its right plans and catch of its wrong ones.
@@ -43,6 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from robot_llm_planner.cli.postprocess import command_from_prompt
 from robot_llm_planner.core.plan import clean_text, parse_plan, Plan, ungrounded_arguments
 from robot_llm_planner.core.skills import SkillSet
+from robot_llm_planner.core.stats import percentile
 
 # (key, label in the table, kind): kind 'count', 'rate' or 'ms'.
 METRICS = (
@@ -277,15 +279,6 @@ def _f1(precision: Optional[float], recall: Optional[float]) -> Optional[float]:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Return the ``q``-th percentile of ``values``, interpolating linearly between ranks."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 class _Matches:
     """Micro-averaged multiset matching counts of one kind of step."""
 
@@ -362,7 +355,7 @@ def evaluate_rows(rows: Sequence[dict], skills: SkillSet) -> Dict[str, Optional[
         result.update({'action_precision': None, 'action_recall': None, 'action_f1': None})
     result['latency_count'] = len(latencies)
     for q in (50, 90, 99):
-        result['latency_p%d_ms' % q] = percentile(latencies, q) if latencies else None
+        result['latency_p%d_ms' % q] = percentile(latencies, q / 100.0)
     return result
 
 
