@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from robot_llm_planner.core.backend import (Backend, EngineError, Generation, GenerationCancelled,
                                             GenerationConfig, ModelLoadError)
+from robot_llm_planner.core.byte_level import token_bytes
 from robot_llm_planner.core.confidence import character_spans
 from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, PromptBuilder, stop_token_ids
 from robot_llm_planner.core.settings import DTYPES, FAST_PATHS, parse_device, split_adapters
@@ -325,7 +326,7 @@ class TransformersBackend(Backend):
         agrees with ``text``.
         """
         pieces = self.tokenizer.convert_ids_to_tokens(tokens)
-        spelled = [b'' if token in self._special_ids else _bytes_of(piece)
+        spelled = [b'' if token in self._special_ids else token_bytes(piece)
                    for token, piece in zip(tokens, pieces)]
         if None not in spelled:
             spans, decoded = character_spans(spelled)
@@ -401,33 +402,6 @@ class _StopWhenSet(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
                           device=input_ids.device)
-
-
-def _byte_alphabet() -> Dict[str, int]:
-    # GPT-2's byte-level alphabet (Qwen's too): printable Latin-1 bytes stand for
-    # themselves, the other bytes for the characters from U+0100 on, in byte order.
-    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
-    alphabet, shifted = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            alphabet[chr(byte)] = byte
-        else:
-            alphabet[chr(256 + shifted)] = byte
-            shifted += 1
-    return alphabet
-
-
-_BYTE_ALPHABET = _byte_alphabet()
-
-
-def _bytes_of(piece: Optional[str]) -> Optional[bytes]:
-    """Return the bytes a byte-level BPE token stands for, None if it is not one."""
-    if piece is None:
-        return None
-    try:
-        return bytes(_BYTE_ALPHABET[char] for char in piece)
-    except KeyError:
-        return None
 
 
 def _until_stop(row: Sequence[int], stop_ids: Sequence[int], pad: int):
