@@ -7,6 +7,7 @@ failure and shutdown tests start their own nodes on the openai backend against a
 parameter table is checked at the top without rclpy.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -22,8 +23,9 @@ from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, Paramet
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from robot_llm_planner.core.parameters import (check_value, cli_option, default_value, load_config,
-                                               markdown_table, PARAMETERS, PARAMETERS_BY_NAME,
-                                               parse_text, settings_fields_without_parameter)
+                                               markdown_table, NodeConfig, PARAMETERS,
+                                               PARAMETERS_BY_NAME, parse_text,
+                                               settings_fields_without_parameter)
 from robot_llm_planner.core.settings import PlannerSettings
 from std_msgs.msg import String
 import yaml
@@ -87,6 +89,14 @@ def test_defaults_are_valid():
     assert errors == []
     assert (config.command_topic, config.plan_topic) == ('command', 'action_plan')
     assert (config.queue_policy, config.queue_max_size, config.queue_max_batch) == ('fifo', 16, 1)
+
+
+def test_the_node_config_is_built_from_the_table_alone():
+    # every parameter fills a PlannerSettings field or a NodeConfig attribute, never both
+    assert all((p.field is None) != (p.config_field is None) for p in PARAMETERS)
+    attributes = {f.name for f in dataclasses.fields(NodeConfig)} - {'settings'}
+    assert attributes == {p.config_field for p in PARAMETERS if p.config_field}
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(NodeConfig))
 
 
 @pytest.mark.parametrize('name,value,error', [

@@ -6,12 +6,13 @@ The parameters: one table for each node, the command line and the docs.
 that ``docs/parameters.md`` is generated from (:func:`markdown_table`) and that the tests check
 against :class:`PlannerSettings`. Every PlannerSettings field has a parameter
 (``Parameter.field``) whose default is the field's default. :func:`load_config` turns
-parameter values into a :class:`NodeConfig` and a list of readable errors; it never raises, so
-the node can report bad values instead of crashing. :data:`EXECUTOR_PARAMETERS` and
-:func:`load_executor_config` are the same for plan_executor.
+parameter values into a :class:`NodeConfig` (whose defaults are the table's: it has none of
+its own) and a list of readable errors; it never raises, so the node can report bad values
+instead of crashing. :data:`EXECUTOR_PARAMETERS` and :func:`load_executor_config` are the same
+for plan_executor.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 import json
 import math
 from typing import Any, Dict, List, Optional, Tuple
@@ -30,6 +31,7 @@ class Parameter:
     description: str
     field: Optional[str] = None     # the PlannerSettings field it fills, if any
     default: Any = None             # None: the PlannerSettings field's default
+    config_field: Optional[str] = None  # the NodeConfig attribute of a node-only parameter
     choices: Tuple[str, ...] = ()
     minimum: Optional[float] = None
     maximum: Optional[float] = None
@@ -109,32 +111,36 @@ PARAMETERS: Tuple[Parameter, ...] = (
               'each ok /action_plan message (bt_xml); a plan value holding { or } is then '
               'invalid (bt_xml_unsafe_value).', 'bt_xml'),
     Parameter('topics.command', str, 'Commands in (std_msgs/String: plain text or JSON '
-              '{"id", "text"}). Relative names follow the node namespace.', default='command'),
+              '{"id", "text"}). Relative names follow the node namespace.', default='command',
+              config_field='command_topic'),
     Parameter('topics.plan', str, 'Answers out (std_msgs/String, the /action_plan JSON), '
-              'exactly one per command.', default='action_plan'),
+              'exactly one per command.', default='action_plan', config_field='plan_topic'),
     Parameter('topics.status', str, 'Node status out (std_msgs/String JSON), on every change and '
-              'at 1 Hz, transient local.', default='planner_status'),
+              'at 1 Hz, transient local.', default='planner_status',
+              config_field='status_topic'),
     Parameter('queue.max_size', int, 'Commands that may wait for the model (not counting the '
-              'batch being planned).', default=16, minimum=1, dynamic=True),
+              'batch being planned).', default=16, minimum=1, dynamic=True,
+              config_field='queue_max_size'),
     Parameter('queue.policy', str, 'When the queue is full: fifo rejects the new command '
               '(queue_full); latest drops the oldest waiting one (superseded).', default='fifo',
-              choices=QUEUE_POLICIES, dynamic=True),
+              choices=QUEUE_POLICIES, dynamic=True, config_field='queue_policy'),
     Parameter('queue.max_batch', int, 'Waiting commands planned together as one batch (1 = one '
-              'at a time).', default=1, minimum=1, dynamic=True),
+              'at a time).', default=1, minimum=1, dynamic=True, config_field='queue_max_batch'),
     Parameter('queue.max_command_chars', int, 'Longest command planned, in characters; longer '
               'ones are rejected (command_too_long).', 'max_command_chars', minimum=1),
     Parameter('cache.size', int, 'Recent plans remembered per command text (greedy decoding '
               'only; 0 = no cache).', 'cache_size', minimum=0),
     Parameter('qos.command_depth', int, 'History of the command subscription (reliable, '
               'volatile): 0 keeps all (no command is dropped by DDS in a burst; the queue '
-              'answers the excess queue_full), N keeps the last N.', default=0, minimum=0),
+              'answers the excess queue_full), N keeps the last N.', default=0, minimum=0,
+              config_field='command_depth'),
     Parameter('qos.plan_depth', int, 'History depth of the plan publisher (reliable, transient '
               'local): answers kept for slow or late-matching subscribers.', default=64,
-              minimum=1),
+              minimum=1, config_field='plan_depth'),
     Parameter('lifecycle.autostart', bool, 'Walk the managed node to active by itself at start-up '
               '(configure: load the model; activate: take commands). false: it stays '
               'unconfigured until a lifecycle manager or `ros2 lifecycle set` drives it.',
-              default=True),
+              default=True, config_field='autostart'),
 )
 
 PARAMETERS_BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
@@ -181,27 +187,24 @@ def default_value(parameter: Parameter) -> Any:
 
 @dataclass
 class NodeConfig:
-    """Everything planner_node reads from its parameters."""
+    """
+    Everything planner_node reads from its parameters, built by :func:`load_config`.
 
-    settings: PlannerSettings = field(default_factory=PlannerSettings)
-    command_topic: str = 'command'
-    plan_topic: str = 'action_plan'
-    status_topic: str = 'planner_status'
-    queue_max_size: int = 16
-    queue_policy: str = 'fifo'
-    queue_max_batch: int = 1
-    command_depth: int = 0
-    plan_depth: int = 64
-    autostart: bool = True
+    No attribute has a default of its own: each is the ``config_field`` of a node parameter
+    (``settings`` holds the PlannerSettings ones), so ``load_config({})`` gives the table's
+    defaults.
+    """
 
-
-_NODE_FIELDS = {
-    'topics.command': 'command_topic', 'topics.plan': 'plan_topic',
-    'topics.status': 'status_topic', 'queue.max_size': 'queue_max_size',
-    'queue.policy': 'queue_policy', 'queue.max_batch': 'queue_max_batch',
-    'qos.command_depth': 'command_depth', 'qos.plan_depth': 'plan_depth',
-    'lifecycle.autostart': 'autostart',
-}
+    settings: PlannerSettings
+    command_topic: str
+    plan_topic: str
+    status_topic: str
+    queue_max_size: int
+    queue_policy: str
+    queue_max_batch: int
+    command_depth: int
+    plan_depth: int
+    autostart: bool
 
 
 def _type_name(value: Any) -> str:
@@ -286,7 +289,8 @@ def load_config(values: Dict[str, Any]) -> Tuple[NodeConfig, List[str]]:
     parameter; a bad value is replaced by its default so the node can still come up (and
     report the errors).
     """
-    config = NodeConfig()
+    settings: Dict[str, Any] = {}
+    node: Dict[str, Any] = {}
     errors = []
     for parameter in PARAMETERS:
         value = values.get(parameter.name, default_value(parameter))
@@ -295,10 +299,10 @@ def load_config(values: Dict[str, Any]) -> Tuple[NodeConfig, List[str]]:
             errors.append(error)
             converted = default_value(parameter)
         if parameter.field is not None:
-            setattr(config.settings, parameter.field, converted)
+            settings[parameter.field] = converted
         else:
-            setattr(config, _NODE_FIELDS[parameter.name], converted)
-    return config, errors
+            node[parameter.config_field] = converted
+    return NodeConfig(settings=PlannerSettings(**settings), **node), errors
 
 
 @dataclass
