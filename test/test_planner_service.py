@@ -15,7 +15,7 @@ import time
 from planner_harness import fake_server_parameters, FakeServer
 import pytest
 from robot_llm_planner.core.parameters import load_config
-from robot_llm_planner.ros.service import PlannerService
+from robot_llm_planner.serving.service import PlannerService
 
 WAIT_S = 60.0
 

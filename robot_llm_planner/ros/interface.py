@@ -15,7 +15,7 @@ from rclpy.context import Context
 from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from robot_llm_planner.core.parameters import limits, Parameter
-from robot_llm_planner.ros.health import key_values
+from robot_llm_planner.serving.health import key_values
 from std_msgs.msg import Header
 
 NODE_NAME = 'planner_node'

@@ -3,7 +3,7 @@ planner_node: the managed ROS 2 node around the planner (``ros2 run robot_llm_pl
 
 The node declares its parameters (:mod:`robot_llm_planner.core.parameters`), creates its
 topics (:mod:`robot_llm_planner.ros.interface`) and forwards messages and lifecycle
-transitions to a ROS-free :class:`~robot_llm_planner.ros.service.PlannerService`, which
+transitions to a ROS-free :class:`~robot_llm_planner.serving.service.PlannerService`, which
 answers every command exactly once on ``topics.plan`` and reports on ``topics.status`` and
 /diagnostics. ``lifecycle.autostart`` walks it to active by itself. See ``docs/ros.md``.
 
@@ -36,7 +36,7 @@ from robot_llm_planner.ros.interface import (acknowledged, command_qos, diagnost
                                              diagnostics_qos, DIAGNOSTICS_TOPIC, init_ros,
                                              NODE_NAME, parameter_descriptor, plan_qos,
                                              status_qos, TRANSITIONS)
-from robot_llm_planner.ros.service import describe_model, PlannerService, SHUTDOWN_GRACE_S
+from robot_llm_planner.serving.service import describe_model, PlannerService, SHUTDOWN_GRACE_S
 from std_msgs.msg import String
 
 STATUS_PERIOD_S = 1.0

@@ -27,8 +27,8 @@ from robot_llm_planner.core.message import plan_message, STATUSES
 from robot_llm_planner.core.parameters import NodeConfig
 from robot_llm_planner.core.plan import PlanError
 from robot_llm_planner.core.settings import split_adapters
-from robot_llm_planner.ros.command_queue import CommandQueue
-from robot_llm_planner.ros.health import health, LEVEL_NAMES, memory_figures, RecentPlans
+from robot_llm_planner.serving.command_queue import CommandQueue
+from robot_llm_planner.serving.health import health, LEVEL_NAMES, memory_figures, RecentPlans
 
 # On shutdown or deactivation, how long the batch being planned may take to finish before it
 # is cancelled and answered rejected (launch escalates SIGINT to SIGTERM after 5 s).
@@ -402,7 +402,7 @@ class PlannerService:
         Free the model and its memory (GPU memory too); return the memory before and after.
 
         The keys are ``<figure>_before`` and ``<figure>_after`` for each of
-        :func:`~robot_llm_planner.ros.health.memory_figures` (MB).
+        :func:`~robot_llm_planner.serving.health.memory_figures` (MB).
         """
         device = self._placement['device']
         before = memory_figures(device)
