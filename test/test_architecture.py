@@ -125,9 +125,9 @@ def test_the_node_is_thin_and_its_service_ros_free():
         node = stream.read()
     assert node.count('\n') < 250
     assert node.count('_plan_pub.publish(') == 1  # the one publish_answer the service gets
-    with open(MODULES['robot_llm_planner.serving.service'], encoding='utf-8') as stream:
-        service = stream.read()
-    assert service.count('self._publish_answer(') == 1  # inside _answer: one way to answer
+    with open(MODULES['robot_llm_planner.serving.answers'], encoding='utf-8') as stream:
+        answers = stream.read()
+    assert answers.count('self._publish(') == 1  # inside send_plan: one way to answer
     for module in MODULES:
         if _layer(module) == 'serving':
             tops = {name.split('.')[0] for name in _imports(MODULES[module])}

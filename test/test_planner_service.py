@@ -445,7 +445,7 @@ def test_cleanup_frees_the_model(tiny_model):
                   'generation.constrained': False}
     service, published = make_service(parameters, autostart=False)
     assert service.configure(*load_config(parameters))
-    model = weakref.ref(service._planner.backend.model)
+    model = weakref.ref(service.planner.backend.model)
     status = service.status()
     assert status['device'] == 'cpu' and status['dtype'] == 'float32'
     assert len(status['model_hash']['base']) == 12

@@ -36,7 +36,7 @@ from robot_llm_planner.ros.interface import (acknowledged, command_qos, diagnost
                                              diagnostics_qos, DIAGNOSTICS_TOPIC, init_ros,
                                              NODE_NAME, parameter_descriptor, plan_qos,
                                              status_qos, TRANSITIONS)
-from robot_llm_planner.serving.service import describe_model, PlannerService, SHUTDOWN_GRACE_S
+from robot_llm_planner.serving.service import PlannerService, SHUTDOWN_GRACE_S
 from std_msgs.msg import String
 
 STATUS_PERIOD_S = 1.0
@@ -72,7 +72,7 @@ class PlannerNode(LifecycleNode):
                                         callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info('commands on %s, plans on %s, status on %s and %s; %s' % (
             self._command_sub.topic_name, self._plan_pub.topic_name, self._status_pub.topic_name,
-            DIAGNOSTICS_TOPIC, describe_model(self.service.model)))
+            DIAGNOSTICS_TOPIC, self.service.served.describe()))
         self.service.publish_status()
         if config.autostart:  # in the lifecycle services' group: they wait for the walk
             self._autostart = self.create_timer(0.0, self._walk_to_active)

@@ -1,9 +1,10 @@
 """
 The planner's health, as operators see it on /diagnostics: a level, a message, key-values.
 
-ROS-free. The service's status dict is the one source of truth: /planner_status publishes it
-as JSON, and /diagnostics shows the same dict as one DiagnosticStatus, its level and message
-from :func:`health` and its rows from :func:`key_values`. :class:`RecentPlans` keeps the
+The service's status dict (:mod:`robot_llm_planner.serving.status`) is the one source of
+truth: /planner_status publishes it as JSON, and /diagnostics shows the same dict as one
+DiagnosticStatus, its level and message from :func:`health` and its rows from
+:func:`key_values`. :class:`RecentPlans` keeps the
 window the latency, throughput and invalid-plan figures are taken over, and
 :func:`memory_figures` the process's and the GPU's memory.
 
