@@ -71,7 +71,7 @@ def measure(commands, timeout):
     """Send each command, wait for its answer; return one row of figures per command."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from robot_llm_planner.ros.plan_client import PlanClient
+    from robot_llm_planner.ros.client import PlanClient
     rclpy.init()
     node = rclpy.create_node('ros_overhead_%d' % os.getpid())
     executor = SingleThreadedExecutor()

@@ -3,7 +3,7 @@ Test helpers for planner_node over real ROS 2 (rclpy + Fast DDS), shared by the 
 
 - :func:`ros_domain`: a random ROS_DOMAIN_ID (set in os.environ before rclpy.init and in the
   environment handed to subprocesses), an rclpy context, a test node spun in a thread, a
-  :class:`~robot_llm_planner.ros.plan_client.PlanClient` and a status recorder;
+  :class:`~robot_llm_planner.ros.client.PlanClient` and a status recorder;
 - :class:`NodeProcess`: the BUILT planner_node executable started as a subprocess with a
   parameters YAML written by the test plus ``-p`` overrides;
 - :class:`FakeServer`: an OpenAI-compatible HTTP server whose answers the test holds back or
@@ -30,8 +30,8 @@ import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from robot_llm_planner.ros.client import PlanClient
 from robot_llm_planner.ros.interface import diagnostics_qos, status_qos
-from robot_llm_planner.ros.plan_client import PlanClient
 from std_msgs.msg import String
 import yaml
 
