@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 import jsonschema
 import pytest
 
-from robot_llm_planner.cli.evaluate import confidence_table
+from robot_llm_planner.cli.results import confidence_table
 from robot_llm_planner.core.backend import GenerationConfig
 from robot_llm_planner.core.byte_level import BYTE_TO_CHAR, CHAR_TO_BYTE
 from robot_llm_planner.core.confidence import (assign_step_confidences, character_spans,

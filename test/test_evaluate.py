@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from robot_llm_planner.cli.evaluate import (evaluate_rows, EvaluationError, load_rows,
-                                            run_names)
+from robot_llm_planner.cli.evaluate import evaluate_rows
+from robot_llm_planner.cli.runs import EvaluationError, load_rows, run_names
 from robot_llm_planner.core.skills import SkillSet
 from robot_llm_planner.core.stats import percentile
 

@@ -36,7 +36,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from robot_llm_planner.core.backend import EngineError
-    from robot_llm_planner.cli.evaluate import confidence_table, evaluate_files, plan_split
+    from robot_llm_planner.cli.results import confidence_table, evaluate_files
+    from robot_llm_planner.cli.runs import plan_split
     from robot_llm_planner.inference.build import build_planner
     from robot_llm_planner.core.skills import SkillSet
     runs, names = list(args.runs), list(args.names or [])

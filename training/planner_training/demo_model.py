@@ -795,7 +795,7 @@ def _load_average() -> Optional[List[float]]:
 
 def plan_rows(planner, rows: Sequence[dict], batch_size: int = 50) -> List[dict]:
     """Plan the commands of alpaca ``rows`` in batches; return evaluate_rows input rows."""
-    from robot_llm_planner.cli.evaluate import plan_examples
+    from robot_llm_planner.cli.runs import plan_examples
     return plan_examples(planner, rows, batch_size)
 
 
@@ -865,7 +865,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result['predictions'] = out
     print(json.dumps(result, ensure_ascii=False, indent=1))
     if args.evaluate:
-        from robot_llm_planner.cli.evaluate import confidence_table
+        from robot_llm_planner.cli.results import confidence_table
         print('\nPlans that pass every other check, by validation.min_confidence:\n\n'
               + confidence_table(predictions), end='')
     return 0
