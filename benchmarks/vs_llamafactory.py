@@ -56,7 +56,8 @@ def cpu_name() -> str:
 
 def variant_settings(words: List[str]) -> Dict[str, object]:
     """Return the settings fields of one ``--variant NAME FIELD=VALUE...``, checked."""
-    from robot_llm_planner.core.parameters import PARAMETERS, parse_text
+    from robot_llm_planner.core.parameter_text import parse_text
+    from robot_llm_planner.core.parameters import PARAMETERS
     by_field = {parameter.field: parameter for parameter in PARAMETERS if parameter.field}
     fields = {}
     for word in words[1:]:

@@ -22,9 +22,9 @@ import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from robot_llm_planner.core.parameters import (check_value, cli_option, default_value, load_config,
-                                               markdown_table, NodeConfig, PARAMETERS,
-                                               PARAMETERS_BY_NAME, parse_text,
+from robot_llm_planner.core.parameter_text import cli_option, markdown_table, parse_text
+from robot_llm_planner.core.parameters import (check_value, default_value, load_config, NodeConfig,
+                                               PARAMETERS, PARAMETERS_BY_NAME,
                                                settings_fields_without_parameter)
 from robot_llm_planner.core.settings import PlannerSettings
 from std_msgs.msg import String

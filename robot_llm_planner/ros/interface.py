@@ -14,7 +14,8 @@ import rclpy
 from rclpy.context import Context
 from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from robot_llm_planner.core.parameters import limits, Parameter
+from robot_llm_planner.core.parameter_text import limits
+from robot_llm_planner.core.parameters import Parameter
 from robot_llm_planner.serving.health import key_values
 from std_msgs.msg import Header
 
