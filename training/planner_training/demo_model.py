@@ -204,12 +204,12 @@ def split_rows(split: str, root: str = ROOT, task: str = 'task2', prompt: str = 
 
 def _name_pattern():
     """Return (regex of every name the generator uses, names that may be replaced)."""
-    from planner_training import dataset
-    names = [noun for noun, _, _ in dataset.OBJECTS] + list(dataset.ROOMS)
-    names += [name for name, _, _ in dataset.FURNITURE]
-    names += [person for person in dataset.PEOPLE if person != dataset.SPEAKER]
+    from planner_training import vocabulary
+    names = [noun for noun, _, _ in vocabulary.OBJECTS] + list(vocabulary.ROOMS)
+    names += [name for name, _, _ in vocabulary.FURNITURE]
+    names += [person for person in vocabulary.PEOPLE if person != vocabulary.SPEAKER]
     # Names that contain or extend a replaceable one stay: 冰箱门 is not 冰箱 + 门.
-    kept = [name for name, _, _ in dataset.OPENABLES] + list(dataset.OTHER_PLACES)
+    kept = [name for name, _, _ in vocabulary.OPENABLES] + list(vocabulary.OTHER_PLACES)
     replaceable = set(names) - set(kept)
     alternatives = sorted(set(names) | set(kept), key=len, reverse=True)
     return re.compile('|'.join(re.escape(name) for name in alternatives)), replaceable
@@ -279,9 +279,10 @@ def _substitute_names(extra: List[dict], fresh: List[str], recipe: Recipe, taken
     """
     if recipe.name_substitution <= 0:
         return
-    from planner_training import dataset
+    from planner_training import vocabulary
     pattern, replaceable = _name_pattern()
-    heldout = dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS + dataset.HELDOUT_FURNITURE
+    heldout = (vocabulary.HELDOUT_OBJECTS + vocabulary.HELDOUT_ROOMS
+               + vocabulary.HELDOUT_FURNITURE)
     name_chars = sorted({char for name in replaceable - set(heldout) for char in name})
     rng = random.Random(recipe.extra_seed)
 
@@ -323,13 +324,15 @@ def _substitute_frame_verbs(extra: List[dict], fresh: List[str], recipe: Recipe,
     """
     if recipe.verb_substitution <= 0:
         return
-    from planner_training import dataset
-    patterns = dataset.FETCH_TEMPLATES + dataset.BRING_TEMPLATES + dataset.PUT_TEMPLATES + \
-        dataset.GO_TEMPLATES + tuple(wrapper[:2] for wrapper in dataset.WRAPPERS) + \
-        tuple(template[:2] for template in dataset.NO_TASK_TEMPLATES)
-    banned = set(''.join(dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS +
-                         dataset.HELDOUT_FURNITURE))
-    banned.update(''.join(text for name, text in patterns if name in dataset.HELDOUT_TEMPLATES))
+    from planner_training import vocabulary
+    patterns = (vocabulary.FETCH_TEMPLATES + vocabulary.BRING_TEMPLATES
+                + vocabulary.PUT_TEMPLATES + vocabulary.GO_TEMPLATES
+                + tuple(wrapper[:2] for wrapper in vocabulary.WRAPPERS)
+                + tuple(template[:2] for template in vocabulary.NO_TASK_TEMPLATES))
+    banned = set(''.join(vocabulary.HELDOUT_OBJECTS + vocabulary.HELDOUT_ROOMS
+                         + vocabulary.HELDOUT_FURNITURE))
+    banned.update(''.join(text for name, text in patterns
+                          if name in vocabulary.HELDOUT_TEMPLATES))
     pool = [char for char in fresh if char not in banned]
     rng = random.Random(recipe.extra_seed + 1)
 
