@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 
-from planner_harness import (executable, fake_server_parameters, FakeServer, NodeProcess,
-                             ros_domain, schema_validator)
+from doubles import fake_server_parameters, FakeOpenAIServer
+from planner_harness import executable, NodeProcess, ros_domain, schema_validator
 import pytest
 from robot_llm_planner.core.answer_text import format_answer, format_table
 from robot_llm_planner.ros import plan_client
@@ -96,7 +96,7 @@ def test_client_keeps_only_fresh_answers_to_its_own_ids():
 @pytest.fixture(scope='module')
 def planner(tmp_path_factory):
     """Start a planner_node on a fake server; yield the ROS domain."""
-    server = FakeServer()
+    server = FakeOpenAIServer()
     server.answers[GARBAGE] = 'this is not a plan'
     server.answers[BROKEN] = 400
     with ros_domain() as domain:

@@ -16,8 +16,10 @@ import signal
 import threading
 import time
 
-from planner_harness import (assert_exactly_one_answer, fake_server_parameters, flat_parameters,
-                             NodeProcess, ros_domain, schema_validator, wait_for_answers)
+from doubles import fake_server_parameters
+from helpers import codes, wait_until
+from planner_harness import (assert_exactly_one_answer, flat_parameters, NodeProcess, ros_domain,
+                             schema_validator, wait_for_answers)
 import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -168,10 +170,8 @@ def test_plain_and_json_commands_get_one_schema_valid_answer_each(tiny):
     client.send_raw(plain)
     ids = [client.send('去客厅', 'bt-1'), client.send('打开冰箱门', 'bt-2')]
     answers = wait_for_answers(client, ids)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(
-            answer['command'] == plain for answer in client.received()):
-        time.sleep(0.05)
+    wait_until(lambda: any(answer['command'] == plain for answer in client.received()), 30,
+               failure=None)
     assigned = [answer for answer in client.received() if answer['command'] == plain]
     assert len(assigned) == 1
     assert re.fullmatch(r'planner_node-[0-9a-f]{6}-\d+', assigned[0]['id'])
@@ -222,7 +222,7 @@ def test_malformed_and_unplannable_commands_are_rejected(tiny, data, code, reque
     answer = wait_for_answers(client, [request_id])[request_id]
     schema_validator().validate(answer)
     assert answer['status'] == 'rejected'
-    assert [error['code'] for error in answer['errors']] == [code]
+    assert codes(answer) == [code]
     assert answer['errors'][0]['message']
 
 
@@ -230,12 +230,8 @@ def test_garbage_without_an_id_is_answered_with_an_assigned_one(tiny):
     _, _, status, client = tiny
     status.wait_for(lambda s: s['state'] == 'ready', timeout=120)
     client.send_raw('[1, 2, 3]')
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = [answer for answer in client.received() if answer['command'] == '[1, 2, 3]']
-        if found:
-            break
-        time.sleep(0.05)
+    found = wait_until(lambda: [answer for answer in client.received()
+                                if answer['command'] == '[1, 2, 3]'], 30, failure=None)
     assert len(found) == 1 and found[0]['status'] == 'rejected'
     assert found[0]['id'].startswith('planner_node-')
 
@@ -252,9 +248,7 @@ def test_late_subscribers_get_old_answers_only_if_transient_local(tiny):
                    durability=getattr(DurabilityPolicy, kind.upper())))
         for kind in got]
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not got['transient_local']:
-            time.sleep(0.05)
+        wait_until(lambda: got['transient_local'], 10, failure=None)
         time.sleep(1.0)
         assert 'history-1' in [answer['id'] for answer in got['transient_local']]
         assert got['volatile'] == []  # a behavior tree is never handed old plans
@@ -302,11 +296,8 @@ def test_bad_model_path_gives_status_error_and_answers_every_command(ros, tmp_pa
             assert answer['status'] == 'error'
             assert answer['errors'][0]['code'] == 'model_load_failed'
             assert missing in answer['errors'][0]['message']
-        plain = [a for a in client.received() if a['command'] == '打开冰箱门']
-        deadline = time.monotonic() + 10
-        while not plain and time.monotonic() < deadline:
-            time.sleep(0.05)
-            plain = [a for a in client.received() if a['command'] == '打开冰箱门']
+        plain = wait_until(lambda: [a for a in client.received() if a['command'] == '打开冰箱门'],
+                           10, failure=None)
         assert len(plain) == 1 and plain[0]['status'] == 'error'
         time.sleep(1.5)
         assert node.alive(), node.stderr()[-3000:]
@@ -398,7 +389,7 @@ def test_no_task_and_made_up_arguments_are_answered_with_their_codes(ros, tmp_pa
         answers = wait_for_answers(client, ids)
         refused = answers['n1']
         assert refused['status'] == 'rejected' and refused['steps'] == []
-        assert [e['code'] for e in refused['errors']] == ['not_a_task']
+        assert codes(refused) == ['not_a_task']
         assert refused['raw_output'] == '无法执行' and refused['timing']['inference_ms'] > 0
         assert answers['n2']['status'] == 'ok' and answers['n2']['errors'] == []
         made_up = answers['n3']
@@ -427,7 +418,7 @@ def test_plans_carry_their_confidence_and_unsure_ones_are_invalid(ros, tmp_path,
         assert answers['c1']['status'] == 'ok' and answers['c1']['confidence'] == 0.9
         unsure = answers['c2']
         assert unsure['status'] == 'invalid' and unsure['confidence'] == 0.2
-        assert [e['code'] for e in unsure['errors']] == ['low_confidence']
+        assert codes(unsure) == ['low_confidence']
         assert len(unsure['steps']) == 2  # kept, so a behavior tree can ask to confirm it
         assert answers['c3']['status'] == 'ok' and answers['c3']['confidence'] is None
         assert all(body['logprobs'] is True for body in server.bodies)
@@ -523,9 +514,7 @@ def _set_parameter(ros, name, value):
                                          integer_value=value)
     future = client.call_async(SetParameters.Request(
         parameters=[ParameterMsg(name=name, value=parameter_value)]))
-    deadline = time.monotonic() + 30
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(future.done, 30, failure=None)
     ros.node.destroy_client(client)
     return future.result().results[0]
 
@@ -587,7 +576,7 @@ def test_queue_max_batch_and_max_size_change_while_the_node_runs(ros, tmp_path, 
         ids += [client.send('去客厅 %d' % n, 'c%d' % n) for n in range(2, 6)]
         full = wait_for_answers(client, ['c5'])['c5']  # the fourth waiting one
         assert full['status'] == 'rejected'
-        assert [e['code'] for e in full['errors']] == ['queue_full']
+        assert codes(full) == ['queue_full']
         assert 'queue.max_size 3' in full['errors'][0]['message']
         assert status.wait_for(lambda s: s['queue_depth'] == 3)['queue_max_size'] == 3
         server.gate.set()
