@@ -3,6 +3,9 @@ The planner's ROS interface in one place: topic names, QoS, messages and the rcl
 
 planner_node and every client (plan_client, the demo, a behavior tree's node) import their
 QoS from here, never from the node module. The QoS choices are explained in ``docs/ros.md``.
+A node creates its topics with :func:`create_topic` (a bad name falls back to the default and
+is reported), starts rclpy with :func:`init_ros` and, before it exits, waits until its
+subscribers :func:`acknowledged` the last messages.
 """
 
 from typing import List, Optional
@@ -13,11 +16,12 @@ from rcl_interfaces.msg import ParameterDescriptor
 import rclpy
 from rclpy.context import Context
 from rclpy.duration import Duration
+from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from robot_llm_planner.core.parameter_text import limits
 from robot_llm_planner.core.parameters import Parameter
 from robot_llm_planner.serving.health import key_values
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 
 NODE_NAME = 'planner_node'
 # The absolute names a client uses by default (the node's own defaults are relative names,
@@ -96,6 +100,27 @@ def parameter_descriptor(parameter: Parameter) -> ParameterDescriptor:
         description=parameter.description, read_only=not parameter.dynamic,
         # typed by load_config, so a wrong type is reported instead of raised
         dynamic_typing=True, additional_constraints='; '.join(c for c in constraints if c))
+
+
+def create_topic(node: Node, kind: str, parameter: str, name: str, default: str,
+                 qos: QoSProfile, errors: List[str], callback=None, callback_group=None):
+    """
+    Create a std_msgs/String publisher or subscription (``kind``) on the topic ``name``.
+
+    A ``name`` that is not a valid topic name (the value of the ``parameter``) falls back to
+    ``default``, and the reason is appended to ``errors``: the node comes up and reports it
+    instead of dying at start-up.
+    """
+    for topic in (name, default):
+        try:
+            if kind == 'publisher':
+                return node.create_publisher(String, topic, qos)
+            return node.create_subscription(String, topic, callback, qos,
+                                            callback_group=callback_group)
+        except Exception as exc:  # an invalid topic name: fall back to the default
+            errors.append('%s %r is not a valid topic name (%s); using %r' % (
+                parameter, topic, exc, default))
+    raise RuntimeError('cannot create the %s topic' % parameter)  # pragma: no cover
 
 
 def acknowledged(publishers) -> bool:

@@ -32,10 +32,11 @@ from robot_llm_planner.core.message import to_json
 from robot_llm_planner.core.parameters import (default_value, dynamic_changes, load_config,
                                                PARAMETERS, PARAMETERS_BY_NAME)
 from robot_llm_planner.core.skills import default_skills_path
-from robot_llm_planner.ros.interface import (acknowledged, command_qos, diagnostic_array,
-                                             diagnostics_qos, DIAGNOSTICS_TOPIC, init_ros,
-                                             NODE_NAME, parameter_descriptor, plan_qos,
-                                             status_qos, TRANSITIONS)
+from robot_llm_planner.ros.interface import (acknowledged, command_qos, create_topic,
+                                             diagnostic_array, diagnostics_qos,
+                                             DIAGNOSTICS_TOPIC, init_ros, NODE_NAME,
+                                             parameter_descriptor, plan_qos, status_qos,
+                                             TRANSITIONS)
 from robot_llm_planner.serving.service import PlannerService, SHUTDOWN_GRACE_S
 from std_msgs.msg import String
 
@@ -92,18 +93,11 @@ class PlannerNode(LifecycleNode):
         return values
 
     def _create_topic(self, kind: str, parameter: str, name: str, qos: QoSProfile):
-        default = default_value(PARAMETERS_BY_NAME[parameter])
-        for topic in (name, default):
-            try:
-                if kind == 'publisher':
-                    return self.create_publisher(String, topic, qos)
-                return self.create_subscription(
-                    String, topic, lambda msg: self.service.submit(msg.data), qos,
-                    callback_group=MutuallyExclusiveCallbackGroup())
-            except Exception as exc:  # an invalid topic name: fall back to the default
-                self._topic_errors.append('%s %r is not a valid topic name (%s); using %r' % (
-                    parameter, topic, exc, default))
-        raise RuntimeError('cannot create the %s topic' % parameter)  # pragma: no cover
+        callback = (lambda msg: self.service.submit(msg.data)) if kind == 'subscription' \
+            else None
+        return create_topic(self, kind, parameter, name,
+                            default_value(PARAMETERS_BY_NAME[parameter]), qos,
+                            self._topic_errors, callback, MutuallyExclusiveCallbackGroup())
 
     # ------------------------------------------------------------------ status
     def _publish_status(self, status: dict) -> None:
