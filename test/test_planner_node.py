@@ -620,3 +620,19 @@ def test_shutdown_answers_pending_commands_and_exits_0(ros, tmp_path, server, si
         assert 'Traceback' not in stderr and 'shutting down' in stderr
     finally:
         node.kill()
+
+
+def test_ctrl_c_in_a_terminal_signals_it_twice_and_it_still_exits_0(ros, tmp_path, server):
+    # A terminal's Ctrl-C reaches launch and the node both: launch's SIGINT comes after the
+    # node's own, possibly while Python is already exiting.
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(server))
+    try:
+        status.wait_for(lambda s: s['state'] == 'ready')
+
+        def interrupted():
+            node.process.send_signal(signal.SIGINT)  # nothing once it has exited
+            return not node.alive()
+        wait_until(interrupted, 30, 'planner_node did not exit on SIGINT')
+        assert node.process.wait() == 0, node.stderr()[-3000:]
+    finally:
+        node.kill()

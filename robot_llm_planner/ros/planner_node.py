@@ -229,6 +229,11 @@ def main(args: Optional[List[str]] = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # Ctrl-C in a terminal signals launch and the node both, so a second SIGINT follows
+        # the first; Python restores the default handlers as it exits, and that one would end
+        # the process with -2 instead of 0. The node is done: ignore what comes now.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
     if not stopped:
         # the model is still loading or generating for nobody: do not wait for it
         sys.stdout.flush()
