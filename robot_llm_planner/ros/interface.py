@@ -4,10 +4,13 @@ The planner's ROS interface in one place: topic names, QoS, messages and the rcl
 planner_node and every client (plan_client, the demo, a behavior tree's node) import their
 QoS from here, never from the node module. The QoS choices are explained in ``docs/ros.md``.
 A node creates its topics with :func:`create_topic` (a bad name falls back to the default and
-is reported), starts rclpy with :func:`init_ros` and, before it exits, waits until its
-subscribers :func:`acknowledged` the last messages.
+is reported), starts rclpy with :func:`init_ros` and stops on :func:`stop_on_signals`; before
+it exits it waits until its subscribers :func:`acknowledged` the last messages, then
+:func:`ignore_signals`.
 """
 
+import signal
+import threading
 from typing import List, Optional
 
 from builtin_interfaces.msg import Time
@@ -132,6 +135,24 @@ def acknowledged(publishers) -> bool:
         except Exception:  # the context is going away: nothing more will be delivered
             pass
     return True
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGINT and SIGTERM: the node's loop then shuts it down in order."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: stop.set())
+
+
+def ignore_signals() -> None:
+    """
+    Ignore SIGINT and SIGTERM from now on: the node has shut down and is exiting.
+
+    Ctrl-C in a terminal signals launch and the node both, so a second SIGINT follows the
+    first; Python restores the default handlers as it exits, and that one would end the
+    process with -2 instead of 0.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def init_ros(args: Optional[List[str]] = None, context: Optional[Context] = None) -> None:

@@ -15,7 +15,6 @@ thread loads the model and plans.
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -34,9 +33,9 @@ from robot_llm_planner.core.parameters import (default_value, dynamic_changes, l
 from robot_llm_planner.core.skills import default_skills_path
 from robot_llm_planner.ros.interface import (acknowledged, command_qos, create_topic,
                                              diagnostic_array, diagnostics_qos,
-                                             DIAGNOSTICS_TOPIC, init_ros, NODE_NAME,
-                                             parameter_descriptor, plan_qos, status_qos,
-                                             TRANSITIONS)
+                                             DIAGNOSTICS_TOPIC, ignore_signals, init_ros,
+                                             NODE_NAME, parameter_descriptor, plan_qos,
+                                             status_qos, stop_on_signals, TRANSITIONS)
 from robot_llm_planner.serving.service import PlannerService, SHUTDOWN_GRACE_S
 from std_msgs.msg import String
 
@@ -197,21 +196,16 @@ def _shut_down(node: PlannerNode, executor: MultiThreadedExecutor) -> bool:
         wait=lambda seconds: executor.spin_once(timeout_sec=seconds), flushed=node.flushed)
 
 
-def _on_signals(stop: threading.Event) -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda number, frame: stop.set())
-
-
 def main(args: Optional[List[str]] = None) -> int:
     """Run planner_node until SIGINT, SIGTERM or the shutdown transition; 0 when clean."""
     stop = threading.Event()
-    _on_signals(stop)
+    stop_on_signals(stop)
     try:
         init_ros(args)
     except Exception as exc:
         print('planner_node: cannot initialize ROS: %s' % exc, file=sys.stderr)
         return 1
-    _on_signals(stop)  # an rclpy without signal handler options installed its own
+    stop_on_signals(stop)  # an rclpy without signal handler options installed its own
     node = None
     stopped = True
     try:
@@ -229,11 +223,7 @@ def main(args: Optional[List[str]] = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-        # Ctrl-C in a terminal signals launch and the node both, so a second SIGINT follows
-        # the first; Python restores the default handlers as it exits, and that one would end
-        # the process with -2 instead of 0. The node is done: ignore what comes now.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_signals()  # done: a second Ctrl-C must not end the exit with -2
     if not stopped:
         # the model is still loading or generating for nobody: do not wait for it
         sys.stdout.flush()
