@@ -28,8 +28,9 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, 'training')]  # the package and the tra
 
 from planner_training import demo_model  # noqa: E402
 from planner_training.dataset import TEST_KINDS  # noqa: E402
-from robot_llm_planner.cli.evaluate import (confidence_table, evaluate_rows,  # noqa: E402
-                                            is_exact, plan_examples)
+from robot_llm_planner.cli.evaluate import evaluate_rows, is_exact  # noqa: E402
+from robot_llm_planner.cli.results import confidence_table  # noqa: E402
+from robot_llm_planner.cli.runs import plan_examples  # noqa: E402
 from robot_llm_planner.core.plan import NO_TASK, parse_plan  # noqa: E402
 
 LATIN_COMMANDS = ('帮我拿一下iPad', '把USB线放到桌子上', '去Tom那里', '把iPhone拿给妈妈',

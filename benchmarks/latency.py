@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout (the GPU machine has no colcon install)
 
 from bench_models import build_model, SHAPES, synchronize  # noqa: E402, I100
-from report import percentile  # noqa: E402
+from robot_llm_planner.core.stats import percentile  # noqa: E402
 from robot_llm_planner.inference.decoding import StaticCacheDecoder  # noqa: E402
 import torch  # noqa: E402
 

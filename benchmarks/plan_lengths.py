@@ -34,8 +34,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # run from a checkout; training/ for the demo model's tokenizer
 sys.path[:0] = [ROOT, os.path.join(ROOT, 'training')]
 
-from report import percentile, write_report  # noqa: E402, I100
+from report import write_report  # noqa: E402, I100
 from robot_llm_planner.core.prompt import IM_END, PromptBuilder  # noqa: E402
+from robot_llm_planner.core.stats import percentile  # noqa: E402
 
 SPLITS = ('train', 'validation', 'test')
 DRAFT_TOKENS = (0, 2, 4, 8)

@@ -1,13 +1,7 @@
-"""What the benchmarks share without torch: percentiles, and writing OUT/NAME.json and .md."""
+"""What the benchmarks share without torch: writing OUT/NAME.json and .md."""
 
 import json
 import os
-
-
-def percentile(values, share):
-    """Return the value at ``share`` (0..1) of the sorted values (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
 def write_report(out, name, report, text):

@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.join(ROOT, 'training'))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
-from report import percentile, write_report  # noqa: E402, I100
+from report import write_report  # noqa: E402, I100
+from robot_llm_planner.core.stats import percentile  # noqa: E402
 
 DEFAULT_SPLIT = os.path.join(ROOT, 'training', 'data', 'task2_prompt0_test.json')
 WARM_UP = 5  # commands answered before the timed ones (not counted)
@@ -70,7 +71,7 @@ def measure(commands, timeout):
     """Send each command, wait for its answer; return one row of figures per command."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from robot_llm_planner.ros.plan_client import PlanClient
+    from robot_llm_planner.ros.client import PlanClient
     rclpy.init()
     node = rclpy.create_node('ros_overhead_%d' % os.getpid())
     executor = SingleThreadedExecutor()

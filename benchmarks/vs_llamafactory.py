@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.join(ROOT, 'training'))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
-from report import percentile, write_report  # noqa: E402, I100
+from report import write_report  # noqa: E402, I100
+from robot_llm_planner.core.stats import percentile  # noqa: E402
 
 DEFAULT_SPLIT = os.path.join(ROOT, 'training', 'data', 'task2_prompt0_test.json')
 DEFAULT_VARIANTS = [['defaults'], ['generate()', 'fast_path=off', 'draft_tokens=0']]
@@ -55,7 +56,8 @@ def cpu_name() -> str:
 
 def variant_settings(words: List[str]) -> Dict[str, object]:
     """Return the settings fields of one ``--variant NAME FIELD=VALUE...``, checked."""
-    from robot_llm_planner.core.parameters import PARAMETERS, parse_text
+    from robot_llm_planner.core.parameter_text import parse_text
+    from robot_llm_planner.core.parameters import PARAMETERS
     by_field = {parameter.field: parameter for parameter in PARAMETERS if parameter.field}
     fields = {}
     for word in words[1:]:

@@ -8,12 +8,12 @@ the same ``from_pretrained`` paths as the real Qwen1.5-7B. Nothing downloads.
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
+from doubles import FakeOpenAIServer
+from helpers import free_port, wait_until
 import pytest
 import yaml
 
@@ -171,9 +171,7 @@ API_KEY = 'sk-test-secret-0123456789'
 @pytest.fixture(scope='session')
 def llamafactory_api(tiny_model, tiny_adapter, tmp_path_factory):
     """Start `llamafactory-cli api` on 127.0.0.1 with the tiny model + adapter; yield its URL."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, API_HOST='127.0.0.1', API_PORT=str(port), API_KEY=API_KEY,
                CUDA_VISIBLE_DEVICES='')
     log = tmp_path_factory.mktemp('api') / 'api.log'
@@ -184,18 +182,24 @@ def llamafactory_api(tiny_model, tiny_adapter, tmp_path_factory):
              tiny_adapter, '--template', 'qwen', '--finetuning_type', 'lora',
              '--infer_backend', 'huggingface'], env=env, stdout=stream, stderr=subprocess.STDOUT)
     url = 'http://127.0.0.1:%d/v1' % port
-    deadline = time.time() + 180
-    while True:
+
+    def serving():
+        if process.poll() is not None:
+            pytest.fail('llamafactory-cli api exited:\n' + log.read_text()[-3000:])
         try:
             request = urllib.request.Request(url + '/models',
                                              headers={'Authorization': 'Bearer ' + API_KEY})
             urllib.request.urlopen(request, timeout=2).read()
-            break
+            return True
         except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                process.kill()
-                pytest.fail('llamafactory-cli api did not start:\n' + log.read_text()[-3000:])
-            time.sleep(0.5)
+            return False
+
+    try:
+        wait_until(serving, 180, lambda: 'llamafactory-cli api did not start:\n'
+                   + log.read_text()[-3000:])
+    except BaseException:
+        process.kill()
+        raise
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -283,8 +287,7 @@ def ros():
 
 @pytest.fixture
 def server():
-    """Yield an OpenAI-compatible FakeServer (test/planner_harness.py), closed afterwards."""
-    from planner_harness import FakeServer
-    fake = FakeServer()
+    """Yield an OpenAI-compatible FakeOpenAIServer (test/doubles.py), closed afterwards."""
+    fake = FakeOpenAIServer()
     yield fake
     fake.close()

@@ -1,19 +1,19 @@
 """
 Test helpers for planner_node over real ROS 2 (rclpy + Fast DDS), shared by the node tests.
 
+The ROS-free doubles (the fake OpenAI server) are in test/doubles.py, the waiting and the
+error codes in test/helpers.py.
+
 - :func:`ros_domain`: a random ROS_DOMAIN_ID (set in os.environ before rclpy.init and in the
   environment handed to subprocesses), an rclpy context, a test node spun in a thread, a
-  :class:`~robot_llm_planner.ros.plan_client.PlanClient` and a status recorder;
+  :class:`~robot_llm_planner.ros.client.PlanClient` and a status recorder;
 - :class:`NodeProcess`: the BUILT planner_node executable started as a subprocess with a
   parameters YAML written by the test plus ``-p`` overrides;
-- :class:`FakeServer`: an OpenAI-compatible HTTP server whose answers the test holds back or
-  releases, so queue and shutdown behaviour can be driven deterministically;
 - :class:`LifecycleClient` and :class:`DiagnosticsRecorder`: the managed node's lifecycle
   services as ``ros2 lifecycle`` calls them, and /diagnostics as rqt_robot_monitor reads it.
 """
 
 from contextlib import contextmanager
-import http.server
 import json
 import os
 import random
@@ -24,20 +24,21 @@ import time
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
+# fake_server_parameters: the plan_executor tests import it from here
+from doubles import ANSWERED, fake_server_parameters  # noqa: F401
+from helpers import wait_until
 import jsonschema
 from lifecycle_msgs.srv import ChangeState, GetState
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from robot_llm_planner.ros.client import PlanClient
 from robot_llm_planner.ros.interface import diagnostics_qos, status_qos
-from robot_llm_planner.ros.plan_client import PlanClient
 from std_msgs.msg import String
 import yaml
 
 PACKAGE = 'robot_llm_planner'
-OK_PLAN = '寻找一瓶水；拿起一瓶水。寻找物体，一瓶水；拿起物体，一瓶水'
-ANSWERED = 60.0   # seconds a test waits for an answer (a loaded tiny model answers in < 1 s)
 
 
 def executable(name):
@@ -91,21 +92,15 @@ class StatusRecorder:
 
     def wait_for(self, predicate, timeout=ANSWERED):
         """Wait until the latest status satisfies ``predicate``; return it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def matched():
             latest = self.latest()
-            if latest is not None and predicate(latest):
-                return latest
-            time.sleep(0.02)
-        pytest.fail('status never matched; last: %s' % self.latest())
+            return latest if latest is not None and predicate(latest) else None
+        return wait_until(matched, timeout,
+                          lambda: 'status never matched; last: %s' % self.latest())
 
 
 def _wait_future(future, timeout):
-    deadline = time.monotonic() + timeout
-    while not future.done():
-        if time.monotonic() > deadline:
-            pytest.fail('no response within %g s' % timeout)
-        time.sleep(0.02)
+    wait_until(future.done, timeout, 'no response within %g s' % timeout)
     return future.result()
 
 
@@ -167,21 +162,21 @@ class DiagnosticsRecorder:
         """Wait until a status (received from now on if ``fresh``) satisfies ``predicate``."""
         with self._lock:
             seen = len(self.messages) if fresh else 0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def matched():
             with self._lock:
-                fresh = self.messages[seen:]
-            for entry in fresh:
-                if predicate(entry):
-                    return entry
-            time.sleep(0.02)
-        with self._lock:
-            last = self.messages[-1] if self.messages else None
-        pytest.fail('/diagnostics never matched; last: %s' % last)
+                return next((entry for entry in self.messages[seen:] if predicate(entry)), None)
+
+        def last():
+            with self._lock:
+                return '/diagnostics never matched; last: %s' % (
+                    self.messages[-1] if self.messages else None)
+        return wait_until(matched, timeout, last)
 
 
 # Discovery stays on this machine: the range variable from Iron on, the older flag on Humble.
 LOCALHOST_ONLY = {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+_DOMAINS_IN_USE = set()
 if os.environ.get('ROS_DISTRO') == 'humble':
     LOCALHOST_ONLY['ROS_LOCALHOST_ONLY'] = '1'
 
@@ -234,8 +229,15 @@ class RosDomain:
 
 @contextmanager
 def ros_domain():
-    """Yield a RosDomain on a random ROS_DOMAIN_ID (restored afterwards)."""
-    domain_id = random.randint(10, 101)  # 0-101 is the safe range on Linux (ephemeral ports)
+    """
+    Yield a RosDomain on a random ROS_DOMAIN_ID (restored afterwards).
+
+    Never one this process holds already: a module's node (a fixture) would answer another
+    test's commands on a shared domain.
+    """
+    # 0-101 is the safe range on Linux (ephemeral ports)
+    domain_id = random.choice([n for n in range(10, 102) if n not in _DOMAINS_IN_USE])
+    _DOMAINS_IN_USE.add(domain_id)
     names = ('ROS_DOMAIN_ID',) + tuple(LOCALHOST_ONLY)
     saved = {name: os.environ.get(name) for name in names}
     os.environ['ROS_DOMAIN_ID'] = str(domain_id)
@@ -245,6 +247,7 @@ def ros_domain():
         yield domain
     finally:
         domain.close()
+        _DOMAINS_IN_USE.discard(domain_id)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -323,104 +326,6 @@ def _nest(flat):
             level = level.setdefault(parent, {})
         level[leaf] = value
     return nested
-
-
-class FakeServer:
-    """
-    An OpenAI-compatible chat server on 127.0.0.1 whose answers can be held back.
-
-    While ``gate`` is clear, chat requests wait (at most ``hold_s``); ``requests`` lists the
-    commands received and ``bodies`` their JSON request bodies. ``answers`` maps a command
-    to its reply text, or to an int HTTP status to fail with; other commands get
-    :data:`OK_PLAN`. ``logprobs`` maps a command to the token log-probabilities its reply
-    carries (``choices[0].logprobs.content``); other replies carry none.
-    """
-
-    def __init__(self, hold_s=20.0, port=0):
-        """Start serving on ``port`` (0: any free one) in a thread; the gate starts open."""
-        self.gate = threading.Event()
-        self.gate.set()
-        self.hold_s = hold_s
-        self.requests = []
-        self.bodies = []
-        self.answers = {}
-        self.logprobs = {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, body):
-                data = json.dumps(body, ensure_ascii=False).encode('utf-8')
-                try:
-                    self.send_response(code)
-                    self.send_header('Content-Type', 'application/json')
-                    self.send_header('Content-Length', str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting (a timeout test)
-
-            def do_GET(self):
-                self._send(200, {'object': 'list', 'data': [{'id': 'fake', 'object': 'model'}]})
-
-            def do_POST(self):
-                length = int(self.headers.get('Content-Length', 0))
-                body = json.loads(self.rfile.read(length).decode('utf-8'))
-                if not self.path.endswith('/chat/completions'):  # e.g. vLLM's /tokenize
-                    self._send(404, {'detail': 'Not Found'})
-                    return
-                command = body['messages'][-1]['content'].split('\n')[-1]
-                server.bodies.append(body)
-                server.requests.append(command)
-                server.gate.wait(server.hold_s)
-                answer = server.answers.get(command, OK_PLAN)
-                if isinstance(answer, int):
-                    self._send(answer, {'error': {'message': 'fake failure'}})
-                    return
-                choice = {'message': {'role': 'assistant', 'content': answer},
-                          'finish_reason': 'stop'}
-                if command in server.logprobs:
-                    choice['logprobs'] = {'content': [
-                        {'token': 't', 'logprob': value} for value in server.logprobs[command]]}
-                self._send(200, {'choices': [choice],
-                                 'usage': {'prompt_tokens': 20, 'completion_tokens': 12}})
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', port), Handler)
-        self.httpd.daemon_threads = True
-        self.url = 'http://127.0.0.1:%d/v1' % self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def wait_for_requests(self, count, timeout=ANSWERED):
-        """Wait until ``count`` chat requests arrived."""
-        deadline = time.monotonic() + timeout
-        while len(self.requests) < count:
-            if time.monotonic() > deadline:
-                pytest.fail('the fake server got %d requests, expected %d'
-                            % (len(self.requests), count))
-            time.sleep(0.02)
-
-    def close(self):
-        """Release held requests and stop serving."""
-        self.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def fake_server_parameters(server, **extra):
-    """
-    Return planner_node parameters for the openai backend on ``server``.
-
-    The server answers :data:`OK_PLAN` to any command, so its arguments are not checked
-    against the command (``validation.grounded_arguments`` false) unless ``extra`` says so.
-    """
-    parameters = {'model.backend': 'openai', 'remote.base_url': server.url,
-                  'remote.model': 'fake', 'remote.retries': 0, 'remote.timeout_s': 60.0,
-                  'generation.constrained': False, 'validation.grounded_arguments': False}
-    parameters.update(extra)
-    return parameters
 
 
 def wait_for_answers(client, ids, timeout=ANSWERED):

@@ -2,10 +2,11 @@
 The layers and their boundaries: what each subpackage may import, and on which Pythons.
 
 Layers, lowest first: ``core`` (no ROS, no torch), ``inference`` and ``execution``
-(py_trees) beside each other, then ``ros`` and ``cli`` beside each other; the training side
-(``training/planner_training``) sits above them all and is not installed. A module imports
-only its own layer and the layers below it, lazy imports inside functions included, and the
-module graph has no cycle.
+(py_trees) beside each other, ``serving`` (the planner service, ROS-free) on ``inference``,
+then ``ros`` and ``cli`` beside each other; the training side (``training/planner_training``)
+sits above them all and is not installed. A module imports only its own layer and the layers
+below it, lazy imports inside functions included, and the module graph has no cycle. Every
+module of ``ros`` uses rclpy; nothing else in the package does.
 """
 
 import ast
@@ -25,10 +26,13 @@ ALLOWED = {
     'core': set(),
     'inference': {'core'},
     'execution': {'core'},
-    'ros': {'core', 'inference', 'execution'},
+    'serving': {'core', 'inference'},
+    'ros': {'core', 'inference', 'execution', 'serving'},
     'cli': {'core', 'inference'},
-    'planner_training': {'core', 'inference', 'execution', 'ros', 'cli'},
+    'planner_training': {'core', 'inference', 'execution', 'serving', 'ros', 'cli'},
 }
+ROS = {'rclpy', 'std_msgs', 'rcl_interfaces', 'diagnostic_msgs', 'lifecycle_msgs',
+       'builtin_interfaces'}
 # Third-party packages a layer must never import, lazily or not.
 FORBIDDEN = {
     'core': {'torch', 'transformers', 'peft', 'xgrammar', 'rclpy', 'std_msgs', 'rcl_interfaces',
@@ -36,6 +40,7 @@ FORBIDDEN = {
     'inference': {'rclpy', 'std_msgs', 'rcl_interfaces', 'llamafactory'},
     'execution': {'torch', 'transformers', 'peft', 'xgrammar', 'rclpy', 'std_msgs',
                   'rcl_interfaces', 'llamafactory'},
+    'serving': ROS | {'torch', 'transformers', 'peft', 'xgrammar', 'llamafactory'},
     'cli': {'rclpy', 'std_msgs', 'rcl_interfaces', 'llamafactory'},
     'ros': {'llamafactory'},
 }
@@ -120,17 +125,24 @@ def test_the_node_is_thin_and_its_service_ros_free():
         node = stream.read()
     assert node.count('\n') < 250
     assert node.count('_plan_pub.publish(') == 1  # the one publish_answer the service gets
-    with open(MODULES['robot_llm_planner.ros.service'], encoding='utf-8') as stream:
-        service = stream.read()
-    assert service.count('self._publish_answer(') == 1  # inside _answer: one way to answer
-    for module in ('robot_llm_planner.ros.service', 'robot_llm_planner.ros.health',
-                   'robot_llm_planner.ros.command_queue'):
-        tops = {name.split('.')[0] for name in _imports(MODULES[module])}
-        assert not tops & {'rclpy', 'std_msgs', 'rcl_interfaces', 'diagnostic_msgs'}, module
+    with open(MODULES['robot_llm_planner.serving.answers'], encoding='utf-8') as stream:
+        answers = stream.read()
+    assert answers.count('self._publish(') == 1  # inside send_plan: one way to answer
+    for module in MODULES:
+        if _layer(module) == 'serving':
+            tops = {name.split('.')[0] for name in _imports(MODULES[module])}
+            assert not tops & ROS, module
+
+
+def test_every_module_of_ros_uses_rclpy():
+    for module in MODULES:
+        if _layer(module) == 'ros' and not module.endswith('__init__') and module.count('.') > 1:
+            tops = {name.split('.')[0] for name in _imports(MODULES[module])}
+            assert 'rclpy' in tops, '%s does not use rclpy: it belongs to another layer' % module
 
 
 def test_the_service_loads_no_ros():
-    loaded = _loaded_after_import(['robot_llm_planner.ros.service'])
+    loaded = _loaded_after_import(['robot_llm_planner.serving.service'])
     assert not loaded & {'rclpy', 'torch'}, loaded
 
 

@@ -13,7 +13,7 @@ ANSWERS = {'去厨房': '去厨房。移动到，厨房', '今天天气怎么样
 
 @pytest.fixture
 def server(server):
-    """Return the conftest's FakeServer, answering this file's commands."""
+    """Return the conftest's FakeOpenAIServer, answering this file's commands."""
     server.answers.update(ANSWERS)
     return server
 

@@ -8,7 +8,7 @@ import pytest
 from robot_llm_planner.core.command import (Command, IdFactory, INVALID_JSON, INVALID_REQUEST,
                                             looks_like_json, parse_command, QUEUE_FULL,
                                             SHUTTING_DOWN)
-from robot_llm_planner.ros.command_queue import CommandQueue
+from robot_llm_planner.serving.command_queue import CommandQueue
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from hypothesis import given, settings, strategies as st
 import jsonschema
 import pytest
 
-from robot_llm_planner.cli.evaluate import confidence_table
+from robot_llm_planner.cli.results import confidence_table
 from robot_llm_planner.core.backend import GenerationConfig
+from robot_llm_planner.core.byte_level import BYTE_TO_CHAR, CHAR_TO_BYTE
 from robot_llm_planner.core.confidence import (assign_step_confidences, character_spans,
                                                published_confidence)
 from robot_llm_planner.core.parameters import check_value, PARAMETERS_BY_NAME
@@ -26,7 +27,7 @@ from robot_llm_planner.core.planner import Planner
 from robot_llm_planner.core.prompt import PromptBuilder
 from robot_llm_planner.core.skills import package_share_path, SkillSet
 from robot_llm_planner.inference.grammar import PlanGrammar
-from robot_llm_planner.inference.transformers_backend import _BYTE_ALPHABET, TransformersBackend
+from robot_llm_planner.inference.transformers_backend import TransformersBackend
 import torch
 
 SKILLS = SkillSet.load()
@@ -326,7 +327,7 @@ def _expected_spans(pieces):
 
 def _pieces(tokenizer, ids):
     special = set(tokenizer.all_special_ids)
-    return [b'' if token in special else bytes(_BYTE_ALPHABET[char] for char in piece)
+    return [b'' if token in special else bytes(CHAR_TO_BYTE[char] for char in piece)
             for token, piece in zip(ids, tokenizer.convert_ids_to_tokens(ids))]
 
 
@@ -373,8 +374,7 @@ def test_character_spans_count_characters_as_python_decodes_them(pieces):
 def test_token_spans_of_undecodable_bytes_end_where_decoding_every_prefix_does(random_backend):
     # a weak or sampled model can write byte tokens that are no UTF-8 at all
     tokenizer = random_backend.tokenizer
-    alphabet = {byte: char for char, byte in _BYTE_ALPHABET.items()}
-    byte_ids = [tokenizer.convert_tokens_to_ids(alphabet[byte]) for byte in (0x80, 0xC0, 0xED)]
+    byte_ids = [tokenizer.convert_tokens_to_ids(BYTE_TO_CHAR[byte]) for byte in (0x80, 0xC0, 0xED)]
     words = tokenizer.encode('拿起水', add_special_tokens=False)
     for ids in ([words[0], byte_ids[0], byte_ids[0]] + words[1:],
                 [byte_ids[1], byte_ids[0]] + words, [byte_ids[2], byte_ids[0]] + words):

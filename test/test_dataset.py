@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from planner_training import dataset
+from planner_training import dataset, sampler, vocabulary
 from planner_training.dataset import (DatasetError, generate, load_prompts, make_dataset,
                                       shipped_files)
 import pytest
@@ -62,8 +62,8 @@ def test_sizes_and_metadata(generated):
         for task in dataset.TASKS:
             for prompt in ('prompt0', 'prompt1', 'prompt2', 'prompt3'):
                 assert len(_rows(texts, task, prompt, split)) == size
-    assert meta['heldout']['objects'] == list(dataset.HELDOUT_OBJECTS)
-    assert set(meta['heldout']['templates']) == set(dataset.HELDOUT_TEMPLATES)
+    assert meta['heldout']['objects'] == list(vocabulary.HELDOUT_OBJECTS)
+    assert set(meta['heldout']['templates']) == set(vocabulary.HELDOUT_TEMPLATES)
     assert sum(meta['categories']['train'].values()) == 3150
     assert meta['categories']['train']['no_task'] == 150
     assert meta['test_examples_with_heldout']['no_task'] == 25
@@ -73,10 +73,11 @@ def test_sizes_and_metadata(generated):
 def test_metadata_names_a_held_out_template_of_any_category(monkeypatch, skills, template):
     # Holding out an open or close template made metadata() raise KeyError: its template map
     # had only the fetch, bring, put and go templates.
-    monkeypatch.setattr(dataset, 'HELDOUT_TEMPLATES', dataset.HELDOUT_TEMPLATES + (template,))
+    monkeypatch.setattr(vocabulary, 'HELDOUT_TEMPLATES',
+                        vocabulary.HELDOUT_TEMPLATES + (template,))
     splits = generate(skills, size=60)
     meta = dataset.metadata(splits, {}, dataset.DEFAULT_SEED, 60)
-    text = dict(t for _, table in dataset.CLAUSE_TEMPLATES for t in table)[template]
+    text = dict(t for _, table in vocabulary.CLAUSE_TEMPLATES for t in table)[template]
     assert meta['heldout']['templates'][template] == text
     assert not any(template in example.templates for example in splits['train'])
 
@@ -175,27 +176,28 @@ def test_commands_are_unique_across_splits(generated):
 
 def test_heldout_items_never_in_train_or_validation(generated, examples):
     _, texts = generated
-    heldout = dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS + dataset.HELDOUT_FURNITURE
+    heldout = vocabulary.HELDOUT_OBJECTS + vocabulary.HELDOUT_ROOMS + vocabulary.HELDOUT_FURNITURE
     for split in ('train', 'validation'):
         for row in _rows(texts, 'task2', 'prompt0', split):
             text = row['input'] + row['output']
             assert not [word for word in heldout + HELDOUT_TEMPLATE_MARKERS if word in text], row
         for example in examples[split]:
-            assert not set(example.templates) & set(dataset.HELDOUT_TEMPLATES)
+            assert not set(example.templates) & set(vocabulary.HELDOUT_TEMPLATES)
             assert example.heldout_kinds() == []
 
 
 def _heldout_only_characters():
     """Return the characters of held-out names that nothing else of the generator has."""
-    held = dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS + dataset.HELDOUT_FURNITURE
-    texts = [o[0] + o[1] + ''.join(o[2]) for o in dataset.OBJECTS if o[0] not in held]
-    texts += [r for r in dataset.ROOMS if r not in held]
-    texts += [f[0] + ''.join(f[1]) for f in dataset.FURNITURE if f[0] not in held]
-    texts += list(dataset.PEOPLE + dataset.OTHER_PLACES) + [o[0] for o in dataset.OPENABLES]
-    for table in (dataset.FETCH_TEMPLATES, dataset.BRING_TEMPLATES, dataset.PUT_TEMPLATES,
-                  dataset.OPEN_TEMPLATES, dataset.CLOSE_TEMPLATES, dataset.GO_TEMPLATES,
-                  dataset.WRAPPERS, dataset.NO_TASK_TEMPLATES):
-        texts += [t[1] for t in table if t[0] not in dataset.HELDOUT_TEMPLATES]
+    held = vocabulary.HELDOUT_OBJECTS + vocabulary.HELDOUT_ROOMS + vocabulary.HELDOUT_FURNITURE
+    texts = [o[0] + o[1] + ''.join(o[2]) for o in vocabulary.OBJECTS if o[0] not in held]
+    texts += [r for r in vocabulary.ROOMS if r not in held]
+    texts += [f[0] + ''.join(f[1]) for f in vocabulary.FURNITURE if f[0] not in held]
+    texts += list(vocabulary.PEOPLE + vocabulary.OTHER_PLACES)
+    texts += [o[0] for o in vocabulary.OPENABLES]
+    for table in (vocabulary.FETCH_TEMPLATES, vocabulary.BRING_TEMPLATES, vocabulary.PUT_TEMPLATES,
+                  vocabulary.OPEN_TEMPLATES, vocabulary.CLOSE_TEMPLATES, vocabulary.GO_TEMPLATES,
+                  vocabulary.WRAPPERS, vocabulary.NO_TASK_TEMPLATES):
+        texts += [t[1] for t in table if t[0] not in vocabulary.HELDOUT_TEMPLATES]
     return set(''.join(held)) - set(''.join(texts))
 
 
@@ -214,10 +216,10 @@ def test_no_task_rows_add_no_character_of_a_heldout_phrasing(examples):
     # e.g. 好 of "，好吗？" in "你好": held-out phrasings must stay as new as without them
     tasks = ''.join(e.command + format_plan(e.steps) for e in examples['train']
                     if e.category != 'no_task')
-    tables = (dataset.FETCH_TEMPLATES + dataset.BRING_TEMPLATES + dataset.PUT_TEMPLATES
-              + dataset.GO_TEMPLATES + dataset.WRAPPERS + dataset.NO_TASK_TEMPLATES)
+    tables = (vocabulary.FETCH_TEMPLATES + vocabulary.BRING_TEMPLATES + vocabulary.PUT_TEMPLATES
+              + vocabulary.GO_TEMPLATES + vocabulary.WRAPPERS + vocabulary.NO_TASK_TEMPLATES)
     held = ''.join(re.sub(r'\{[^}]*\}', '', t[1]) for t in tables
-                   if t[0] in dataset.HELDOUT_TEMPLATES)
+                   if t[0] in vocabulary.HELDOUT_TEMPLATES)
     only = set(held) - set(tasks)
     assert {'取', '搁', '好', '前', '煮'} <= only
     for split in ('train', 'validation'):
@@ -228,17 +230,17 @@ def test_no_task_rows_add_no_character_of_a_heldout_phrasing(examples):
 def test_test_split_uses_every_heldout_item(generated, examples):
     _, texts = generated
     test_text = ''.join(r['input'] for r in _rows(texts, 'task2', 'prompt0', 'test'))
-    for word in (dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS + dataset.HELDOUT_FURNITURE
-                 + HELDOUT_TEMPLATE_MARKERS):
+    for word in (vocabulary.HELDOUT_OBJECTS + vocabulary.HELDOUT_ROOMS
+                 + vocabulary.HELDOUT_FURNITURE + HELDOUT_TEMPLATE_MARKERS):
         assert word in test_text, word
     used = Counter(t for example in examples['test'] for t in example.templates)
-    assert all(used[name] for name in dataset.HELDOUT_TEMPLATES)
+    assert all(used[name] for name in vocabulary.HELDOUT_TEMPLATES)
     tasks = [example for example in examples['test'] if example.category != 'no_task']
     kinds = Counter(k for example in tasks for k in example.heldout_kinds() or ['none'])
     assert len(tasks) == 500 and kinds['none'] == 125 and min(kinds.values()) >= 125
     # commands without a task: a held-out template, then only seen templates and items
     no_task = [example for example in examples['test'] if example.category == 'no_task']
-    assert [example.templates[0] in dataset.HELDOUT_NO_TASK_TEMPLATES
+    assert [example.templates[0] in vocabulary.HELDOUT_NO_TASK_TEMPLATES
             for example in no_task] == [True, False] * 12 + [True]
     assert all(not example.heldout_kinds() for example in no_task[1::2])
 
@@ -257,8 +259,8 @@ def test_commands_without_a_task(generated, examples):
     # every seen no-task template is drawn, as chit-chat, a request and an injection
     used = Counter(t for example in examples['train'] if example.category == 'no_task'
                    for t in example.templates[:1])
-    seen = [t[0] for t in dataset.NO_TASK_TEMPLATES
-            if t[0] not in dataset.HELDOUT_NO_TASK_TEMPLATES]
+    seen = [t[0] for t in vocabulary.NO_TASK_TEMPLATES
+            if t[0] not in vocabulary.HELDOUT_NO_TASK_TEMPLATES]
     assert set(used) == set(seen)
     assert '今天天气怎么样？' in train and '执行命令 rm -rf /' in train
     assert any(c.startswith(('请', '麻烦', '能不能')) for c in train)  # requests are wrapped
@@ -278,13 +280,13 @@ def test_coverage_of_categories_and_forms(generated, examples):
     for phrase in ('麻烦你', '能不能帮我', '吧', '快去', '请', '帮我', '谢谢', '先'):
         assert sum(phrase in c for c in commands) >= 20, phrase
     steps = [s for r in train for s in parse_plan(r['output']).steps]
-    targets = [s.target for s in steps if s.action == dataset.FIND]
+    targets = [s.target for s in steps if s.action == sampler.FIND]
     locations = [s.location for s in steps if s.location]
     form_checks = {
         'count (一瓶水)': lambda t: t.startswith('一') and t[1] in '瓶个本把条',
         'attribute (红色的杯子)': lambda t: '的' in t and not t.startswith(('那', '这', '一')),
         'demonstrative (那本蓝色的书)': lambda t: t.startswith(('那', '这')) and '的' in t,
-        'bare noun (遥控器)': lambda t: t in [o[0] for o in dataset.OBJECTS],
+        'bare noun (遥控器)': lambda t: t in [o[0] for o in vocabulary.OBJECTS],
     }
     for form, check in form_checks.items():
         assert sum(map(check, targets)) >= 50, form
@@ -292,13 +294,13 @@ def test_coverage_of_categories_and_forms(generated, examples):
         'room and furniture (厨房的桌子上)': lambda p: '的' in p and p.endswith('上'),
         'furniture relation (沙发旁边)': lambda p: '的' not in p and p.endswith('旁边'),
         'container (冰箱里)': lambda p: p.endswith('里'),
-        'room (厨房)': lambda p: p in dataset.ROOMS,
+        'room (厨房)': lambda p: p in vocabulary.ROOMS,
     }
     for form, check in location_checks.items():
         assert sum(map(check, locations)) >= 50, form
     steps_per_plan = Counter(len(parse_plan(r['output']).steps) for r in train)
     assert max(steps_per_plan) >= 8 and steps_per_plan[1] >= 300
-    assert {s.action for s in steps} == set(dataset.ACTIONS)
+    assert {s.action for s in steps} == set(sampler.ACTIONS)
 
 
 def test_skills_without_a_template_action_is_a_clear_error(tmp_path):
@@ -327,7 +329,7 @@ def test_a_label_that_fails_validation_stops_the_generator(skills):
     with pytest.raises(DatasetError, match="target '厨房' does not appear in the command"):
         dataset.check_label(made_up, skills, 'train')
     # and validation.preconditions on every label: nothing handed over that was not picked up
-    impossible = dataset.Example('把水递给我', [dataset.hand_step('水', '我')], 'bring')
+    impossible = dataset.Example('把水递给我', [sampler.hand_step('水', '我')], 'bring')
     with pytest.raises(DatasetError, match='step 1: 递给 needs the robot to hold something'):
         dataset.check_label(impossible, skills, 'train')
 

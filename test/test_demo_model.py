@@ -132,13 +132,13 @@ def test_fresh_share_sets_how_many_random_name_characters_are_new():
 
 
 def test_verb_substitution_swaps_only_frame_verbs_and_keeps_every_plan(rows):
-    from planner_training import dataset
+    from planner_training import vocabulary
     plain = demo_model.training_rows(Recipe(extra_rows=600, verb_substitution=0.0), ROOT)
     swapped = demo_model.training_rows(Recipe(extra_rows=600, verb_substitution=1.0), ROOT)
     outputs = [row['output'] for row in plain]
     assert [row['output'] for row in swapped] == outputs == [row['output'] for row in rows]
-    heldout_chars = set(''.join(dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS +
-                                dataset.HELDOUT_FURNITURE + ('取', '搁', '带', '前往')))
+    heldout_chars = set(''.join(vocabulary.HELDOUT_OBJECTS + vocabulary.HELDOUT_ROOMS +
+                                vocabulary.HELDOUT_FURNITURE + ('取', '搁', '带', '前往')))
     changed = 0
     for before, after in zip(plain, swapped):
         old, new = before['input'], after['input']

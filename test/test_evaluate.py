@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from robot_llm_planner.cli.evaluate import (evaluate_rows, EvaluationError, load_rows, percentile,
-                                            run_names)
+from robot_llm_planner.cli.evaluate import evaluate_rows
+from robot_llm_planner.cli.runs import EvaluationError, load_rows, run_names
 from robot_llm_planner.core.skills import SkillSet
+from robot_llm_planner.core.stats import percentile
 
 SYSTEM = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.'
 
@@ -55,11 +56,11 @@ def test_hand_computed_metrics(skills):
     assert metrics['action_precision'] == pytest.approx(4 / 6)
     assert metrics['action_recall'] == pytest.approx(4 / 8)
     assert metrics['action_f1'] == pytest.approx(4 / 7)
-    # latencies 100, 200, 300, 400 (linear interpolation between ranks)
+    # latencies 100, 200, 300, 400 (nearest rank: a measured latency each)
     assert metrics['latency_count'] == 4
-    assert metrics['latency_p50_ms'] == pytest.approx(250)
-    assert metrics['latency_p90_ms'] == pytest.approx(370)
-    assert metrics['latency_p99_ms'] == pytest.approx(397)
+    assert metrics['latency_p50_ms'] == 200
+    assert metrics['latency_p90_ms'] == 400
+    assert metrics['latency_p99_ms'] == 400
 
 
 def test_steps_match_as_multisets_and_locations_count(skills):
@@ -132,9 +133,9 @@ def test_no_task_rows(skills):
 
 
 def test_percentile_edges():
-    assert percentile([7.0], 99) == 7.0
-    assert percentile([3, 1, 2], 50) == 2
-    assert percentile([0, 10], 90) == pytest.approx(9)
+    assert percentile([7.0], 0.99) == 7.0
+    assert percentile([3, 1, 2], 0.5) == 2
+    assert percentile([0, 10], 0.9) == 10  # nearest rank, not between the two
 
 
 def _prompt(query):
@@ -209,7 +210,7 @@ def test_cli_writes_table_csv_and_chart(tmp_path):
         table = list(csv.DictReader(stream))
     assert [row['run'] for row in table] == ['lora-task2_prompt0', 'planner']
     assert float(table[0]['description_f1']) == pytest.approx(2 / 3, abs=1e-5)
-    assert table[0]['latency_p50_ms'] == '' and float(table[1]['latency_p90_ms']) == 280
+    assert table[0]['latency_p50_ms'] == '' and float(table[1]['latency_p90_ms']) == 300
     assert (out / 'results.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     named = _evaluate(str(lf), '--names', 'LoRA', '--out', str(out))
     assert named.returncode == 0 and '| metric | LoRA |' in named.stdout

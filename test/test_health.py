@@ -11,8 +11,9 @@ import shutil
 import pytest
 from robot_llm_planner.core import fingerprint as fingerprint_module
 from robot_llm_planner.core.fingerprint import fingerprint
-from robot_llm_planner.ros.health import (ERROR, health, key_values, memory_figures, OK,
-                                          percentile, RecentPlans, WARN)
+from robot_llm_planner.core.stats import percentile
+from robot_llm_planner.serving.health import (ERROR, health, key_values, memory_figures, OK,
+                                              RecentPlans, WARN)
 
 
 def status(**changes):

@@ -5,22 +5,20 @@ The built node runs as a subprocess; this process drives it through its lifecycl
 (``change_state``, ``get_state``, as ``ros2 lifecycle`` does), sends commands in every state
 and counts the answers on /action_plan, and reads /planner_status and /diagnostics as any
 subscriber would. The commands are planned by the openai backend against the scripted
-FakeServer, or by tiny Qwen2 models on CPU.
+FakeOpenAIServer (test/doubles.py), or by tiny Qwen2 models on CPU.
 """
 
 import signal
 import time
 
-from planner_harness import (assert_exactly_one_answer, fake_server_parameters, NodeProcess,
-                             schema_validator, wait_for_answers)
+from doubles import fake_server_parameters
+from helpers import codes, free_port
+from planner_harness import (assert_exactly_one_answer, NodeProcess, schema_validator,
+                             wait_for_answers)
 import psutil
 import pytest
 
 MANUAL = {'lifecycle.autostart': False}
-
-
-def _codes(answer):
-    return [error['code'] for error in answer['errors']]
 
 
 def _assert_in_order(seen, expected):
@@ -34,7 +32,7 @@ def _assert_in_order(seen, expected):
 
 def _rejected_inactive(client, request_id):
     answer = wait_for_answers(client, [request_id])[request_id]
-    assert answer['status'] == 'rejected' and _codes(answer) == ['node_inactive'], answer
+    assert answer['status'] == 'rejected' and codes(answer) == ['node_inactive'], answer
     schema_validator().validate(answer)
     return answer
 
@@ -168,7 +166,7 @@ def test_a_bad_model_path_fails_configure_and_reports_error(ros, tmp_path):
         assert missing in error['message'] and missing in error['values']['error']
         assert client.wait_for_planner(60)
         answer = wait_for_answers(client, [client.send('去客厅', 'failed')])['failed']
-        assert answer['status'] == 'error' and _codes(answer) == ['model_load_failed']
+        assert answer['status'] == 'error' and codes(answer) == ['model_load_failed']
         assert not lifecycle.change('activate')  # not from unconfigured
         assert not lifecycle.change('configure') and lifecycle.get() == 'unconfigured'
         assert 'cannot load the model' in node.stderr()
@@ -222,10 +220,7 @@ def test_diagnostics_report_every_second_and_warn_when_the_queue_fills(ros, tmp_
 
 @pytest.mark.slow
 def test_sigterm_while_configure_retries_an_unreachable_server_exits_at_once(ros, tmp_path):
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     status, client, lifecycle = ros.status(), ros.client(), ros.lifecycle()
     node = NodeProcess(ros, tmp_path, {
         'model.backend': 'openai', 'remote.base_url': 'http://127.0.0.1:%d/v1' % port,
@@ -237,7 +232,7 @@ def test_sigterm_while_configure_retries_an_unreachable_server_exits_at_once(ros
         assert retrying['lifecycle'] == 'configuring' and retrying['health']['level'] == 'WARN'
         assert client.wait_for_planner(60)
         answer = wait_for_answers(client, [client.send('去客厅', 'retrying')])['retrying']
-        assert answer['status'] == 'error' and _codes(answer) == ['model_load_failed']
+        assert answer['status'] == 'error' and codes(answer) == ['model_load_failed']
         started = time.monotonic()
         assert node.stop(signal.SIGTERM, timeout=10) == 0
         elapsed = time.monotonic() - started

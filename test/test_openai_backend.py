@@ -1,19 +1,18 @@
 """
 The remote backend against a real `llamafactory-cli api` server, and its failure modes.
 
-The failure-mode servers are real HTTP servers on 127.0.0.1 that answer slowly, with garbage
-or with errors, as a broken or overloaded inference server would.
+The failure-mode servers are real HTTP servers on 127.0.0.1 (test/doubles.py, scripted) that
+answer slowly, with garbage or with errors, as a broken or overloaded inference server would.
 """
 
-import http.server
 import json
 import math
 import os
-import socket
 import threading
-import time
 
 from conftest import API_KEY
+from doubles import CUT, FakeOpenAIServer
+from helpers import codes, free_port
 import jsonschema
 import pytest
 
@@ -25,12 +24,6 @@ from robot_llm_planner.inference.openai_backend import OpenAIBackend
 from robot_llm_planner.inference.transformers_backend import TransformersBackend
 
 COMMANDS = ['帮我拿一瓶水。', '把红色的杯子放到厨房的桌子上', '去客厅']
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -60,74 +53,6 @@ def test_wrong_key_is_refused_without_leaking_it(llamafactory_api, monkeypatch):
     assert 'sk-wrong-key' not in json.dumps(backend.describe())
 
 
-class _Server:
-    """
-    A real HTTP server on 127.0.0.1 whose answers a test scripts.
-
-    ``answers``: (delay_s, status, body bytes[, headers]) in turn, the last one repeating; a
-    request whose user message is a key of ``by_command`` gets that answer instead. A status
-    of ``CUT`` sends a 200 that promises more bytes than it sends (a connection broken off).
-    """
-
-    def __init__(self, answers, by_command=None):
-        self.answers = list(answers)
-        self.by_command = dict(by_command or {})
-        self.requests = []
-        self.in_flight = self.most_in_flight = 0
-        self.barrier = None  # a threading.Barrier: answer only once that many requests wait
-        lock = threading.Lock()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self):
-                length = int(self.headers.get('Content-Length') or 0)
-                data = self.rfile.read(length)
-                server.requests.append((self.command, self.path, dict(self.headers), data))
-                messages = json.loads(data).get('messages') if data else None
-                command = messages[-1]['content'] if messages else None
-                with lock:
-                    answer = server.by_command.get(command) or (
-                        server.answers.pop(0) if len(server.answers) > 1 else server.answers[0])
-                    server.in_flight += 1
-                    server.most_in_flight = max(server.most_in_flight, server.in_flight)
-                delay, status, body, headers = (tuple(answer) + ({},))[:4]
-                if server.barrier is not None:
-                    try:
-                        server.barrier.wait()
-                    except threading.BrokenBarrierError:
-                        pass  # fewer came at once: answer anyway (the test sees it)
-                time.sleep(delay)
-                with lock:
-                    server.in_flight -= 1
-                try:
-                    self.send_response(200 if status == CUT else status)
-                    self.send_header('Content-Type', 'application/json')
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    promised = len(body) + (100 if status == CUT else 0)
-                    self.send_header('Content-Length', str(promised))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the client gave up (timeout test)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.url = 'http://127.0.0.1:%d/v1' % self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-CUT = 'cut'
-
-
 def _completion(text):
     return json.dumps({'choices': [{'message': {'role': 'assistant', 'content': text},
                                     'finish_reason': 'stop'}],
@@ -137,10 +62,12 @@ def _completion(text):
 
 @pytest.fixture
 def server():
+    """Yield a function that starts a FakeOpenAIServer replying ``answers`` in turn."""
     servers = []
 
     def start(*answers, by_command=None):
-        servers.append(_Server(answers, by_command))
+        servers.append(FakeOpenAIServer().script(*answers))
+        servers[-1].raw.update(by_command or {})
         return servers[-1]
     yield start
     for item in servers:
@@ -158,7 +85,7 @@ def test_request_body_and_key_header(server, api_key):
     srv = server((0, 200, _completion(PLAN)))
     generation = _generate(OpenAIBackend(srv.url, 'lora-task2', api_key))
     assert generation.text == PLAN and generation.tokens == 9
-    method, path, headers, body = srv.requests[0]
+    method, path, headers, body = srv.received[0]
     assert (method, path) == ('POST', '/v1/chat/completions')
     assert headers['Authorization'] == 'Bearer ' + API_KEY
     body = json.loads(body)
@@ -207,7 +134,7 @@ def test_a_no_task_answer_is_a_rejection_with_its_reason(server):
     result = planner.plan('今天天气怎么样？')
     assert result.status == 'rejected' and result.plan.no_task
     message = result.message('q1', {'backend': 'openai'})
-    assert [e['code'] for e in message['errors']] == ['not_a_task']
+    assert codes(message) == ['not_a_task']
     with open(package_share_path('config', 'action_plan.schema.json'), encoding='utf-8') as f:
         jsonschema.Draft202012Validator(json.load(f)).validate(message)
     assert message['steps'] == [] and message['raw_output'] == ' 无法执行'
@@ -323,7 +250,7 @@ def test_confidence_is_the_lowest_token_probability_the_server_gives(
         server, logprobs, expected):
     srv = server((0, 200, _completion_with_logprobs(PLAN, logprobs)))
     generation = _generate(OpenAIBackend(srv.url, 'm'))
-    assert json.loads(srv.requests[0][3])['logprobs'] is True
+    assert json.loads(srv.received[0][3])['logprobs'] is True
     assert generation.text == PLAN
     if expected is None:
         assert generation.confidence is None
@@ -364,7 +291,7 @@ def test_an_unsure_refusal_stays_a_refusal(server):
     planner = Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load(), min_confidence=0.9)
     message = planner.plan('唱歌').message('r')
     assert message['status'] == 'rejected' and message['confidence'] == 0.05
-    assert [error['code'] for error in message['errors']] == ['not_a_task']
+    assert codes(message) == ['not_a_task']
 
 
 def test_token_offsets_come_from_the_servers_token_texts_or_bytes(server):
@@ -426,4 +353,4 @@ def test_a_server_tokenizer_without_the_templates_special_tokens_fails_configure
     srv = server((0, 200, models), (0, 200, split))
     with pytest.raises(RemoteError, match='does not read <.im_start.> and <.im_end.> as single'):
         Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load()).load()
-    assert [path for _, path, _, _ in srv.requests] == ['/v1/models', '/tokenize']
+    assert [path for _, path, _, _ in srv.received] == ['/v1/models', '/tokenize']

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 
-from planner_harness import (executable, fake_server_parameters, FakeServer, NodeProcess,
-                             ros_domain, schema_validator)
+from doubles import fake_server_parameters, FakeOpenAIServer
+from planner_harness import executable, NodeProcess, ros_domain, schema_validator
 import pytest
+from robot_llm_planner.core.answer_text import format_answer, format_table
 from robot_llm_planner.ros import plan_client
-from robot_llm_planner.ros.plan_client import format_answer, format_table
+from robot_llm_planner.ros.client import PlanClient
 from std_msgs.msg import String
 
 GARBAGE = '胡说八道'
@@ -77,7 +78,7 @@ def _deliver(client, request_id, stamp, command='去客厅'):
 
 
 def test_client_keeps_only_fresh_answers_to_its_own_ids():
-    client = plan_client.PlanClient(_FakeNode())
+    client = PlanClient(_FakeNode())
     now = time.time()
     _deliver(client, 'reused', now - 5, 'old')  # history from an earlier run, before sending
     _deliver(client, 'other', now)              # another client's answer
@@ -95,7 +96,7 @@ def test_client_keeps_only_fresh_answers_to_its_own_ids():
 @pytest.fixture(scope='module')
 def planner(tmp_path_factory):
     """Start a planner_node on a fake server; yield the ROS domain."""
-    server = FakeServer()
+    server = FakeOpenAIServer()
     server.answers[GARBAGE] = 'this is not a plan'
     server.answers[BROKEN] = 400
     with ros_domain() as domain:

@@ -7,6 +7,7 @@ failure and shutdown tests start their own nodes on the openai backend against a
 parameter table is checked at the top without rclpy.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -15,15 +16,18 @@ import signal
 import threading
 import time
 
-from planner_harness import (assert_exactly_one_answer, fake_server_parameters, flat_parameters,
-                             NodeProcess, ros_domain, schema_validator, wait_for_answers)
+from doubles import fake_server_parameters
+from helpers import codes, wait_until
+from planner_harness import (assert_exactly_one_answer, flat_parameters, NodeProcess, ros_domain,
+                             schema_validator, wait_for_answers)
 import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from robot_llm_planner.core.parameters import (check_value, cli_option, default_value, load_config,
-                                               markdown_table, PARAMETERS, PARAMETERS_BY_NAME,
-                                               parse_text, settings_fields_without_parameter)
+from robot_llm_planner.core.parameter_text import cli_option, markdown_table, parse_text
+from robot_llm_planner.core.parameters import (check_value, default_value, load_config, NodeConfig,
+                                               PARAMETERS, PARAMETERS_BY_NAME,
+                                               settings_fields_without_parameter)
 from robot_llm_planner.core.settings import PlannerSettings
 from std_msgs.msg import String
 import yaml
@@ -87,6 +91,14 @@ def test_defaults_are_valid():
     assert errors == []
     assert (config.command_topic, config.plan_topic) == ('command', 'action_plan')
     assert (config.queue_policy, config.queue_max_size, config.queue_max_batch) == ('fifo', 16, 1)
+
+
+def test_the_node_config_is_built_from_the_table_alone():
+    # every parameter fills a PlannerSettings field or a NodeConfig attribute, never both
+    assert all((p.field is None) != (p.config_field is None) for p in PARAMETERS)
+    attributes = {f.name for f in dataclasses.fields(NodeConfig)} - {'settings'}
+    assert attributes == {p.config_field for p in PARAMETERS if p.config_field}
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(NodeConfig))
 
 
 @pytest.mark.parametrize('name,value,error', [
@@ -158,10 +170,8 @@ def test_plain_and_json_commands_get_one_schema_valid_answer_each(tiny):
     client.send_raw(plain)
     ids = [client.send('去客厅', 'bt-1'), client.send('打开冰箱门', 'bt-2')]
     answers = wait_for_answers(client, ids)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(
-            answer['command'] == plain for answer in client.received()):
-        time.sleep(0.05)
+    wait_until(lambda: any(answer['command'] == plain for answer in client.received()), 30,
+               failure=None)
     assigned = [answer for answer in client.received() if answer['command'] == plain]
     assert len(assigned) == 1
     assert re.fullmatch(r'planner_node-[0-9a-f]{6}-\d+', assigned[0]['id'])
@@ -212,7 +222,7 @@ def test_malformed_and_unplannable_commands_are_rejected(tiny, data, code, reque
     answer = wait_for_answers(client, [request_id])[request_id]
     schema_validator().validate(answer)
     assert answer['status'] == 'rejected'
-    assert [error['code'] for error in answer['errors']] == [code]
+    assert codes(answer) == [code]
     assert answer['errors'][0]['message']
 
 
@@ -220,12 +230,8 @@ def test_garbage_without_an_id_is_answered_with_an_assigned_one(tiny):
     _, _, status, client = tiny
     status.wait_for(lambda s: s['state'] == 'ready', timeout=120)
     client.send_raw('[1, 2, 3]')
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = [answer for answer in client.received() if answer['command'] == '[1, 2, 3]']
-        if found:
-            break
-        time.sleep(0.05)
+    found = wait_until(lambda: [answer for answer in client.received()
+                                if answer['command'] == '[1, 2, 3]'], 30, failure=None)
     assert len(found) == 1 and found[0]['status'] == 'rejected'
     assert found[0]['id'].startswith('planner_node-')
 
@@ -242,9 +248,7 @@ def test_late_subscribers_get_old_answers_only_if_transient_local(tiny):
                    durability=getattr(DurabilityPolicy, kind.upper())))
         for kind in got]
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not got['transient_local']:
-            time.sleep(0.05)
+        wait_until(lambda: got['transient_local'], 10, failure=None)
         time.sleep(1.0)
         assert 'history-1' in [answer['id'] for answer in got['transient_local']]
         assert got['volatile'] == []  # a behavior tree is never handed old plans
@@ -292,11 +296,8 @@ def test_bad_model_path_gives_status_error_and_answers_every_command(ros, tmp_pa
             assert answer['status'] == 'error'
             assert answer['errors'][0]['code'] == 'model_load_failed'
             assert missing in answer['errors'][0]['message']
-        plain = [a for a in client.received() if a['command'] == '打开冰箱门']
-        deadline = time.monotonic() + 10
-        while not plain and time.monotonic() < deadline:
-            time.sleep(0.05)
-            plain = [a for a in client.received() if a['command'] == '打开冰箱门']
+        plain = wait_until(lambda: [a for a in client.received() if a['command'] == '打开冰箱门'],
+                           10, failure=None)
         assert len(plain) == 1 and plain[0]['status'] == 'error'
         time.sleep(1.5)
         assert node.alive(), node.stderr()[-3000:]
@@ -388,7 +389,7 @@ def test_no_task_and_made_up_arguments_are_answered_with_their_codes(ros, tmp_pa
         answers = wait_for_answers(client, ids)
         refused = answers['n1']
         assert refused['status'] == 'rejected' and refused['steps'] == []
-        assert [e['code'] for e in refused['errors']] == ['not_a_task']
+        assert codes(refused) == ['not_a_task']
         assert refused['raw_output'] == '无法执行' and refused['timing']['inference_ms'] > 0
         assert answers['n2']['status'] == 'ok' and answers['n2']['errors'] == []
         made_up = answers['n3']
@@ -417,7 +418,7 @@ def test_plans_carry_their_confidence_and_unsure_ones_are_invalid(ros, tmp_path,
         assert answers['c1']['status'] == 'ok' and answers['c1']['confidence'] == 0.9, answers
         unsure = answers['c2']
         assert unsure['status'] == 'invalid' and unsure['confidence'] == 0.2
-        assert [e['code'] for e in unsure['errors']] == ['low_confidence']
+        assert codes(unsure) == ['low_confidence']
         assert len(unsure['steps']) == 2  # kept, so a behavior tree can ask to confirm it
         assert answers['c3']['status'] == 'ok' and answers['c3']['confidence'] is None
         assert all(body['logprobs'] is True for body in server.bodies)
@@ -513,9 +514,7 @@ def _set_parameter(ros, name, value):
                                          integer_value=value)
     future = client.call_async(SetParameters.Request(
         parameters=[ParameterMsg(name=name, value=parameter_value)]))
-    deadline = time.monotonic() + 30
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(future.done, 30, failure=None)
     ros.node.destroy_client(client)
     return future.result().results[0]
 
@@ -577,7 +576,7 @@ def test_queue_max_batch_and_max_size_change_while_the_node_runs(ros, tmp_path, 
         ids += [client.send('去客厅 %d' % n, 'c%d' % n) for n in range(2, 6)]
         full = wait_for_answers(client, ['c5'])['c5']  # the fourth waiting one
         assert full['status'] == 'rejected'
-        assert [e['code'] for e in full['errors']] == ['queue_full']
+        assert codes(full) == ['queue_full']
         assert 'queue.max_size 3' in full['errors'][0]['message']
         assert status.wait_for(lambda s: s['queue_depth'] == 3)['queue_max_size'] == 3
         server.gate.set()
@@ -619,5 +618,21 @@ def test_shutdown_answers_pending_commands_and_exits_0(ros, tmp_path, server, si
         assert_exactly_one_answer(client, ids)
         stderr = node.stderr()
         assert 'Traceback' not in stderr and 'shutting down' in stderr
+    finally:
+        node.kill()
+
+
+def test_ctrl_c_in_a_terminal_signals_it_twice_and_it_still_exits_0(ros, tmp_path, server):
+    # A terminal's Ctrl-C reaches launch and the node both: launch's SIGINT comes after the
+    # node's own, possibly while Python is already exiting.
+    node, status, client = _start(ros, tmp_path, fake_server_parameters(server))
+    try:
+        status.wait_for(lambda s: s['state'] == 'ready')
+
+        def interrupted():
+            node.process.send_signal(signal.SIGINT)  # nothing once it has exited
+            return not node.alive()
+        wait_until(interrupted, 30, 'planner_node did not exit on SIGINT')
+        assert node.process.wait() == 0, node.stderr()[-3000:]
     finally:
         node.kill()

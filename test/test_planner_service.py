@@ -3,19 +3,19 @@ PlannerService, the command lifecycle inside planner_node, without ROS or DDS.
 
 The service is driven as the node drives it (``submit`` for each /command message) with plain
 callables that collect what it publishes. Behind it is a real planner: the openai backend
-against the scripted FakeServer (answers held back or released by the test), or the tiny
-Qwen2 model with the transformers backend.
+against the scripted FakeOpenAIServer of test/doubles.py (answers held back or released by
+the test), or the tiny Qwen2 model with the transformers backend. Nothing here uses ROS.
 """
 
 import logging
-import socket
 import threading
 import time
 
-from planner_harness import fake_server_parameters, FakeServer
+from doubles import fake_server_parameters, FakeOpenAIServer
+from helpers import codes, free_port, wait_until
 import pytest
 from robot_llm_planner.core.parameters import load_config
-from robot_llm_planner.ros.service import PlannerService
+from robot_llm_planner.serving.service import PlannerService
 
 WAIT_S = 60.0
 
@@ -49,25 +49,25 @@ class Published:
 
     def wait_for(self, ids, timeout=WAIT_S):
         """Wait until every id has an answer; return {id: its first answer}."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answered():
             found = self.by_id()
-            if all(request_id in found for request_id in ids):
-                return {request_id: found[request_id][0] for request_id in ids}
-            time.sleep(0.01)
-        pytest.fail('no answer to %s within %g s' % (
+            return found if all(request_id in found for request_id in ids) else None
+        found = wait_until(answered, timeout, lambda: 'no answer to %s within %g s' % (
             [i for i in ids if i not in self.by_id()], timeout))
+        return {request_id: found[request_id][0] for request_id in ids}
+
+    def latest_status(self):
+        """Return the last status published, or None."""
+        with self._lock:
+            return self.statuses[-1] if self.statuses else None
 
     def wait_for_status(self, predicate, timeout=WAIT_S):
         """Wait until the latest status satisfies ``predicate``; return it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                latest = self.statuses[-1] if self.statuses else None
-            if latest is not None and predicate(latest):
-                return latest
-            time.sleep(0.01)
-        pytest.fail('status never matched; last: %s' % latest)
+        def matched():
+            latest = self.latest_status()
+            return latest if latest is not None and predicate(latest) else None
+        return wait_until(matched, timeout,
+                          lambda: 'status never matched; last: %s' % self.latest_status())
 
     def assert_one_answer_each(self, ids, settle=0.3):
         """Check, after ``settle`` seconds more, that each id was answered exactly once."""
@@ -138,7 +138,7 @@ def test_fifo_queue_full_rejects_the_new_commands(held, server):
     refused = published.wait_for(['c4', 'c5'])
     for answer in refused.values():
         assert answer['status'] == 'rejected'
-        assert [error['code'] for error in answer['errors']] == ['queue_full']
+        assert codes(answer) == ['queue_full']
         assert 'queue.max_size 2' in answer['errors'][0]['message']
     assert service.status()['queue_depth'] == 2
     server.gate.set()
@@ -154,7 +154,7 @@ def test_latest_policy_drops_the_oldest_waiting_command(held, server):
     dropped = published.wait_for(['c2', 'c3'])
     for answer in dropped.values():
         assert answer['status'] == 'rejected'
-        assert [error['code'] for error in answer['errors']] == ['superseded']
+        assert codes(answer) == ['superseded']
     assert 'for the newer command c4' in dropped['c2']['errors'][0]['message']
     server.gate.set()
     answers = published.wait_for(ids)
@@ -204,9 +204,7 @@ def test_invalid_parameters_answer_error_with_the_reasons():
 
 
 def test_a_transient_load_failure_is_retried_until_the_server_comes_back():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     service, published = start({
         'model.backend': 'openai', 'remote.base_url': 'http://127.0.0.1:%d/v1' % port,
         'remote.model': 'fake', 'remote.retries': 0, 'remote.timeout_s': 2.0,
@@ -217,7 +215,7 @@ def test_a_transient_load_failure_is_retried_until_the_server_comes_back():
         assert 'unreachable' in failed['error'] and 'retrying in 1 s' in failed['error']
         down = published.wait_for([send(service, 'down')])['down']
         assert down['status'] == 'error' and down['errors'][0]['code'] == 'model_load_failed'
-        server = FakeServer(port=port)
+        server = FakeOpenAIServer(port=port)
         published.wait_for_status(lambda s: s['state'] == 'ready', timeout=30)
         back = published.wait_for([send(service, 'back', '帮我拿一瓶水。')])['back']
         assert back['status'] == 'ok'
@@ -345,11 +343,6 @@ def test_the_tiny_model_plans_batches_behind_the_service(tiny_model, tiny_adapte
 
 
 # ---------------------------------------------------------------------- the lifecycle
-def codes(answer):
-    """Return the error codes of an answer."""
-    return [error['code'] for error in answer['errors']]
-
-
 def test_every_lifecycle_state_answers_each_command_once(server):
     parameters = fake_server_parameters(server, **{'queue.max_size': 4})
     service, published = make_service(parameters, autostart=False)
@@ -445,7 +438,7 @@ def test_cleanup_frees_the_model(tiny_model):
                   'generation.constrained': False}
     service, published = make_service(parameters, autostart=False)
     assert service.configure(*load_config(parameters))
-    model = weakref.ref(service._planner.backend.model)
+    model = weakref.ref(service.planner.backend.model)
     status = service.status()
     assert status['device'] == 'cpu' and status['dtype'] == 'float32'
     assert len(status['model_hash']['base']) == 12
@@ -496,11 +489,8 @@ def test_health_is_error_after_a_failed_load_and_warn_while_retrying(tmp_path):
     failed = published.wait_for_status(lambda s: s['state'] == 'error')
     assert failed['health']['level'] == 'ERROR'
     assert 'does not exist' in failed['health']['message']
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
     service, published = start({
-        'model.backend': 'openai', 'remote.base_url': 'http://127.0.0.1:%d/v1' % port,
+        'model.backend': 'openai', 'remote.base_url': 'http://127.0.0.1:%d/v1' % free_port(),
         'remote.model': 'fake', 'remote.retries': 0, 'generation.constrained': False})
     retrying = published.wait_for_status(lambda s: s['state'] == 'error')
     assert retrying['retrying'] and retrying['health']['level'] == 'WARN'

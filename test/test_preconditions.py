@@ -2,7 +2,7 @@
 Skill semantics and preconditions: every shipped label runs, impossible plans are refused.
 
 The planner's checks are run through a real remote backend answering from a scripted HTTP
-server (:class:`planner_harness.FakeServer`), and ``cli validate`` through its ``main``, so
+server (:class:`doubles.FakeOpenAIServer`), and ``cli validate`` through its ``main``, so
 the test can compare what the two publish for the same answers.
 """
 
@@ -11,7 +11,8 @@ import io
 import json
 import os
 
-from planner_harness import FakeServer, schema_validator
+from doubles import FakeOpenAIServer
+from planner_harness import schema_validator
 import pytest
 from robot_llm_planner.cli import commands as cli
 from robot_llm_planner.core.answer import AnswerCheck
@@ -175,7 +176,7 @@ def test_the_answer_check_publishes_an_impossible_plan_invalid():
 
 @pytest.fixture
 def server():
-    fake = FakeServer()
+    fake = FakeOpenAIServer()
     fake.answers.update({command: answer for command, answer, _ in CASES})
     yield fake
     fake.close()

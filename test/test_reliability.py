@@ -14,8 +14,10 @@ import signal
 import threading
 import time
 
-from planner_harness import (assert_exactly_one_answer, fake_server_parameters, FakeServer,
-                             NodeProcess, schema_validator, wait_for_answers)
+from doubles import fake_server_parameters, FakeOpenAIServer
+from helpers import free_port, wait_until
+from planner_harness import (assert_exactly_one_answer, NodeProcess, schema_validator,
+                             wait_for_answers)
 import psutil
 import pytest
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -63,13 +65,11 @@ class Counter:
             self.messages.append(json.loads(msg.data))
 
     def wait_for(self, count, timeout=120):
-        """Wait until ``count`` answers arrived; return them."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait until ``count`` answers arrived; return them (those that came by ``timeout``)."""
+        def received():
             with self._lock:
-                if len(self.messages) >= count:
-                    return list(self.messages)
-            time.sleep(0.05)
+                return len(self.messages) >= count
+        wait_until(received, timeout, failure=None)
         with self._lock:
             return list(self.messages)
 
@@ -168,9 +168,7 @@ def test_flood_every_command_accounted_for_and_memory_bounded(ros, tmp_path, tin
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
         publisher = ros.node.create_publisher(String, '/command', qos)
-        deadline = time.monotonic() + 30
-        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(publisher.get_subscription_count, 30, failure=None)
         process = psutil.Process(node.process.pid)
         rss_before = process.memory_info().rss
         started = time.monotonic()
@@ -328,10 +326,7 @@ def test_remote_faults_then_recovery_without_restart(ros, tmp_path, server):
 
 @pytest.mark.slow
 def test_remote_server_down_at_start_is_picked_up_when_it_comes_back(ros, tmp_path):
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     status, client = ros.status(), ros.client()
     parameters = {'model.backend': 'openai', 'remote.base_url': 'http://127.0.0.1:%d/v1' % port,
                   'remote.model': 'fake', 'remote.retries': 0, 'remote.timeout_s': 2.0,
@@ -344,9 +339,9 @@ def test_remote_server_down_at_start_is_picked_up_when_it_comes_back(ros, tmp_pa
         assert client.wait_for_planner(60)
         early = client.send('去客厅', 'while-down')
         assert wait_for_answers(client, [early])[early]['status'] == 'error'
-        server = FakeServer(port=port)
+        server = FakeOpenAIServer(port=port)
         status.wait_for(lambda s: s['state'] == 'ready', timeout=60)
-        late = client.send('帮我拿一瓶水。', 'after-recovery')  # the plan FakeServer answers
+        late = client.send('帮我拿一瓶水。', 'after-recovery')  # the plan the fake server answers
         assert wait_for_answers(client, [late])[late]['status'] == 'ok'
         assert_exactly_one_answer(client, [early, late])
         assert node.stop(signal.SIGTERM) == 0

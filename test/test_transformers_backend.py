@@ -248,7 +248,7 @@ def test_too_long_prompt_is_an_engine_error(merged):
 
 
 def test_oom_message_names_device_and_path():
-    from robot_llm_planner.inference.transformers_backend import _oom_message
+    from robot_llm_planner.inference.model_files import _oom_message
     message = _oom_message('/models/Qwen1.5-7B', 'cuda:0', RuntimeError('CUDA out of memory'))
     assert 'out of GPU memory on cuda:0 while loading /models/Qwen1.5-7B' in message
 

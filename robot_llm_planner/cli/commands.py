@@ -36,7 +36,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from robot_llm_planner.core.backend import EngineError
-    from robot_llm_planner.cli.evaluate import confidence_table, evaluate_files, plan_split
+    from robot_llm_planner.cli.results import confidence_table, evaluate_files
+    from robot_llm_planner.cli.runs import plan_split
     from robot_llm_planner.inference.build import build_planner
     from robot_llm_planner.core.skills import SkillSet
     runs, names = list(args.runs), list(args.names or [])
@@ -88,7 +89,7 @@ def _postprocess(args: argparse.Namespace) -> int:
 
 def _option_type(parameter) -> Callable[[str], object]:
     """Return an argparse type that reads and checks a value as the node checks the parameter."""
-    from robot_llm_planner.core.parameters import parse_text
+    from robot_llm_planner.core.parameter_text import parse_text
 
     def parse(text: str):
         try:
@@ -105,7 +106,8 @@ def add_model_arguments(parser: argparse.ArgumentParser,
 
     ``only`` limits them to those PlannerSettings fields.
     """
-    from robot_llm_planner.core.parameters import cli_option, default_value, PARAMETERS
+    from robot_llm_planner.core.parameter_text import cli_option
+    from robot_llm_planner.core.parameters import default_value, PARAMETERS
     group = parser.add_argument_group('planner settings (the planner_node parameter in brackets)')
     for parameter in PARAMETERS:
         option = cli_option(parameter)
@@ -130,7 +132,7 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def _parameters(args: argparse.Namespace) -> int:
-    from robot_llm_planner.core.parameters import markdown_table
+    from robot_llm_planner.core.parameter_text import markdown_table
     sys.stdout.write(markdown_table())
     return 0
 
@@ -236,18 +238,17 @@ def _bt_xml(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog='python3 -m robot_llm_planner.cli',
-                                     description=__doc__.split('\n')[0])
-    sub = parser.add_subparsers(dest='subcommand', required=True)
-
+def _add_plan(sub) -> None:
+    """Add plan: commands to /action_plan messages with a model."""
     plan = sub.add_parser('plan', help='plan commands; one /action_plan JSON per line')
     plan.add_argument('commands', nargs='*', metavar='COMMAND',
                       help='commands to plan (default: one per line on stdin)')
     add_model_arguments(plan)
     plan.set_defaults(run=_plan)
 
+
+def _add_postprocess(sub) -> None:
+    """Add postprocess: LLaMA-Factory predictions in the seed format."""
     post = sub.add_parser('postprocess', help='seed-format post-processing of predictions')
     post.add_argument('predictions', help='generated_predictions.jsonl from LLaMA-Factory')
     post.add_argument('--dataset', help='the alpaca JSON predicted on; commands are taken '
@@ -258,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                       'start with, stripped from the recovered command')
     post.set_defaults(run=_postprocess)
 
+
+def _add_evaluate(sub) -> None:
+    """Add evaluate: plan metrics of runs side by side."""
     evaluate = sub.add_parser('evaluate', help='plan metrics of prediction runs side by side')
     evaluate.add_argument('runs', nargs='*', metavar='RUN', help='generated_predictions.jsonl '
                           'or JSONL rows {"command", "predict", "label"[, "latency_ms"]}; '
@@ -276,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
+
+def _add_validate(sub) -> None:
+    """Add validate: the /action_plan message of model answers, without a model."""
     validate = sub.add_parser('validate', help='the /action_plan message for model answers '
                               '(JSON lines {"command", "output"}), without a model')
     validate.add_argument('files', nargs='*', metavar='FILE', help='JSON lines files (default: '
@@ -286,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(validate, VALIDATE_SETTINGS)
     validate.set_defaults(run=_validate)
 
+
+def _add_bt_xml(sub) -> None:
+    """Add bt-xml: BehaviorTree.CPP XML of ok /action_plan messages."""
     bt_xml = sub.add_parser('bt-xml', help='BehaviorTree.CPP v4 XML of each ok /action_plan '
                             'message (JSON lines)')
     bt_xml.add_argument('files', nargs='*', metavar='FILE', help='/action_plan JSON lines files '
@@ -301,15 +311,31 @@ def build_parser() -> argparse.ArgumentParser:
                         'the node model (default: the installed one)')
     bt_xml.set_defaults(run=_bt_xml)
 
+
+def _add_parameters(sub) -> None:
+    """Add parameters: the parameter reference."""
     parameters = sub.add_parser('parameters', help='print the parameter reference (markdown)')
     parameters.set_defaults(run=_parameters)
 
+
+def _add_qwen_tokenizer(sub) -> None:
+    """Add qwen-tokenizer: Qwen1.5's tokenizer built offline."""
     qwen = sub.add_parser('qwen-tokenizer', help="write Qwen1.5's tokenizer (tokenizer.json, "
                           'tokenizer_config.json), built offline from qwen.tiktoken')
     qwen.add_argument('out_dir', metavar='OUT_DIR', help='folder to write the tokenizer to')
     qwen.add_argument('--dashscope', metavar='PATH', help='a downloaded dashscope wheel or its '
                       'qwen.tiktoken (default: the installed dashscope distribution)')
     qwen.set_defaults(run=_qwen_tokenizer)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog='python3 -m robot_llm_planner.cli',
+                                     description=__doc__.split('\n')[0])
+    sub = parser.add_subparsers(dest='subcommand', required=True)
+    for add in (_add_plan, _add_postprocess, _add_evaluate, _add_validate, _add_bt_xml,
+                _add_parameters, _add_qwen_tokenizer):
+        add(sub)
     return parser
 
 

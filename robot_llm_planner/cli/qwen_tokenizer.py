@@ -27,6 +27,8 @@ import os
 from typing import Dict, List, Optional, Tuple
 import zipfile
 
+from robot_llm_planner.core.byte_level import BYTE_TO_CHAR
+
 # Qwen's pre-tokenizer: contractions, letters with at most one leading non-letter, single
 # digits, punctuation runs, newlines and other whitespace.
 QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
@@ -47,16 +49,6 @@ CHAT_TEMPLATE = (
 
 class TokenizerSourceError(ValueError):
     """The qwen.tiktoken file cannot be found or read."""
-
-
-def byte_alphabet() -> Dict[int, str]:
-    """Return GPT-2's map from each byte to the character that spells it in a byte-level BPE."""
-    printable = [b for b in range(256)
-                 if ord('!') <= b <= ord('~') or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF]
-    others = [b for b in range(256) if b not in printable]
-    alphabet = {b: chr(b) for b in printable}
-    alphabet.update({b: chr(256 + n) for n, b in enumerate(others)})
-    return alphabet
 
 
 def read_tiktoken(source: Optional[str] = None) -> bytes:
@@ -158,10 +150,9 @@ def build_tokenizer(ranks: Dict[bytes, int]):
     """Return a ``tokenizers.Tokenizer`` that encodes as Qwen1.5 (special tokens added)."""
     from tokenizers import (AddedToken, decoders, models, normalizers, pre_tokenizers,
                             processors, Regex, Tokenizer)
-    alphabet = byte_alphabet()
 
     def spell(token: bytes) -> str:
-        return ''.join(alphabet[byte] for byte in token)
+        return ''.join(BYTE_TO_CHAR[byte] for byte in token)
 
     vocab = {spell(token): rank for token, rank in ranks.items()}
     merges = [(spell(left), spell(right)) for left, right in bpe_merges(ranks)]

@@ -2,17 +2,17 @@
 The parameters: one table for each node, the command line and the docs.
 
 :data:`PARAMETERS` is the one table that planner_node declares its ROS parameters from, that
-``python3 -m robot_llm_planner.cli`` builds its model options from (:func:`cli_option`),
-that ``docs/parameters.md`` is generated from (:func:`markdown_table`) and that the tests check
-against :class:`PlannerSettings`. Every PlannerSettings field has a parameter
+``python3 -m robot_llm_planner.cli`` builds its model options from and that
+``docs/parameters.md`` is generated from (both in :mod:`.parameter_text`), and that the tests
+check against :class:`PlannerSettings`. Every PlannerSettings field has a parameter
 (``Parameter.field``) whose default is the field's default. :func:`load_config` turns
-parameter values into a :class:`NodeConfig` and a list of readable errors; it never raises, so
-the node can report bad values instead of crashing. :data:`EXECUTOR_PARAMETERS` and
-:func:`load_executor_config` are the same for plan_executor.
+parameter values into a :class:`NodeConfig` (whose defaults are the table's: it has none of
+its own) and a list of readable errors; it never raises, so the node can report bad values
+instead of crashing. :data:`EXECUTOR_PARAMETERS` and :func:`load_executor_config` are the same
+for plan_executor.
 """
 
-from dataclasses import dataclass, field, fields
-import json
+from dataclasses import dataclass, fields
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,6 +31,7 @@ class Parameter:
     description: str
     field: Optional[str] = None     # the PlannerSettings field it fills, if any
     default: Any = None             # None: the PlannerSettings field's default
+    config_field: Optional[str] = None  # the NodeConfig attribute of a node-only parameter
     choices: Tuple[str, ...] = ()
     minimum: Optional[float] = None
     maximum: Optional[float] = None
@@ -115,32 +116,36 @@ PARAMETERS: Tuple[Parameter, ...] = (
               'each ok /action_plan message (bt_xml); a plan value holding { or } is then '
               'invalid (bt_xml_unsafe_value).', 'bt_xml'),
     Parameter('topics.command', str, 'Commands in (std_msgs/String: plain text or JSON '
-              '{"id", "text"}). Relative names follow the node namespace.', default='command'),
+              '{"id", "text"}). Relative names follow the node namespace.', default='command',
+              config_field='command_topic'),
     Parameter('topics.plan', str, 'Answers out (std_msgs/String, the /action_plan JSON), '
-              'exactly one per command.', default='action_plan'),
+              'exactly one per command.', default='action_plan', config_field='plan_topic'),
     Parameter('topics.status', str, 'Node status out (std_msgs/String JSON), on every change and '
-              'at 1 Hz, transient local.', default='planner_status'),
+              'at 1 Hz, transient local.', default='planner_status',
+              config_field='status_topic'),
     Parameter('queue.max_size', int, 'Commands that may wait for the model (not counting the '
-              'batch being planned).', default=16, minimum=1, dynamic=True),
+              'batch being planned).', default=16, minimum=1, dynamic=True,
+              config_field='queue_max_size'),
     Parameter('queue.policy', str, 'When the queue is full: fifo rejects the new command '
               '(queue_full); latest drops the oldest waiting one (superseded).', default='fifo',
-              choices=QUEUE_POLICIES, dynamic=True),
+              choices=QUEUE_POLICIES, dynamic=True, config_field='queue_policy'),
     Parameter('queue.max_batch', int, 'Waiting commands planned together as one batch (1 = one '
-              'at a time).', default=1, minimum=1, dynamic=True),
+              'at a time).', default=1, minimum=1, dynamic=True, config_field='queue_max_batch'),
     Parameter('queue.max_command_chars', int, 'Longest command planned, in characters; longer '
               'ones are rejected (command_too_long).', 'max_command_chars', minimum=1),
     Parameter('cache.size', int, 'Recent plans remembered per command text (greedy decoding '
               'only; 0 = no cache).', 'cache_size', minimum=0),
     Parameter('qos.command_depth', int, 'History of the command subscription (reliable, '
               'volatile): 0 keeps all (no command is dropped by DDS in a burst; the queue '
-              'answers the excess queue_full), N keeps the last N.', default=0, minimum=0),
+              'answers the excess queue_full), N keeps the last N.', default=0, minimum=0,
+              config_field='command_depth'),
     Parameter('qos.plan_depth', int, 'History depth of the plan publisher (reliable, transient '
               'local): answers kept for slow or late-matching subscribers.', default=64,
-              minimum=1),
+              minimum=1, config_field='plan_depth'),
     Parameter('lifecycle.autostart', bool, 'Walk the managed node to active by itself at start-up '
               '(configure: load the model; activate: take commands). false: it stays '
               'unconfigured until a lifecycle manager or `ros2 lifecycle set` drives it.',
-              default=True),
+              default=True, config_field='autostart'),
 )
 
 PARAMETERS_BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
@@ -200,27 +205,24 @@ def default_value(parameter: Parameter) -> Any:
 
 @dataclass
 class NodeConfig:
-    """Everything planner_node reads from its parameters."""
+    """
+    Everything planner_node reads from its parameters, built by :func:`load_config`.
 
-    settings: PlannerSettings = field(default_factory=PlannerSettings)
-    command_topic: str = 'command'
-    plan_topic: str = 'action_plan'
-    status_topic: str = 'planner_status'
-    queue_max_size: int = 16
-    queue_policy: str = 'fifo'
-    queue_max_batch: int = 1
-    command_depth: int = 0
-    plan_depth: int = 64
-    autostart: bool = True
+    No attribute has a default of its own: each is the ``config_field`` of a node parameter
+    (``settings`` holds the PlannerSettings ones), so ``load_config({})`` gives the table's
+    defaults.
+    """
 
-
-_NODE_FIELDS = {
-    'topics.command': 'command_topic', 'topics.plan': 'plan_topic',
-    'topics.status': 'status_topic', 'queue.max_size': 'queue_max_size',
-    'queue.policy': 'queue_policy', 'queue.max_batch': 'queue_max_batch',
-    'qos.command_depth': 'command_depth', 'qos.plan_depth': 'plan_depth',
-    'lifecycle.autostart': 'autostart',
-}
+    settings: PlannerSettings
+    command_topic: str
+    plan_topic: str
+    status_topic: str
+    queue_max_size: int
+    queue_policy: str
+    queue_max_batch: int
+    command_depth: int
+    plan_depth: int
+    autostart: bool
 
 
 def _type_name(value: Any) -> str:
@@ -305,7 +307,8 @@ def load_config(values: Dict[str, Any]) -> Tuple[NodeConfig, List[str]]:
     parameter; a bad value is replaced by its default so the node can still come up (and
     report the errors).
     """
-    config = NodeConfig()
+    settings: Dict[str, Any] = {}
+    node: Dict[str, Any] = {}
     errors = []
     for parameter in PARAMETERS:
         value = values.get(parameter.name, default_value(parameter))
@@ -314,10 +317,10 @@ def load_config(values: Dict[str, Any]) -> Tuple[NodeConfig, List[str]]:
             errors.append(error)
             converted = default_value(parameter)
         if parameter.field is not None:
-            setattr(config.settings, parameter.field, converted)
+            settings[parameter.field] = converted
         else:
-            setattr(config, _NODE_FIELDS[parameter.name], converted)
-    return config, errors
+            node[parameter.config_field] = converted
+    return NodeConfig(settings=PlannerSettings(**settings), **node), errors
 
 
 @dataclass
@@ -371,96 +374,3 @@ def settings_fields_without_parameter() -> List[str]:
     """Return the PlannerSettings fields no parameter sets (should be none)."""
     covered = {parameter.field for parameter in PARAMETERS}
     return [f.name for f in fields(PlannerSettings) if f.name not in covered]
-
-
-# Command-line options whose name is not the settings field's (``--`` + field, ``_`` -> ``-``).
-_OPTIONS = {'model_path': '--model', 'adapter_path': '--adapter', 'skills_file': '--skills',
-            'remote_base_url': '--base-url', 'remote_model': '--remote-model',
-            'remote_api_key_env': '--api-key-env', 'remote_timeout_s': '--timeout',
-            'remote_retries': '--retries', 'remote_grammar_field': '--remote-grammar-field',
-            'remote_endpoint': '--remote-endpoint'}
-
-
-def cli_option(parameter: Parameter) -> str:
-    """Return the command-line option of a settings parameter ('' for node-only ones)."""
-    if parameter.field is None:
-        return ''
-    return _OPTIONS.get(parameter.field, '--' + parameter.field.replace('_', '-'))
-
-
-def limits(parameter: Parameter) -> str:
-    """Return what values the parameter takes beyond its type, in words ('' if any)."""
-    parts = []
-    if parameter.choices:
-        parts.append('one of: ' + ', '.join(parameter.choices))
-    if parameter.minimum is not None and parameter.maximum is not None:
-        parts.append('from %g to %g' % (parameter.minimum, parameter.maximum))
-    elif parameter.minimum is not None:
-        parts.append('>= %g' % parameter.minimum)
-    elif parameter.maximum is not None:
-        parts.append('<= %g' % parameter.maximum)
-    if parameter.positive:
-        parts.append('> 0')
-    return '; '.join(parts)
-
-
-def parse_text(parameter: Parameter, text: str) -> Any:
-    """
-    Return the value a command-line string gives the parameter; raise ValueError if none.
-
-    The value is checked as a ROS parameter value is (:func:`check_value`).
-    """
-    value: Any = text
-    if parameter.kind is int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-    elif parameter.kind is float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-    converted, error = (None, 'not a number') if value is None else check_value(parameter, value)
-    if error:
-        kind = {int: 'an integer', float: 'a number', str: 'a string'}[parameter.kind]
-        wanted = ' '.join(part for part in (kind, limits(parameter)) if part)
-        raise ValueError('expected %s, got %r' % (wanted, text))
-    return converted
-
-
-def _cell(text: str) -> str:
-    return text.replace('|', '\\|').replace('\n', ' ')
-
-
-def markdown_table() -> str:
-    """Return the parameter reference (docs/parameters.md is this text)."""
-    lines = ['# planner_node parameters', '',
-             'Generated from `robot_llm_planner/core/parameters.py` (`PARAMETERS`) by',
-             '`python3 -m robot_llm_planner.cli parameters`; a test fails when the two differ.',
-             'Set them in `config/planner.yaml` or with `--ros-args -p name:=value`; those',
-             'marked dynamic also change at run time (`ros2 param set`). The command-line',
-             'option of `python3 -m robot_llm_planner.cli plan` and `evaluate` sets the same',
-             'setting.', '',
-             '| parameter | type | default | values | dynamic | CLI option | meaning |',
-             '|---|---|---|---|---|---|---|']
-    for parameter in PARAMETERS:
-        lines.append('| `%s` | %s | `%s` | %s | %s | %s | %s |' % (
-            parameter.name, parameter.kind.__name__, _cell(_shown(default_value(parameter))),
-            _cell(limits(parameter)), 'yes' if parameter.dynamic else '',
-            '`%s`' % cli_option(parameter) if cli_option(parameter) else '',
-            _cell(parameter.description)))
-    lines += ['', '# plan_executor parameters', '',
-              'Set them in `config/plan_executor.yaml` or with `--ros-args -p name:=value`; '
-              'they are read at start-up.', '',
-              '| parameter | type | default | values | meaning |', '|---|---|---|---|---|']
-    for parameter in EXECUTOR_PARAMETERS:
-        lines.append('| `%s` | %s | `%s` | %s | %s |' % (
-            parameter.name, parameter.kind.__name__, _cell(_shown(parameter.default)),
-            _cell(limits(parameter)), _cell(parameter.description)))
-    return '\n'.join(lines) + '\n'
-
-
-def _shown(default: Any) -> str:
-    return json.dumps(default, ensure_ascii=False) if isinstance(default, (str, bool)) \
-        else repr(default)

@@ -18,11 +18,11 @@ Shapes: ``L`` is the prompt's length, ``V`` the model's logits width, ``k`` the 
   and the first row that differs gives one more token. The output is the plain greedy output,
   in fewer forward passes when plans copy words from the command (they do: output2 repeats
   output1's objects).
-- **stop** (:class:`_Answer`): at a stop token, at the token budget, or when ``stop_event``
+- **stop** (:class:`_Output`): at a stop token, at the token budget, or when ``stop_event``
   is set.
 
 Each kept token's log-probability is read from the model's logits before the grammar masks
-them (the answer's confidence, benchmarks/RESULTS.md "Plan confidence"): one max over the
+them (the plan's confidence, benchmarks/RESULTS.md "Plan confidence"): one max over the
 pass's rows and one log-sum-exp over the rows kept, as tensor operations over all of them at
 once. The grammar is asked whether it allows the model's own choice; only a refused row is
 masked.
@@ -89,8 +89,8 @@ class DecodeResult:
     stats: Dict[str, float] = field(default_factory=dict)
 
 
-class _Answer:
-    """The tokens kept so far and whether the answer has ended (the stop phase)."""
+class _Output:
+    """The tokens kept so far and whether the output has ended (the stop phase)."""
 
     def __init__(self, budget: int, stop_ids: Sequence[int]) -> None:
         self.budget = budget
@@ -100,7 +100,7 @@ class _Answer:
         self.finished = False  # ended by a stop token (not the budget)
 
     def add(self, kept: Sequence[int], logprobs: Sequence[float]) -> bool:
-        """Add one pass's kept tokens; return True once the answer is complete."""
+        """Add one pass's kept tokens; return True once the output is complete."""
         for token, logprob in zip(kept, logprobs):
             if len(self.tokens) >= self.budget:
                 break  # a stop token verified past the budget does not count, as in generate()
@@ -119,7 +119,7 @@ class StaticCacheDecoder:
                  max_new_tokens: int, draft_tokens: int = 0, max_ngram: int = 3,
                  compile_steps: bool = False) -> None:
         """
-        Allocate the cache for the longest prompt and answer this decoder will serve.
+        Allocate the cache for the longest prompt and output this decoder will serve.
 
         ``compile_steps`` compiles the step with ``torch.compile`` (CUDA graphs on CUDA).
         """
@@ -284,7 +284,7 @@ class StaticCacheDecoder:
                              % (len(prompt_ids), self.max_prompt_tokens))
         budget = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
         started = time.perf_counter()
-        answer = _Answer(budget, self.stop_ids)
+        output = _Output(budget, self.stop_ids)
         index = NgramIndex(self.max_ngram)
         index.extend(prompt_ids)
         padding = [self.pad_id] * self.draft_tokens
@@ -297,18 +297,18 @@ class StaticCacheDecoder:
             accepted += len(kept) - 1
             if prefill_done is None:
                 prefill_done = time.perf_counter()
-            if answer.add(kept, logprobs) or (stop_event is not None and stop_event.is_set()):
+            if output.add(kept, logprobs) or (stop_event is not None and stop_event.is_set()):
                 break
             index.extend(kept)
-            draft = index.draft(min(self.draft_tokens, budget - len(answer.tokens)))
+            draft = index.draft(min(self.draft_tokens, budget - len(output.tokens)))
             drafted += len(draft)
             if self.compiled:  # a fixed step shape (one graph): padding is just a wrong guess
                 draft += padding[len(draft):]
-            position = len(prompt_ids) + len(answer.tokens) - 1  # the last kept token's
-            logits = self._step(answer.tokens[-1], draft, position)          # [n, V]
+            position = len(prompt_ids) + len(output.tokens) - 1  # the last kept token's
+            logits = self._step(output.tokens[-1], draft, position)          # [n, V]
             passes += 1
         ended = time.perf_counter()
-        return DecodeResult(answer.tokens, answer.finished, answer.logprobs, stats={
+        return DecodeResult(output.tokens, output.finished, output.logprobs, stats={
             'prefill_ms': (prefill_done - started) * 1000.0,
             'decode_ms': (ended - prefill_done) * 1000.0,
             'decode_passes': passes, 'drafted': drafted, 'accepted': accepted})

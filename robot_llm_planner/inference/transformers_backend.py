@@ -7,23 +7,26 @@ told to sample. Several commands are generated as one left-padded batch with
 ``generate()``; a single greedy command takes the fast path in
 :mod:`~robot_llm_planner.inference.decoding` (static KV cache, prompt-lookup drafts, the step
 compiled on CUDA) unless ``generation.fast_path`` is off. docs/decoding.md says which path
-runs when, and what each costs.
+runs when, and what each costs. Loading goes through :mod:`.model_files`, one function per
+phase.
 """
 
 import codecs
-import json
 import logging
 import math
-import os
 import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from robot_llm_planner.core.backend import (Backend, EngineError, Generation, GenerationCancelled,
                                             GenerationConfig, ModelLoadError)
+from robot_llm_planner.core.byte_level import token_bytes
 from robot_llm_planner.core.confidence import character_spans
-from robot_llm_planner.core.prompt import ENDOFTEXT, IM_END, PromptBuilder, stop_token_ids
-from robot_llm_planner.core.settings import DTYPES, FAST_PATHS, parse_device, split_adapters
+from robot_llm_planner.core.prompt import IM_END, PromptBuilder, stop_token_ids
+from robot_llm_planner.core.settings import FAST_PATHS, split_adapters
+from robot_llm_planner.inference.model_files import (check_files, decode_by_settings_alone,
+                                                     load_model, load_tokenizer, resolve_device,
+                                                     resolve_dtype)
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
@@ -75,56 +78,12 @@ class TransformersBackend(Backend):
             described['quantization'] = self.quantization
         return described
 
-    def _resolve_device(self):
-        try:
-            kind, index = parse_device(self.device_setting or 'auto')
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        if kind == 'auto':
-            return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-        if kind == 'cpu':
-            return torch.device('cpu')
-        if not torch.cuda.is_available():
-            raise ModelLoadError('model.device is %r but CUDA is not available on this '
-                                 'machine (use cpu or auto)' % self.device_setting)
-        if (index or 0) >= torch.cuda.device_count():
-            raise ModelLoadError('model.device is %r but this machine has %d CUDA device(s)'
-                                 % (self.device_setting, torch.cuda.device_count()))
-        return torch.device('cuda', index or 0)
-
-    def _resolve_dtype(self, device):
-        setting = (self.dtype_setting or 'auto').strip().lower()
-        if setting not in DTYPES:
-            raise ModelLoadError('model.dtype must be one of %s, got %r'
-                                 % (', '.join(DTYPES), self.dtype_setting))
-        if setting == 'auto':
-            return torch.bfloat16 if device.type == 'cuda' else torch.float32
-        return getattr(torch, setting)
-
-    def _check_paths(self) -> None:
-        if not self.model_path:
-            raise ModelLoadError('model.path is empty: set it to the base (or merged) model '
-                                 'directory, e.g. Qwen1.5-7B')
-        if not os.path.isdir(self.model_path):
-            raise ModelLoadError('model.path: model directory %s does not exist'
-                                 % self.model_path)
-        if not os.path.isfile(os.path.join(self.model_path, 'config.json')):
-            raise ModelLoadError('model.path: %s has no config.json; is it a model directory?'
-                                 % self.model_path)
-        for adapter in self.adapters:
-            if not os.path.isdir(adapter):
-                raise ModelLoadError('model.adapter_path: adapter directory %s does not exist'
-                                     % adapter)
-            if not os.path.isfile(os.path.join(adapter, 'adapter_config.json')):
-                raise ModelLoadError('model.adapter_path: %s has no adapter_config.json; is it '
-                                     'a PEFT/LLaMA-Factory LoRA output directory?' % adapter)
-
     def load(self) -> None:
         """Load tokenizer, model and adapters, merge, move to the device and warm up."""
         started = time.perf_counter()
-        self._check_paths()
-        device = self._resolve_device()
-        dtype = self._resolve_dtype(device)
+        check_files(self.model_path, self.adapters)
+        device = resolve_device(self.device_setting)
+        dtype = resolve_dtype(self.dtype_setting, device)
         if self.quantization not in ('none', 'int8'):
             raise ModelLoadError('model.quantization must be none or int8, got %r'
                                  % self.quantization)
@@ -133,47 +92,14 @@ class TransformersBackend(Backend):
                                  % self.fast_path_setting)
         if self.threads:
             torch.set_num_threads(self.threads)  # model.threads: for the whole process
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        except Exception as exc:
-            raise ModelLoadError('model.path: cannot load the tokenizer from %s: %s'
-                                 % (self.model_path, exc)) from exc
-        try:
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
-        except torch.cuda.OutOfMemoryError as exc:
-            raise ModelLoadError(_oom_message(self.model_path, device, exc)) from exc
-        except Exception as exc:
-            raise ModelLoadError('model.path: cannot load the model from %s: %s'
-                                 % (self.model_path, exc)) from exc
-        for adapter in self.adapters:
-            model = _merge_adapter(model, adapter, self.model_path)
-        try:
-            model.to(device)
-            if self.quantization == 'int8':
-                from robot_llm_planner.inference.quantize import quantize_int8
-                quantize_int8(model)  # after merging: the adapters are in the weights
-        except torch.cuda.OutOfMemoryError as exc:
-            raise ModelLoadError(_oom_message(self.model_path, device, exc)) from exc
-        model.eval()
-        tokenizer.padding_side = 'left'
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = ENDOFTEXT if ENDOFTEXT in tokenizer.get_vocab() \
-                else tokenizer.eos_token
+        tokenizer = load_tokenizer(self.model_path)
+        model = load_model(self.model_path, self.adapters, device, dtype, self.quantization)
         self.stop_ids = stop_token_ids(tokenizer)
         self._special_ids = set(tokenizer.all_special_ids)
         if not self.stop_ids:
             raise ModelLoadError('model.path: the tokenizer of %s has neither %s nor an eos '
                                  'token to stop on' % (self.model_path, IM_END))
-        # Decoding is set by generation.* alone, on both paths: nothing of the model's
-        # generation_config.json (a chat model's top_k or repetition_penalty, a
-        # no_repeat_ngram_size) may change the plan. generate() fills unset values from it.
-        from transformers import GenerationConfig as HFGenerationConfig
-        model.generation_config = HFGenerationConfig(
-            bos_token_id=model.generation_config.bos_token_id, eos_token_id=self.stop_ids,
-            pad_token_id=tokenizer.pad_token_id)
+        decode_by_settings_alone(model, tokenizer, self.stop_ids)
         self.model, self.tokenizer, self.device = model, tokenizer, device
         if self.grammar is not None:
             self.grammar.compile(tokenizer, len(tokenizer), model.config.vocab_size,
@@ -321,7 +247,7 @@ class TransformersBackend(Backend):
     def _spelled(self, tokens: List[int]) -> Optional[List[bytes]]:
         """Return each token's bytes (b'' for a special token); None if not a byte-level BPE."""
         pieces = self.tokenizer.convert_ids_to_tokens(tokens)
-        spelled = [b'' if token in self._special_ids else _bytes_of(piece)
+        spelled = [b'' if token in self._special_ids else token_bytes(piece)
                    for token, piece in zip(tokens, pieces)]
         return None if None in spelled else spelled
 
@@ -425,68 +351,8 @@ class _StopWhenSet(StoppingCriteria):
                           device=input_ids.device)
 
 
-def _byte_alphabet() -> Dict[str, int]:
-    # GPT-2's byte-level alphabet (Qwen's too): printable Latin-1 bytes stand for
-    # themselves, the other bytes for the characters from U+0100 on, in byte order.
-    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
-    alphabet, shifted = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            alphabet[chr(byte)] = byte
-        else:
-            alphabet[chr(256 + shifted)] = byte
-            shifted += 1
-    return alphabet
-
-
-_BYTE_ALPHABET = _byte_alphabet()
-
-
-def _bytes_of(piece: Optional[str]) -> Optional[bytes]:
-    """Return the bytes a byte-level BPE token stands for, None if it is not one."""
-    if piece is None:
-        return None
-    try:
-        return bytes(_BYTE_ALPHABET[char] for char in piece)
-    except KeyError:
-        return None
-
-
 def _until_stop(row: Sequence[int], stop_ids: Sequence[int], pad: int):
     for position, token in enumerate(row):
         if token in stop_ids:
             return list(row[:position]), True
     return list(row), False
-
-
-def _oom_message(path: str, device, exc: Exception) -> str:
-    return ('out of GPU memory on %s while loading %s (model.dtype bfloat16 halves float32; '
-            'free the GPU or use a smaller model): %s' % (device, path, exc))
-
-
-def _adapter_base(adapter: str) -> Optional[str]:
-    try:
-        with open(os.path.join(adapter, 'adapter_config.json'), encoding='utf-8') as stream:
-            return json.load(stream).get('base_model_name_or_path')
-    except (OSError, ValueError):
-        return None
-
-
-def _merge_adapter(model, adapter: str, model_path: str):
-    from peft import PeftModel
-    try:
-        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        if hasattr(merged, 'peft_config'):
-            del merged.peft_config  # merged into the weights: the next adapter starts clean
-    except Exception as exc:  # PEFT raises RuntimeError, ValueError, KeyError, safetensors errors
-        text = str(exc)
-        if 'size mismatch' in text or 'shape' in text.lower():
-            raise ModelLoadError(
-                'model.adapter_path: adapter %s does not fit model.path %s: it was trained on a '
-                'different base (adapter_config.json says base %r); shapes differ: %s'
-                % (adapter, model_path, _adapter_base(adapter), text.splitlines()[0][:300])
-            ) from exc
-        raise ModelLoadError('model.adapter_path: cannot load adapter %s: %s'
-                             % (adapter, text.splitlines()[0][:300] if text else repr(exc))
-                             ) from exc
-    return merged

@@ -1,8 +1,8 @@
 """
-The ROS 2 side: the planner node and its client.
+The ROS 2 side: every module here uses rclpy.
 
-:mod:`.interface` (topic names, QoS, messages, rclpy start-up), :mod:`.service` (the command
-lifecycle, ROS-free), :mod:`.command_queue` (its bounded queue), :mod:`.health` (the status
-as /diagnostics shows it, ROS-free), :mod:`.planner_node` (the thin managed node) and
-:mod:`.plan_client`.
+:mod:`.interface` (topic names, QoS, messages, rclpy start-up), :mod:`.planner_node` (the thin
+managed node around :class:`~robot_llm_planner.serving.service.PlannerService`),
+:mod:`.plan_executor`, and :mod:`.plan_client` (the command line) with its library
+:mod:`.client`.
 """

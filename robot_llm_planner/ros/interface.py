@@ -3,8 +3,14 @@ The planner's ROS interface in one place: topic names, QoS, messages and the rcl
 
 planner_node and every client (plan_client, the demo, a behavior tree's node) import their
 QoS from here, never from the node module. The QoS choices are explained in ``docs/ros.md``.
+A node creates its topics with :func:`create_topic` (a bad name falls back to the default and
+is reported), starts rclpy with :func:`init_ros` and stops on :func:`stop_on_signals`; before
+it exits it waits until its subscribers :func:`acknowledged` the last messages, then
+:func:`ignore_signals`.
 """
 
+import signal
+import threading
 from typing import List, Optional
 
 from builtin_interfaces.msg import Time
@@ -13,10 +19,12 @@ from rcl_interfaces.msg import ParameterDescriptor
 import rclpy
 from rclpy.context import Context
 from rclpy.duration import Duration
+from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from robot_llm_planner.core.parameters import limits, Parameter
-from robot_llm_planner.ros.health import key_values
-from std_msgs.msg import Header
+from robot_llm_planner.core.parameter_text import limits
+from robot_llm_planner.core.parameters import Parameter
+from robot_llm_planner.serving.health import key_values
+from std_msgs.msg import Header, String
 
 NODE_NAME = 'planner_node'
 # The absolute names a client uses by default (the node's own defaults are relative names,
@@ -97,6 +105,27 @@ def parameter_descriptor(parameter: Parameter) -> ParameterDescriptor:
         dynamic_typing=True, additional_constraints='; '.join(c for c in constraints if c))
 
 
+def create_topic(node: Node, kind: str, parameter: str, name: str, default: str,
+                 qos: QoSProfile, errors: List[str], callback=None, callback_group=None):
+    """
+    Create a std_msgs/String publisher or subscription (``kind``) on the topic ``name``.
+
+    A ``name`` that is not a valid topic name (the value of the ``parameter``) falls back to
+    ``default``, and the reason is appended to ``errors``: the node comes up and reports it
+    instead of dying at start-up.
+    """
+    for topic in (name, default):
+        try:
+            if kind == 'publisher':
+                return node.create_publisher(String, topic, qos)
+            return node.create_subscription(String, topic, callback, qos,
+                                            callback_group=callback_group)
+        except Exception as exc:  # an invalid topic name: fall back to the default
+            errors.append('%s %r is not a valid topic name (%s); using %r' % (
+                parameter, topic, exc, default))
+    raise RuntimeError('cannot create the %s topic' % parameter)  # pragma: no cover
+
+
 def acknowledged(publishers) -> bool:
     """Return True when every subscriber of each publisher acknowledged its last messages."""
     for publisher in publishers:
@@ -106,6 +135,24 @@ def acknowledged(publishers) -> bool:
         except Exception:  # the context is going away: nothing more will be delivered
             pass
     return True
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGINT and SIGTERM: the node's loop then shuts it down in order."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: stop.set())
+
+
+def ignore_signals() -> None:
+    """
+    Ignore SIGINT and SIGTERM from now on: the node has shut down and is exiting.
+
+    Ctrl-C in a terminal signals launch and the node both, so a second SIGINT follows the
+    first; Python restores the default handlers as it exits, and that one would end the
+    process with -2 instead of 0.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def init_ros(args: Optional[List[str]] = None, context: Optional[Context] = None) -> None:

@@ -3,7 +3,7 @@ planner_node: the managed ROS 2 node around the planner (``ros2 run robot_llm_pl
 
 The node declares its parameters (:mod:`robot_llm_planner.core.parameters`), creates its
 topics (:mod:`robot_llm_planner.ros.interface`) and forwards messages and lifecycle
-transitions to a ROS-free :class:`~robot_llm_planner.ros.service.PlannerService`, which
+transitions to a ROS-free :class:`~robot_llm_planner.serving.service.PlannerService`, which
 answers every command exactly once on ``topics.plan`` and reports on ``topics.status`` and
 /diagnostics. ``lifecycle.autostart`` walks it to active by itself. See ``docs/ros.md``.
 
@@ -15,7 +15,6 @@ thread loads the model and plans.
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -32,11 +31,12 @@ from robot_llm_planner.core.message import to_json
 from robot_llm_planner.core.parameters import (default_value, dynamic_changes, load_config,
                                                PARAMETERS, PARAMETERS_BY_NAME)
 from robot_llm_planner.core.skills import default_skills_path
-from robot_llm_planner.ros.interface import (acknowledged, command_qos, diagnostic_array,
-                                             diagnostics_qos, DIAGNOSTICS_TOPIC, init_ros,
+from robot_llm_planner.ros.interface import (acknowledged, command_qos, create_topic,
+                                             diagnostic_array, diagnostics_qos,
+                                             DIAGNOSTICS_TOPIC, ignore_signals, init_ros,
                                              NODE_NAME, parameter_descriptor, plan_qos,
-                                             status_qos, TRANSITIONS)
-from robot_llm_planner.ros.service import describe_model, PlannerService, SHUTDOWN_GRACE_S
+                                             status_qos, stop_on_signals, TRANSITIONS)
+from robot_llm_planner.serving.service import PlannerService, SHUTDOWN_GRACE_S
 from std_msgs.msg import String
 
 STATUS_PERIOD_S = 1.0
@@ -72,7 +72,7 @@ class PlannerNode(LifecycleNode):
                                         callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info('commands on %s, plans on %s, status on %s and %s; %s' % (
             self._command_sub.topic_name, self._plan_pub.topic_name, self._status_pub.topic_name,
-            DIAGNOSTICS_TOPIC, describe_model(self.service.model)))
+            DIAGNOSTICS_TOPIC, self.service.served.describe()))
         self.service.publish_status()
         if config.autostart:  # in the lifecycle services' group: they wait for the walk
             self._autostart = self.create_timer(0.0, self._walk_to_active)
@@ -92,18 +92,11 @@ class PlannerNode(LifecycleNode):
         return values
 
     def _create_topic(self, kind: str, parameter: str, name: str, qos: QoSProfile):
-        default = default_value(PARAMETERS_BY_NAME[parameter])
-        for topic in (name, default):
-            try:
-                if kind == 'publisher':
-                    return self.create_publisher(String, topic, qos)
-                return self.create_subscription(
-                    String, topic, lambda msg: self.service.submit(msg.data), qos,
-                    callback_group=MutuallyExclusiveCallbackGroup())
-            except Exception as exc:  # an invalid topic name: fall back to the default
-                self._topic_errors.append('%s %r is not a valid topic name (%s); using %r' % (
-                    parameter, topic, exc, default))
-        raise RuntimeError('cannot create the %s topic' % parameter)  # pragma: no cover
+        callback = (lambda msg: self.service.submit(msg.data)) if kind == 'subscription' \
+            else None
+        return create_topic(self, kind, parameter, name,
+                            default_value(PARAMETERS_BY_NAME[parameter]), qos,
+                            self._topic_errors, callback, MutuallyExclusiveCallbackGroup())
 
     # ------------------------------------------------------------------ status
     def _publish_status(self, status: dict) -> None:
@@ -203,21 +196,16 @@ def _shut_down(node: PlannerNode, executor: MultiThreadedExecutor) -> bool:
         wait=lambda seconds: executor.spin_once(timeout_sec=seconds), flushed=node.flushed)
 
 
-def _on_signals(stop: threading.Event) -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda number, frame: stop.set())
-
-
 def main(args: Optional[List[str]] = None) -> int:
     """Run planner_node until SIGINT, SIGTERM or the shutdown transition; 0 when clean."""
     stop = threading.Event()
-    _on_signals(stop)
+    stop_on_signals(stop)
     try:
         init_ros(args)
     except Exception as exc:
         print('planner_node: cannot initialize ROS: %s' % exc, file=sys.stderr)
         return 1
-    _on_signals(stop)  # an rclpy without signal handler options installed its own
+    stop_on_signals(stop)  # an rclpy without signal handler options installed its own
     node = None
     stopped = True
     try:
@@ -235,6 +223,7 @@ def main(args: Optional[List[str]] = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        ignore_signals()  # done: a second Ctrl-C must not end the exit with -2
     if not stopped:
         # the model is still loading or generating for nobody: do not wait for it
         sys.stdout.flush()

@@ -329,14 +329,12 @@ def confidence_summary(predictions: List[dict],
 
 def format_plan_table(kind: str, command: str, label: Optional[str], answer: dict) -> str:
     """Return one answer as a readable block: command, status, latency, confidence, steps."""
-    from robot_llm_planner.ros.plan_client import format_steps
-    timing = answer.get('timing') or {}
+    from robot_llm_planner.core.answer_text import error_lines, format_steps, latency_text
     status = answer.get('status', 'no answer')
     facts = ['status %s' % status]
-    if 'total_ms' in timing:
-        facts.append('latency %.0f ms (inference %.0f ms, %d tokens)' % (
-            timing['total_ms'], timing.get('inference_ms', 0.0),
-            timing.get('tokens_generated', 0)))
+    latency = latency_text(answer.get('timing') or {})
+    if latency:
+        facts.append('latency ' + latency)
     if isinstance(answer.get('confidence'), (int, float)):
         facts.append('confidence %.2f' % answer['confidence'])
     same = None
@@ -348,8 +346,7 @@ def format_plan_table(kind: str, command: str, label: Optional[str], answer: dic
     steps = answer.get('steps') or []
     if any(step.get('action') for step in steps):  # not a table of empty rows
         lines += ['    ' + line for line in format_steps(steps, descriptions=False)]
-    for error in answer.get('errors') or []:
-        lines.append('    error %s: %s' % (error.get('code'), error.get('message')))
+    lines += ['    error ' + line for line in error_lines(answer.get('errors') or [])]
     raw = answer.get('raw_output', '')
     if same is False or (label is None and raw and status != 'ok'):
         shown = raw if len(raw) <= MAX_SHOWN_CHARS else raw[:MAX_SHOWN_CHARS] + ' ...'

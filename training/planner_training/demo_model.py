@@ -204,12 +204,12 @@ def split_rows(split: str, root: str = ROOT, task: str = 'task2', prompt: str = 
 
 def _name_pattern():
     """Return (regex of every name the generator uses, names that may be replaced)."""
-    from planner_training import dataset
-    names = [noun for noun, _, _ in dataset.OBJECTS] + list(dataset.ROOMS)
-    names += [name for name, _, _ in dataset.FURNITURE]
-    names += [person for person in dataset.PEOPLE if person != dataset.SPEAKER]
+    from planner_training import vocabulary
+    names = [noun for noun, _, _ in vocabulary.OBJECTS] + list(vocabulary.ROOMS)
+    names += [name for name, _, _ in vocabulary.FURNITURE]
+    names += [person for person in vocabulary.PEOPLE if person != vocabulary.SPEAKER]
     # Names that contain or extend a replaceable one stay: 冰箱门 is not 冰箱 + 门.
-    kept = [name for name, _, _ in dataset.OPENABLES] + list(dataset.OTHER_PLACES)
+    kept = [name for name, _, _ in vocabulary.OPENABLES] + list(vocabulary.OTHER_PLACES)
     replaceable = set(names) - set(kept)
     alternatives = sorted(set(names) | set(kept), key=len, reverse=True)
     return re.compile('|'.join(re.escape(name) for name in alternatives)), replaceable
@@ -279,9 +279,10 @@ def _substitute_names(extra: List[dict], fresh: List[str], recipe: Recipe, taken
     """
     if recipe.name_substitution <= 0:
         return
-    from planner_training import dataset
+    from planner_training import vocabulary
     pattern, replaceable = _name_pattern()
-    heldout = dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS + dataset.HELDOUT_FURNITURE
+    heldout = (vocabulary.HELDOUT_OBJECTS + vocabulary.HELDOUT_ROOMS
+               + vocabulary.HELDOUT_FURNITURE)
     name_chars = sorted({char for name in replaceable - set(heldout) for char in name})
     rng = random.Random(recipe.extra_seed)
 
@@ -323,13 +324,15 @@ def _substitute_frame_verbs(extra: List[dict], fresh: List[str], recipe: Recipe,
     """
     if recipe.verb_substitution <= 0:
         return
-    from planner_training import dataset
-    patterns = dataset.FETCH_TEMPLATES + dataset.BRING_TEMPLATES + dataset.PUT_TEMPLATES + \
-        dataset.GO_TEMPLATES + tuple(wrapper[:2] for wrapper in dataset.WRAPPERS) + \
-        tuple(template[:2] for template in dataset.NO_TASK_TEMPLATES)
-    banned = set(''.join(dataset.HELDOUT_OBJECTS + dataset.HELDOUT_ROOMS +
-                         dataset.HELDOUT_FURNITURE))
-    banned.update(''.join(text for name, text in patterns if name in dataset.HELDOUT_TEMPLATES))
+    from planner_training import vocabulary
+    patterns = (vocabulary.FETCH_TEMPLATES + vocabulary.BRING_TEMPLATES
+                + vocabulary.PUT_TEMPLATES + vocabulary.GO_TEMPLATES
+                + tuple(wrapper[:2] for wrapper in vocabulary.WRAPPERS)
+                + tuple(template[:2] for template in vocabulary.NO_TASK_TEMPLATES))
+    banned = set(''.join(vocabulary.HELDOUT_OBJECTS + vocabulary.HELDOUT_ROOMS
+                         + vocabulary.HELDOUT_FURNITURE))
+    banned.update(''.join(text for name, text in patterns
+                          if name in vocabulary.HELDOUT_TEMPLATES))
     pool = [char for char in fresh if char not in banned]
     rng = random.Random(recipe.extra_seed + 1)
 
@@ -795,7 +798,7 @@ def _load_average() -> Optional[List[float]]:
 
 def plan_rows(planner, rows: Sequence[dict], batch_size: int = 50) -> List[dict]:
     """Plan the commands of alpaca ``rows`` in batches; return evaluate_rows input rows."""
-    from robot_llm_planner.cli.evaluate import plan_examples
+    from robot_llm_planner.cli.runs import plan_examples
     return plan_examples(planner, rows, batch_size)
 
 
@@ -865,7 +868,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result['predictions'] = out
     print(json.dumps(result, ensure_ascii=False, indent=1))
     if args.evaluate:
-        from robot_llm_planner.cli.evaluate import confidence_table
+        from robot_llm_planner.cli.results import confidence_table
         print('\nPlans that pass every other check, by validation.min_confidence:\n\n'
               + confidence_table(predictions), end='')
     return 0

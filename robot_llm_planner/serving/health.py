@@ -1,9 +1,10 @@
 """
 The planner's health, as operators see it on /diagnostics: a level, a message, key-values.
 
-ROS-free. The service's status dict is the one source of truth: /planner_status publishes it
-as JSON, and /diagnostics shows the same dict as one DiagnosticStatus, its level and message
-from :func:`health` and its rows from :func:`key_values`. :class:`RecentPlans` keeps the
+The service's status dict (:mod:`robot_llm_planner.serving.status`) is the one source of
+truth: /planner_status publishes it as JSON, and /diagnostics shows the same dict as one
+DiagnosticStatus, its level and message from :func:`health` and its rows from
+:func:`key_values`. :class:`RecentPlans` keeps the
 window the latency, throughput and invalid-plan figures are taken over, and
 :func:`memory_figures` the process's and the GPU's memory.
 
@@ -17,10 +18,11 @@ Levels (diagnostic_msgs/DiagnosticStatus):
 """
 
 from collections import deque
-import math
 import os
 import sys
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
+
+from robot_llm_planner.core.stats import percentile
 
 OK, WARN, ERROR = 0, 1, 2  # the values of DiagnosticStatus.OK, WARN and ERROR
 LEVEL_NAMES = ('OK', 'WARN', 'ERROR')
@@ -34,14 +36,6 @@ _STATE_TEXT = {
     'loading': 'loading the model', 'inactive': 'inactive: commands are answered rejected',
     'unconfigured': 'unconfigured: no model loaded; commands are answered rejected',
 }
-
-
-def percentile(values: Sequence[float], share: float) -> Optional[float]:
-    """Return the nearest-rank value at ``share`` (0 to 1) of ``values``; None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 class RecentPlans:

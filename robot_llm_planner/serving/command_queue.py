@@ -1,5 +1,5 @@
 """
-The bounded, thread-safe queue between planner_node's subscription and its inference worker.
+The bounded, thread-safe queue between the service's intake and its worker.
 
 Two overflow policies:
 
@@ -23,25 +23,32 @@ from robot_llm_planner.core.settings import QUEUE_POLICIES as POLICIES
 class CommandQueue:
     """A bounded thread-safe queue of commands with the fifo or latest overflow policy."""
 
-    def __init__(self, max_size: int = 16, policy: str = 'fifo') -> None:
-        """Hold at most ``max_size`` waiting commands; ``policy`` decides who goes when full."""
+    def __init__(self, max_size: int = 16, policy: str = 'fifo', max_batch: int = 1) -> None:
+        """
+        Hold at most ``max_size`` waiting commands; ``policy`` decides who goes when full.
+
+        ``max_batch`` is how many the worker takes at once (:meth:`get_batch` is told).
+        """
         self._items: Deque[Command] = deque()
         self._condition = threading.Condition()
         self._closed = False
         self.max_size = 1
         self.policy = 'fifo'
-        self.configure(max_size, policy)
+        self.max_batch = 1
+        self.configure(max_size, policy, max_batch)
 
-    def configure(self, max_size: Optional[int] = None, policy: Optional[str] = None) -> None:
+    def configure(self, max_size: Optional[int] = None, policy: Optional[str] = None,
+                  max_batch: Optional[int] = None) -> None:
         """
-        Change the size or policy; raise ValueError for an invalid one.
+        Change the size, policy or batch size; raise ValueError for an invalid one.
 
         Commands already queued stay queued when the size shrinks; the new limit applies to
         the next arrivals.
         """
-        if max_size is not None:
-            if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-                raise ValueError('queue.max_size must be an integer >= 1, got %r' % (max_size,))
+        for name, value in (('max_size', max_size), ('max_batch', max_batch)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError('queue.%s must be an integer >= 1, got %r' % (name, value))
         if policy is not None and policy not in POLICIES:
             raise ValueError('queue.policy must be one of %s, got %r'
                              % (', '.join(POLICIES), policy))
@@ -50,6 +57,8 @@ class CommandQueue:
                 self.max_size = max_size
             if policy is not None:
                 self.policy = policy
+            if max_batch is not None:
+                self.max_batch = max_batch
 
     def __len__(self) -> int:
         """Return how many commands are waiting."""
@@ -99,6 +108,13 @@ class CommandQueue:
             while self._items and len(batch) < max(1, max_batch):
                 batch.append(self._items.popleft())
             return batch
+
+    def drain(self) -> List[Command]:
+        """Take every waiting command at once (they will not be planned)."""
+        with self._condition:
+            pending = list(self._items)
+            self._items.clear()
+            return pending
 
     def close(self) -> List[Command]:
         """Refuse further commands, wake the waiting worker and return the queued ones."""
