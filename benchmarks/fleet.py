@@ -36,7 +36,8 @@ sys.path.insert(0, os.path.join(ROOT, 'training'))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
-from report import percentile, write_report  # noqa: E402, I100
+from report import write_report  # noqa: E402, I100
+from robot_llm_planner.core.stats import percentile  # noqa: E402
 
 DEFAULT_SPLIT = os.path.join(ROOT, 'training', 'data', 'task2_prompt0_test.json')
 ADAPTER_NAME = 'planner'
@@ -107,7 +108,7 @@ class Fleet:
         """Create the clients of robot_1..robot_N."""
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from robot_llm_planner.ros.plan_client import PlanClient
+        from robot_llm_planner.ros.client import PlanClient
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node('fleet_%d' % os.getpid(), context=self.context)
@@ -189,7 +190,7 @@ def measure(path, count, texts, args, work, env, server_url=''):
             'plans_per_s': round(len(rows) / wall_s, 3),
             'p50_ms': round(percentile(latencies, 0.5), 1),
             'p90_ms': round(percentile(latencies, 0.9), 1),
-            'load_average': round(load, 2),
+            'load_average': round(load, 2), 'latencies_ms': [round(v, 1) for v in latencies],
             'statuses': {s: sum(r['status'] == s for r in rows)
                          for s in sorted({r['status'] for r in rows})}}
 
