@@ -54,7 +54,7 @@ build: env  ## colcon build into install/ and check colcon sees an ament_python 
 
 test: build $(BTCPP_SOURCE) $(VLLM_STAMP)  ## build, source the install and run the whole test suite with the linters
 	$(ACTIVATE) && source install/setup.bash && \
-	  pytest -p no:cacheprovider test
+	  pytest -p no:cacheprovider --durations=30 test
 
 demo: build  ## train the tiny demo model on CPU (cached), serve it over ROS 2, plan samples
 	$(ACTIVATE) && source install/setup.bash && PYTHONPATH=training:$$PYTHONPATH python -m planner_training.demo
