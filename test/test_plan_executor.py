@@ -19,7 +19,7 @@ from planner_harness import (fake_server_parameters, flat_parameters, NodeProces
 import pytest
 from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS_BY_NAME, ExecutorConfig,
                                                load_executor_config)
-from robot_llm_planner.ros.plan_executor import execution_qos
+from robot_llm_planner.ros.interface import execution_qos
 from std_msgs.msg import String
 import yaml
 
@@ -304,17 +304,20 @@ def test_invalid_parameters_answer_every_plan_with_the_reason(server, tmp_path):
         client = domain.client()
         planner, executor = _start(domain, server, tmp_path, executor_parameters={
             'behaviours.skills': '移动到=no_such_robot_package.nav:go',
-            'execution.policy': 'lifo'})
+            'execution.policy': 'lifo', 'topics.execution': 'bad topic!'})
         try:
             assert client.wait_for_planner(30), planner.stderr()[-3000:]
             _wait_for_executor(domain, executor, client, recorder)
             plan_id = client.send('去客厅', 'bad-1')
             end = recorder.wait_for_end(plan_id)
             assert (end['status'], end['code']) == ('FAILURE', 'invalid_parameters')
-            assert end['reason'] == (
+            # the bad topic name falls back to the default, plan_execution, and is reported
+            assert end['reason'].startswith(
                 'invalid parameters: execution.policy must be one of queue, preempt, got '
-                "'lifo'; behaviour factory no_such_robot_package.nav:go: cannot import "
-                'no_such_robot_package.nav (ModuleNotFoundError: No module named '
+                "'lifo'; topics.execution 'bad topic!' is not a valid topic name (")
+            assert end['reason'].endswith(
+                "); using 'plan_execution'; behaviour factory no_such_robot_package.nav:go: "
+                'cannot import no_such_robot_package.nav (ModuleNotFoundError: No module named '
                 "'no_such_robot_package')")
             assert executor.alive() and 'invalid parameters' in executor.stderr()
             assert _stop(executor, planner) == [0, 0]
