@@ -4,9 +4,10 @@ Test doubles without ROS: one OpenAI-compatible chat server whose replies each t
 :class:`FakeOpenAIServer` is a real HTTP server on 127.0.0.1 (the planner's openai backend
 talks to it as to ``llamafactory-cli api``: chat completions, no vLLM ``/tokenize``). By
 default it answers every chat request with :data:`OK_PLAN`; a test configures it per command
-(``answers``, ``logprobs``), scripts the wire itself (:meth:`FakeOpenAIServer.script`, ``raw``: a status, a body, a delay, a broken
-connection) and holds replies back (``gate``, ``barrier``) to drive queues and shutdowns
-deterministically. :func:`fake_server_parameters` points planner_node at it.
+(``answers``, ``logprobs``), scripts the wire itself (:meth:`FakeOpenAIServer.script`,
+``raw``: a status, a body, a delay, a broken connection) and holds replies back (``gate``,
+``barrier``) to drive queues and shutdowns deterministically. :func:`fake_server_parameters`
+points planner_node at it.
 """
 
 import http.server
