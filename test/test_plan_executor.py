@@ -19,8 +19,8 @@ from helpers import wait_until
 import jsonschema
 from planner_harness import flat_parameters, NodeProcess, ros_domain, share_path, wait_for_answers
 import pytest
-from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS_BY_NAME, ExecutorConfig,
-                                               load_executor_config)
+from robot_llm_planner.core.executor_parameters import (EXECUTOR_PARAMETERS_BY_NAME,
+                                                        load_executor_config)
 from robot_llm_planner.ros.interface import execution_qos
 from std_msgs.msg import String
 import yaml
@@ -45,7 +45,7 @@ def test_plan_executor_yaml_has_every_parameter_with_its_default():
         values = flat_parameters(yaml.safe_load(stream)['/**']['ros__parameters'])
     assert values == {name: parameter.default
                       for name, parameter in EXECUTOR_PARAMETERS_BY_NAME.items()}
-    assert load_executor_config(values) == (ExecutorConfig(), [])
+    assert load_executor_config(values) == (load_executor_config({})[0], [])
 
 
 @pytest.mark.parametrize('name,value,error', [
@@ -59,7 +59,7 @@ def test_plan_executor_yaml_has_every_parameter_with_its_default():
 def test_invalid_executor_values_are_reported_and_replaced_by_the_default(name, value, error):
     config, errors = load_executor_config({name: value})
     assert len(errors) == 1 and error in errors[0]
-    assert config == ExecutorConfig()
+    assert config == load_executor_config({})[0]
 
 
 # ---------------------------------------------------------------------- over ROS

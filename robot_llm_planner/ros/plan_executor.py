@@ -25,8 +25,9 @@ from typing import Dict, List, Optional
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS, EXECUTOR_PARAMETERS_BY_NAME,
-                                               ExecutorConfig, load_executor_config)
+from robot_llm_planner.core.executor_parameters import (EXECUTOR_PARAMETERS,
+                                                        EXECUTOR_PARAMETERS_BY_NAME,
+                                                        ExecutorConfig, load_executor_config)
 from robot_llm_planner.core.skills import SkillError, SkillSet
 from robot_llm_planner.execution.behaviours import BehaviourError, BehaviourMap
 from robot_llm_planner.execution.faults import Faults
