@@ -4,7 +4,7 @@ Preconditions on a trained model: the wrong plans they catch, the right plans th
 
 Plans a shipped split once with the demo model (greedy, every check of the planner on except
 ``validation.preconditions`` and ``validation.min_confidence``), then checks each answer again
-with preconditions on, through the planner's own :class:`AnswerCheck` (same text, same
+with preconditions on, through the planner's own :class:`OutputCheck` (same text, same
 confidence: what planner_node would publish). A plan is right when it equals its label (the
 measure of ``cli evaluate``; a plan for a command labelled 无法执行 is wrong). Prints, for
 ``validation.min_confidence`` 0, 0.3 and 0.6, how many plans are published ``ok`` and what
@@ -27,7 +27,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, 'training')]  # the package and the tra
 
 from planner_training import demo_model  # noqa: E402
 from robot_llm_planner.cli.evaluate import is_exact  # noqa: E402
-from robot_llm_planner.core.answer import AnswerCheck  # noqa: E402
+from robot_llm_planner.core.output_check import OutputCheck  # noqa: E402
 from robot_llm_planner.core.plan import parse_plan  # noqa: E402
 
 THRESHOLDS = (0.0, 0.3, 0.6)
@@ -38,7 +38,7 @@ def plan_split(base: str, adapter: str, split: str, limit: int) -> List[dict]:
     model = demo_model.DemoModel(base, adapter, '', True, {})
     planner = demo_model.load_planner(model, preconditions=False)
     rows = demo_model.split_rows(split, ROOT)[:limit or None]
-    with_preconditions = AnswerCheck(planner.skills, preconditions=True,
+    with_preconditions = OutputCheck(planner.skills, preconditions=True,
                                      max_new_tokens=planner.generation.max_new_tokens)
     results = []
     for start in range(0, len(rows), 50):

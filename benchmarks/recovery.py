@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from report import write_report  # noqa: E402
-from robot_llm_planner.core.answer import AnswerCheck  # noqa: E402
+from robot_llm_planner.core.output_check import OutputCheck  # noqa: E402
 from robot_llm_planner.core.plan import Step  # noqa: E402
 from robot_llm_planner.core.recovery import reactive_plan  # noqa: E402
 from robot_llm_planner.core.skills import SkillSet  # noqa: E402
@@ -46,7 +46,7 @@ def ok_plans(split: str, task: str, skills: SkillSet) -> List[dict]:
     path = os.path.join(ROOT, 'training', 'data', '%s_prompt0_%s.json' % (task, split))
     with open(path, encoding='utf-8') as stream:
         rows = json.load(stream)
-    check = AnswerCheck(skills)
+    check = OutputCheck(skills)
     plans = []
     for number, row in enumerate(rows):
         result = check.check(row['input'], row['output'])

@@ -24,8 +24,7 @@ import time
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
-# fake_server_parameters: the plan_executor tests import it from here
-from doubles import ANSWERED, fake_server_parameters  # noqa: F401
+from doubles import ANSWERED
 from helpers import wait_until
 import jsonschema
 from lifecycle_msgs.srv import ChangeState, GetState

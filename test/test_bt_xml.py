@@ -5,7 +5,7 @@ The C++ side is test/btcpp/skill_runner.cpp: a robot's application in miniature 
 registers the ``Skill`` node with its ports declared in C++ and prints what reaches each tick
 (built against BehaviorTree.CPP 4.8.2 by :mod:`btcpp_harness`). The XML comes from
 ``cli bt-xml`` and from /action_plan messages of a planner answering over a real remote
-backend (:class:`planner_harness.FakeServer`).
+backend (:class:`doubles.FakeOpenAIServer`).
 """
 
 import io
@@ -129,7 +129,7 @@ def test_cli_bt_xml_writes_ok_plans_and_says_why_others_have_no_tree(capsys, mon
 
 @pytest.fixture
 def server(server):
-    """Return the conftest's FakeServer, answering this file's commands."""
+    """Return the conftest's FakeOpenAIServer, answering this file's commands."""
     server.answers.update({COMMAND: ANSWER, '拿{x}': '拿{x}。寻找物体，{x}'})
     return server
 

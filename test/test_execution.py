@@ -2,7 +2,7 @@
 Plans executed by py_trees in-process: the tree, the simulated household, the policies.
 
 Real py_trees trees are ticked; the plans are /action_plan messages made by the planner's own
-answer checks (:class:`AnswerCheck`), with preconditions off where a test needs an impossible
+output checks (:class:`OutputCheck`), with preconditions off where a test needs an impossible
 plan to reach the executor. Time is a clock the test advances. Every message is checked
 against config/plan_execution.schema.json.
 """
@@ -13,7 +13,7 @@ import executor_behaviours
 import jsonschema
 import py_trees
 import pytest
-from robot_llm_planner.core.answer import AnswerCheck
+from robot_llm_planner.core.output_check import OutputCheck
 from robot_llm_planner.core.skills import package_share_path, SkillSet
 from robot_llm_planner.execution.behaviours import (BehaviourError, BehaviourMap, load_factory,
                                                     parse_mapping)
@@ -31,7 +31,7 @@ HAND_ONLY = ('把水递给我', '把水递给我。递给，我')
 def plan(request_id, command_answer, preconditions=True):
     """Return the /action_plan JSON the planner publishes for this answer."""
     command, answer = command_answer
-    result = AnswerCheck(SKILLS, preconditions=preconditions).check(command, answer)
+    result = OutputCheck(SKILLS, preconditions=preconditions).check(command, answer)
     return json.dumps(result.message(request_id), ensure_ascii=False)
 
 

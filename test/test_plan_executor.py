@@ -1,10 +1,11 @@
 """
 plan_executor over real ROS 2: plans from a running planner_node, executed and reported.
 
-planner_node (the openai backend against a scripted HTTP server, :class:`FakeServer`) and
-plan_executor run as the installed executables in subprocesses; the test sends commands with
-the PlanClient and records /plan_execution, every message checked against
-config/plan_execution.schema.json. Plugged behaviours come from test/executor_behaviours.py.
+planner_node (the openai backend against a scripted HTTP server,
+:class:`doubles.FakeOpenAIServer`) and plan_executor run as the installed executables in
+subprocesses; the test sends commands with the PlanClient and records /plan_execution, every
+message checked against config/plan_execution.schema.json. Plugged behaviours come from
+test/executor_behaviours.py.
 """
 
 import json
@@ -13,13 +14,14 @@ import signal
 import threading
 import time
 
+from doubles import fake_server_parameters
+from helpers import wait_until
 import jsonschema
-from planner_harness import (fake_server_parameters, flat_parameters, NodeProcess, ros_domain,
-                             share_path, wait_for_answers)
+from planner_harness import flat_parameters, NodeProcess, ros_domain, share_path, wait_for_answers
 import pytest
-from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS_BY_NAME, ExecutorConfig,
-                                               load_executor_config)
-from robot_llm_planner.ros.plan_executor import execution_qos
+from robot_llm_planner.core.executor_parameters import (EXECUTOR_PARAMETERS_BY_NAME,
+                                                        load_executor_config)
+from robot_llm_planner.ros.interface import execution_qos
 from std_msgs.msg import String
 import yaml
 
@@ -43,7 +45,7 @@ def test_plan_executor_yaml_has_every_parameter_with_its_default():
         values = flat_parameters(yaml.safe_load(stream)['/**']['ros__parameters'])
     assert values == {name: parameter.default
                       for name, parameter in EXECUTOR_PARAMETERS_BY_NAME.items()}
-    assert load_executor_config(values) == (ExecutorConfig(), [])
+    assert load_executor_config(values) == (load_executor_config({})[0], [])
 
 
 @pytest.mark.parametrize('name,value,error', [
@@ -57,7 +59,7 @@ def test_plan_executor_yaml_has_every_parameter_with_its_default():
 def test_invalid_executor_values_are_reported_and_replaced_by_the_default(name, value, error):
     config, errors = load_executor_config({name: value})
     assert len(errors) == 1 and error in errors[0]
-    assert config == ExecutorConfig()
+    assert config == load_executor_config({})[0]
 
 
 # ---------------------------------------------------------------------- over ROS
@@ -88,31 +90,27 @@ class ExecutionRecorder:
             return [(m['step'], m['status'], m['code'], m['reason']) for m in self.messages
                     if m['plan_id'] == plan_id]
 
+    def ended(self, plan_id):
+        """Return the message that ended ``plan_id``, or None while it has not ended."""
+        with self._lock:
+            return next((m for m in self.messages if m['plan_id'] == plan_id
+                         and m['step'] is None and m['status'] != 'RUNNING'), None)
+
     def wait_for_end(self, plan_id, timeout=DONE):
         """Wait for the message that ends ``plan_id``; return it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                for message in self.messages:
-                    if message['plan_id'] == plan_id and message['step'] is None \
-                            and message['status'] != 'RUNNING':
-                        return message
-            time.sleep(0.02)
-        pytest.fail('plan %s did not end; messages: %s' % (plan_id, self.of(plan_id)))
+        return wait_until(lambda: self.ended(plan_id), timeout, lambda: (
+            'plan %s did not end; messages: %s' % (plan_id, self.of(plan_id))))
 
     def wait_for(self, plan_id, step, status, timeout=DONE):
         """Wait until ``plan_id`` reported ``status`` for ``step``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(m[:2] == (step, status) for m in self.of(plan_id)):
-                return
-            time.sleep(0.02)
-        pytest.fail('plan %s step %s never %s: %s' % (plan_id, step, status, self.of(plan_id)))
+        wait_until(lambda: any(m[:2] == (step, status) for m in self.of(plan_id)), timeout,
+                   lambda: 'plan %s step %s never %s: %s' % (plan_id, step, status,
+                                                             self.of(plan_id)))
 
 
 @pytest.fixture
 def server(server):
-    """Return the conftest's FakeServer, answering this file's commands."""
+    """Return the conftest's FakeOpenAIServer, answering this file's commands."""
     server.answers.update(ANSWERS)
     return server
 
@@ -138,19 +136,18 @@ def _wait_for_executor(domain, executor, client, recorder, namespace=''):
     has matched it yet (discovery is per pair of participants), and a plan published before
     that is not delivered: warm-up plans are sent until one is reported ended.
     """
-    deadline = time.monotonic() + 30
-    while domain.node.count_subscribers(namespace + '/action_plan') < 2:
-        if time.monotonic() > deadline or not executor.alive():
-            pytest.fail('plan_executor did not subscribe:\n' + executor.stderr()[-3000:])
-        time.sleep(0.05)
+    def not_subscribed():
+        return 'plan_executor did not subscribe:\n' + executor.stderr()[-3000:]
+
+    wait_until(lambda: not executor.alive()
+               or domain.node.count_subscribers(namespace + '/action_plan') >= 2, 30,
+               not_subscribed)
+    if not executor.alive():
+        pytest.fail(not_subscribed())
     for attempt in range(12):
         plan_id = client.send('去客厅', 'warm-up-%d' % attempt)
-        end = time.monotonic() + 5
-        while time.monotonic() < end:
-            if any(step is None and status != 'RUNNING'
-                   for step, status, _, _ in recorder.of(plan_id)):
-                return
-            time.sleep(0.02)
+        if wait_until(lambda: recorder.ended(plan_id), 5, failure=None):
+            return
     pytest.fail('no plan reached plan_executor:\n' + executor.stderr()[-3000:])
 
 
@@ -304,17 +301,20 @@ def test_invalid_parameters_answer_every_plan_with_the_reason(server, tmp_path):
         client = domain.client()
         planner, executor = _start(domain, server, tmp_path, executor_parameters={
             'behaviours.skills': '移动到=no_such_robot_package.nav:go',
-            'execution.policy': 'lifo'})
+            'execution.policy': 'lifo', 'topics.execution': 'bad topic!'})
         try:
             assert client.wait_for_planner(30), planner.stderr()[-3000:]
             _wait_for_executor(domain, executor, client, recorder)
             plan_id = client.send('去客厅', 'bad-1')
             end = recorder.wait_for_end(plan_id)
             assert (end['status'], end['code']) == ('FAILURE', 'invalid_parameters')
-            assert end['reason'] == (
+            # the bad topic name falls back to the default, plan_execution, and is reported
+            assert end['reason'].startswith(
                 'invalid parameters: execution.policy must be one of queue, preempt, got '
-                "'lifo'; behaviour factory no_such_robot_package.nav:go: cannot import "
-                'no_such_robot_package.nav (ModuleNotFoundError: No module named '
+                "'lifo'; topics.execution 'bad topic!' is not a valid topic name (")
+            assert end['reason'].endswith(
+                "); using 'plan_execution'; behaviour factory no_such_robot_package.nav:go: "
+                'cannot import no_such_robot_package.nav (ModuleNotFoundError: No module named '
                 "'no_such_robot_package')")
             assert executor.alive() and 'invalid parameters' in executor.stderr()
             assert _stop(executor, planner) == [0, 0]

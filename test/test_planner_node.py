@@ -24,6 +24,7 @@ import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from robot_llm_planner.core.executor_parameters import EXECUTOR_PARAMETERS, ExecutorConfig
 from robot_llm_planner.core.parameter_text import cli_option, markdown_table, parse_text
 from robot_llm_planner.core.parameters import (check_value, default_value, load_config, NodeConfig,
                                                PARAMETERS, PARAMETERS_BY_NAME,
@@ -99,6 +100,11 @@ def test_the_node_config_is_built_from_the_table_alone():
     attributes = {f.name for f in dataclasses.fields(NodeConfig)} - {'settings'}
     assert attributes == {p.config_field for p in PARAMETERS if p.config_field}
     assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(NodeConfig))
+    # and every executor parameter an ExecutorConfig attribute: plan_executor's config too
+    assert all(p.field is None and p.config_field for p in EXECUTOR_PARAMETERS)
+    attributes = {f.name for f in dataclasses.fields(ExecutorConfig)}
+    assert attributes == {p.config_field for p in EXECUTOR_PARAMETERS}
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(ExecutorConfig))
 
 
 @pytest.mark.parametrize('name,value,error', [

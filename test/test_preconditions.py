@@ -15,7 +15,7 @@ from doubles import FakeOpenAIServer
 from planner_harness import schema_validator
 import pytest
 from robot_llm_planner.cli import commands as cli
-from robot_llm_planner.core.answer import AnswerCheck
+from robot_llm_planner.core.output_check import OutputCheck
 from robot_llm_planner.core.plan import parse_plan, Step
 from robot_llm_planner.core.planner import Planner
 from robot_llm_planner.core.skills import SkillSet
@@ -162,15 +162,15 @@ def test_facts_read_back_as_written():
 def test_the_answer_check_publishes_an_impossible_plan_invalid():
     validator = schema_validator()
     command, answer, error = CASES[0]
-    on = AnswerCheck(SKILLS).check(command, answer)
+    on = OutputCheck(SKILLS).check(command, answer)
     assert on.status == 'invalid'
     message = on.message('p-1')
     validator.validate(message)
     assert message['errors'] == [{'code': 'precondition_failed', 'message': error, 'step': 0}]
-    off = AnswerCheck(SKILLS, preconditions=False).check(command, answer)
+    off = OutputCheck(SKILLS, preconditions=False).check(command, answer)
     assert off.status == 'ok' and off.errors == []
     # a plan that is not made of this robot's skills is not simulated: its own error says why
-    unknown = AnswerCheck(SKILLS).check('跳舞给我看', '跳舞；递给我。跳舞，我；递给，我')
+    unknown = OutputCheck(SKILLS).check('跳舞给我看', '跳舞；递给我。跳舞，我；递给，我')
     assert [e.code for e in unknown.errors] == ['unknown_action']
 
 

@@ -190,12 +190,12 @@ def _input_lines(paths: Sequence[str]):
 
 def _validate(args: argparse.Namespace) -> int:
     from robot_llm_planner.cli.validate import validate_lines
-    from robot_llm_planner.core.answer import AnswerCheck
     from robot_llm_planner.core.message import to_json
+    from robot_llm_planner.core.output_check import OutputCheck
     from robot_llm_planner.core.skills import SkillError, SkillSet
     settings = settings_from_args(args)
     try:
-        checks = AnswerCheck(SkillSet.load(settings.skills_file or None),
+        checks = OutputCheck(SkillSet.load(settings.skills_file or None),
                              settings.grounded_arguments, settings.preconditions,
                              settings.min_confidence, settings.max_new_tokens, settings.bt_xml)
     except SkillError as exc:

@@ -10,8 +10,8 @@ Each input line is a JSON object with the command and a model's raw answer::
 ``cli evaluate`` run file or LLaMA-Factory's ``generated_predictions.jsonl`` can be checked as
 it is); ``id`` (a string) names the message and ``confidence`` (a number in [0, 1] or null)
 is checked against ``validation.min_confidence``. Each line is answered by one message line,
-built by the planner's own :class:`~robot_llm_planner.core.answer.AnswerCheck`: parse, skills,
-grounding, preconditions, confidence. A line that is not such an object is answered
+built by the planner's own :class:`~robot_llm_planner.core.output_check.OutputCheck`: parse,
+skills, grounding, preconditions, confidence. A line that is not such an object is answered
 ``rejected`` (``invalid_request``) and reported on standard error.
 """
 
@@ -20,9 +20,9 @@ import math
 from typing import Iterable, Iterator, Optional, Tuple
 
 from robot_llm_planner.cli.postprocess import command_from_prompt
-from robot_llm_planner.core.answer import AnswerCheck
 from robot_llm_planner.core.command import prepare_command
 from robot_llm_planner.core.message import plan_message
+from robot_llm_planner.core.output_check import OutputCheck
 from robot_llm_planner.core.plan import Plan, PlanError
 
 
@@ -61,7 +61,7 @@ def _read(data: object, instruction: str) -> Tuple[str, str, Optional[str], Opti
     return command, answer, request_id, confidence
 
 
-def validate_lines(lines: Iterable[str], checks: AnswerCheck, max_command_chars: int,
+def validate_lines(lines: Iterable[str], checks: OutputCheck, max_command_chars: int,
                    instruction: str = '') -> Iterator[Tuple[dict, Optional[str]]]:
     """
     Yield, per non-blank line, the /action_plan message and the input problem (or None).

@@ -10,8 +10,8 @@ The parameter table as people meet it: command-line options, limits in words, th
 import json
 from typing import Any
 
-from robot_llm_planner.core.parameters import (check_value, default_value, EXECUTOR_PARAMETERS,
-                                               Parameter, PARAMETERS)
+from robot_llm_planner.core.executor_parameters import EXECUTOR_PARAMETERS
+from robot_llm_planner.core.parameters import check_value, default_value, Parameter, PARAMETERS
 
 # Command-line options whose name is not the settings field's (``--`` + field, ``_`` -> ``-``).
 _OPTIONS = {'model_path': '--model', 'adapter_path': '--adapter', 'skills_file': '--skills',
@@ -91,6 +91,8 @@ def markdown_table() -> str:
             '`%s`' % cli_option(parameter) if cli_option(parameter) else '',
             _cell(parameter.description)))
     lines += ['', '# plan_executor parameters', '',
+              'Generated from `robot_llm_planner/core/executor_parameters.py` '
+              '(`EXECUTOR_PARAMETERS`).',
               'Set them in `config/plan_executor.yaml` or with `--ros-args -p name:=value`; '
               'they are read at start-up.', '',
               '| parameter | type | default | values | meaning |', '|---|---|---|---|---|']

@@ -1,5 +1,5 @@
 """
-The parameters: one table for each node, the command line and the docs.
+planner_node's parameters, in one table for the node, the command line and the docs.
 
 :data:`PARAMETERS` is the one table that planner_node declares its ROS parameters from, that
 ``python3 -m robot_llm_planner.cli`` builds its model options from and that
@@ -8,18 +8,17 @@ check against :class:`PlannerSettings`. Every PlannerSettings field has a parame
 (``Parameter.field``) whose default is the field's default. :func:`load_config` turns
 parameter values into a :class:`NodeConfig` (whose defaults are the table's: it has none of
 its own) and a list of readable errors; it never raises, so the node can report bad values
-instead of crashing. :data:`EXECUTOR_PARAMETERS` and :func:`load_executor_config` are the same
-for plan_executor.
+instead of crashing. :func:`check_value` and :func:`checked_values` check plan_executor's
+parameters too (its table is :mod:`.executor_parameters`).
 """
 
 from dataclasses import dataclass, fields
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from robot_llm_planner.core.settings import (BACKENDS, DTYPES, EXECUTION_POLICIES, FAST_PATHS,
-                                             parse_device, PlannerSettings, QUANTIZATION,
-                                             QUEUE_POLICIES, REMOTE_ENDPOINTS, REMOTE_FIELDS,
-                                             SIMULATED_BEHAVIOUR)
+from robot_llm_planner.core.settings import (BACKENDS, DTYPES, FAST_PATHS, parse_device,
+                                             PlannerSettings, QUANTIZATION, QUEUE_POLICIES,
+                                             REMOTE_ENDPOINTS, REMOTE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Parameter:
     description: str
     field: Optional[str] = None     # the PlannerSettings field it fills, if any
     default: Any = None             # None: the PlannerSettings field's default
-    config_field: Optional[str] = None  # the NodeConfig attribute of a node-only parameter
+    config_field: Optional[str] = None  # else the NodeConfig (ExecutorConfig) attribute
     choices: Tuple[str, ...] = ()
     minimum: Optional[float] = None
     maximum: Optional[float] = None
@@ -151,51 +150,6 @@ PARAMETERS: Tuple[Parameter, ...] = (
 PARAMETERS_BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 
 
-EXECUTOR_PARAMETERS: Tuple[Parameter, ...] = (
-    Parameter('topics.plan', str, 'Plans in (std_msgs/String, /action_plan JSON); only ok plans '
-              'run. Relative names follow the node namespace.', default='action_plan'),
-    Parameter('topics.execution', str, 'Progress out (std_msgs/String, /plan_execution JSON): '
-              'each step RUNNING then SUCCESS or FAILURE, and each plan.',
-              default='plan_execution'),
-    Parameter('skills_file', str, 'Skills YAML whose semantics the plans run over (empty: the '
-              'installed config/skills.yaml).', default=''),
-    Parameter('behaviours.default', str, 'Behaviour factory (package.module:callable) for the '
-              'skills behaviours.skills does not name; empty: those skills cannot run.',
-              default=SIMULATED_BEHAVIOUR),
-    Parameter('behaviours.skills', str, 'Behaviour factories of single skills: '
-              'skill=package.module:callable entries separated by , or ; (e.g. '
-              '移动到=my_robot.behaviours:navigate_to).', default=''),
-    Parameter('execution.policy', str, 'A plan that arrives while one runs: queue waits for '
-              'it, preempt stops it (and drops the waiting ones).', default='queue',
-              choices=EXECUTION_POLICIES),
-    Parameter('execution.max_queued', int, 'Plans that may wait (queue policy); one more is '
-              'refused (queue_full).', default=8, minimum=1),
-    Parameter('execution.tick_period_s', float, 'Seconds between two ticks of the running '
-              'tree.', default=0.1, positive=True),
-    Parameter('execution.setup_timeout_s', float, "Seconds a tree's setup may take (e.g. "
-              'action clients waiting for their server).', default=10.0, positive=True),
-    Parameter('execution.recovery', bool, 'Reactive trees: a step whose effects hold is '
-              'skipped, a precondition that does not hold is made true by the skill whose '
-              'effects do so, and each skill is retried as config/skills.yaml says (retry). '
-              'false: the steps in plan order, each tried once.', default=True),
-    Parameter('simulation.step_duration_s', float, 'Seconds each step of the simulated '
-              'household runs.', default=0.5, minimum=0),
-    Parameter('simulation.fail', str, 'Simulated attempts made to fail: action, action=target '
-              'or action=target*count entries separated by , or ; (e.g. 拿起物体=遥控器*2: the '
-              'first 2 attempts fail; without a count every attempt fails).', default=''),
-    Parameter('simulation.fail_rate', float, 'Probability that any simulated attempt fails '
-              '(drawn from simulation.seed).', default=0.0, minimum=0, maximum=1),
-    Parameter('simulation.seed', int, 'Seed of the random draws of simulation.fail_rate.',
-              default=0, minimum=0),
-    Parameter('simulation.disturbances', str, 'The simulated world changing by itself: '
-              'drop[=object][*count] (a picked-up object slips out of the hand as the next step '
-              'begins), close[=thing][*count] (an opened thing closes again), separated by , '
-              'or ;.', default=''),
-)
-
-EXECUTOR_PARAMETERS_BY_NAME = {parameter.name: parameter for parameter in EXECUTOR_PARAMETERS}
-
-
 def default_value(parameter: Parameter) -> Any:
     """Return the parameter's default (the PlannerSettings default for settings fields)."""
     if parameter.field is not None and parameter.default is None:
@@ -299,75 +253,38 @@ def dynamic_changes(values: List[Tuple[str, Any]]) -> Tuple[Dict[str, Any], Opti
     return changes, None
 
 
+def checked_values(table: Iterable[Parameter], values: Dict[str, Any]
+                   ) -> Tuple[List[Tuple[Parameter, Any]], List[str]]:
+    """
+    Return each parameter of ``table`` with its checked value, and the reasons of bad ones.
+
+    A missing value takes the parameter's default; a bad one is replaced by the default (so
+    the node can still come up and report it) and its reason is listed, one per parameter.
+    """
+    checked = []
+    errors = []
+    for parameter in table:
+        converted, error = check_value(parameter,
+                                       values.get(parameter.name, default_value(parameter)))
+        if error:
+            errors.append(error)
+            converted = default_value(parameter)
+        checked.append((parameter, converted))
+    return checked, errors
+
+
 def load_config(values: Dict[str, Any]) -> Tuple[NodeConfig, List[str]]:
     """
     Build the node's configuration from parameter values (missing ones take the default).
 
-    Returns the configuration and the reasons the values are unusable, one per bad
-    parameter; a bad value is replaced by its default so the node can still come up (and
-    report the errors).
+    Returns the configuration and the reasons the values are unusable (:func:`checked_values`).
     """
-    settings: Dict[str, Any] = {}
-    node: Dict[str, Any] = {}
-    errors = []
-    for parameter in PARAMETERS:
-        value = values.get(parameter.name, default_value(parameter))
-        converted, error = check_value(parameter, value)
-        if error:
-            errors.append(error)
-            converted = default_value(parameter)
-        if parameter.field is not None:
-            settings[parameter.field] = converted
-        else:
-            node[parameter.config_field] = converted
+    checked, errors = checked_values(PARAMETERS, values)
+    settings = {parameter.field: value for parameter, value in checked
+                if parameter.field is not None}
+    node = {parameter.config_field: value for parameter, value in checked
+            if parameter.field is None}
     return NodeConfig(settings=PlannerSettings(**settings), **node), errors
-
-
-@dataclass
-class ExecutorConfig:
-    """Everything plan_executor reads from its parameters."""
-
-    plan_topic: str = 'action_plan'
-    execution_topic: str = 'plan_execution'
-    skills_file: str = ''
-    behaviours_default: str = SIMULATED_BEHAVIOUR
-    behaviours_skills: str = ''
-    policy: str = 'queue'
-    max_queued: int = 8
-    tick_period_s: float = 0.1
-    setup_timeout_s: float = 10.0
-    step_duration_s: float = 0.5
-    fail: str = ''
-    recovery: bool = True
-    fail_rate: float = 0.0
-    seed: int = 0
-    disturbances: str = ''
-
-
-_EXECUTOR_FIELDS = {
-    'topics.plan': 'plan_topic', 'topics.execution': 'execution_topic',
-    'skills_file': 'skills_file', 'behaviours.default': 'behaviours_default',
-    'behaviours.skills': 'behaviours_skills', 'execution.policy': 'policy',
-    'execution.max_queued': 'max_queued', 'execution.tick_period_s': 'tick_period_s',
-    'execution.setup_timeout_s': 'setup_timeout_s',
-    'simulation.step_duration_s': 'step_duration_s', 'simulation.fail': 'fail',
-    'execution.recovery': 'recovery', 'simulation.fail_rate': 'fail_rate',
-    'simulation.seed': 'seed', 'simulation.disturbances': 'disturbances',
-}
-
-
-def load_executor_config(values: Dict[str, Any]) -> Tuple[ExecutorConfig, List[str]]:
-    """Build plan_executor's configuration as :func:`load_config` does planner_node's."""
-    config = ExecutorConfig()
-    errors = []
-    for parameter in EXECUTOR_PARAMETERS:
-        value = values.get(parameter.name, parameter.default)
-        converted, error = check_value(parameter, value)
-        if error:
-            errors.append(error)
-            converted = parameter.default
-        setattr(config, _EXECUTOR_FIELDS[parameter.name], converted)
-    return config, errors
 
 
 def settings_fields_without_parameter() -> List[str]:

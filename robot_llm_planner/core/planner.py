@@ -1,7 +1,7 @@
 """
 The planner: command → plan (prompt, generate, then the checks of the answer).
 
-The checks are :class:`~robot_llm_planner.core.answer.AnswerCheck`'s.
+The checks are :class:`~robot_llm_planner.core.output_check.OutputCheck`'s.
 
 ROS-free. :class:`Planner` never raises for a command: every command gets a
 :class:`PlanResult` with status ok, invalid (the model answered but the plan failed parsing or
@@ -14,11 +14,11 @@ import copy
 import time
 from typing import List, Optional, Sequence, Tuple
 
-from robot_llm_planner.core.answer import AnswerCheck, PlanResult
 from robot_llm_planner.core.backend import (Backend, EngineError, GenerationCancelled,
                                             GenerationConfig)
 from robot_llm_planner.core.command import (check_command, DEFAULT_MAX_COMMAND_CHARS,
                                             prepare_command)
+from robot_llm_planner.core.output_check import OutputCheck, PlanResult
 from robot_llm_planner.core.plan import Plan, PlanError
 from robot_llm_planner.core.prompt import PromptBuilder
 from robot_llm_planner.core.skills import SkillSet
@@ -45,7 +45,7 @@ class Planner:
         gave a token of it) is below ``min_confidence`` is invalid (``low_confidence``); 0
         turns the check off, and a backend that cannot tell the confidence (a server without
         log-probabilities) is never checked. With ``bt_xml`` every ok plan's message carries
-        its BehaviorTree.CPP XML. :class:`AnswerCheck` runs these checks.
+        its BehaviorTree.CPP XML. :class:`OutputCheck` runs these checks.
         """
         self.backend = backend
         self.skills = skills
@@ -53,7 +53,7 @@ class Planner:
         self.generation = generation or GenerationConfig()
         self.cache_size = cache_size if not self.generation.do_sample else 0
         self.max_command_chars = max_command_chars
-        self.checks = AnswerCheck(skills, grounded_arguments, preconditions, min_confidence,
+        self.checks = OutputCheck(skills, grounded_arguments, preconditions, min_confidence,
                                   self.generation.max_new_tokens, bt_xml)
         self._cache: 'OrderedDict[str, PlanResult]' = OrderedDict()
 

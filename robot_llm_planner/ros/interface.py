@@ -1,8 +1,9 @@
 """
-The planner's ROS interface in one place: topic names, QoS, messages and the rclpy start-up.
+The nodes' ROS interface in one place: topic names, QoS, messages and the rclpy start-up.
 
-planner_node and every client (plan_client, the demo, a behavior tree's node) import their
-QoS from here, never from the node module. The QoS choices are explained in ``docs/ros.md``.
+planner_node, plan_executor and every client (plan_client, the demo, a behavior tree's node)
+import their QoS from here, never from a node module. The QoS choices are explained in
+``docs/ros.md`` and ``docs/behavior_trees.md``.
 A node creates its topics with :func:`create_topic` (a bad name falls back to the default and
 is reported), starts rclpy with :func:`init_ros` and stops on :func:`stop_on_signals`; before
 it exits it waits until its subscribers :func:`acknowledged` the last messages, then
@@ -38,6 +39,8 @@ DIAGNOSTICS_TOPIC = '/diagnostics'
 TRANSITIONS = ('configuring', 'cleaningup', 'shuttingdown', 'activating', 'deactivating',
                'errorprocessing')
 PRIMARY_STATES = ('unconfigured', 'inactive', 'active', 'finalized')
+# History of plan_executor's topics: the plans it takes in and the progress it reports.
+EXECUTION_DEPTH = 64
 _LEVELS = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,
            'ERROR': DiagnosticStatus.ERROR}
 
@@ -73,6 +76,20 @@ def status_qos() -> QoSProfile:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+def plan_subscription_qos() -> QoSProfile:
+    """Return the QoS of plan_executor's plan subscription: reliable, volatile (new plans)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=EXECUTION_DEPTH,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def execution_qos() -> QoSProfile:
+    """Return the QoS of the progress topic: reliable, the last messages kept for late joiners."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=EXECUTION_DEPTH,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
 def diagnostics_qos() -> QoSProfile:
     """Return the QoS of /diagnostics: what diagnostic_updater and the aggregator use."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
@@ -97,7 +114,7 @@ def diagnostic_array(status: dict, stamp: Time) -> DiagnosticArray:
 
 
 def parameter_descriptor(parameter: Parameter) -> ParameterDescriptor:
-    """Return what ``ros2 param describe`` shows of a planner parameter."""
+    """Return what ``ros2 param describe`` shows of a parameter of either node."""
     constraints = [limits(parameter)] + ([] if parameter.dynamic else ['read at start-up'])
     return ParameterDescriptor(
         description=parameter.description, read_only=not parameter.dynamic,
@@ -159,8 +176,8 @@ def init_ros(args: Optional[List[str]] = None, context: Optional[Context] = None
     """
     Initialize rclpy without its signal handlers: the caller decides what SIGINT does.
 
-    planner_node shuts down in order on SIGINT and SIGTERM; plan_client turns Ctrl-C into
-    its exit status 130.
+    planner_node and plan_executor shut down in order on SIGINT and SIGTERM; plan_client
+    turns Ctrl-C into its exit status 130.
     """
     try:
         from rclpy.signals import SignalHandlerOptions

@@ -9,51 +9,38 @@ ticks it every ``execution.tick_period_s`` and publishes the progress on ``topic
 Each skill's behaviour comes from a factory named in ``behaviours.default`` /
 ``behaviours.skills``; by default the simulated household runs them. Trees are set up with
 ``node=`` this node, so py_trees_ros behaviours (action clients, subscribers) use it.
-docs/behavior_trees.md describes the topics, parameters and policies.
+docs/behavior_trees.md describes the topics, parameters and policies. Its QoS, topic creation,
+start-up and flush before exit are :mod:`robot_llm_planner.ros.interface`'s, as planner_node's.
 
 One thread: the subscription, the tick timer and the trees all run in the node's executor,
 so a behaviour's ROS callbacks are served between ticks.
 """
 
 import json
-import signal
 import sys
 import threading
 import time
 from typing import Dict, List, Optional
 
 import rclpy
-from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from robot_llm_planner.core.parameters import (EXECUTOR_PARAMETERS, ExecutorConfig,
-                                               load_executor_config)
+from robot_llm_planner.core.executor_parameters import (EXECUTOR_PARAMETERS,
+                                                        EXECUTOR_PARAMETERS_BY_NAME,
+                                                        ExecutorConfig, load_executor_config)
 from robot_llm_planner.core.skills import SkillError, SkillSet
 from robot_llm_planner.execution.behaviours import BehaviourError, BehaviourMap
 from robot_llm_planner.execution.faults import Faults
 from robot_llm_planner.execution.runner import PlanRunner
 from robot_llm_planner.execution.simulation import SimulationSettings
 from robot_llm_planner.execution.tree import execution_message, FAILURE
+from robot_llm_planner.ros.interface import (acknowledged, create_topic, execution_qos,
+                                             ignore_signals, init_ros, parameter_descriptor,
+                                             plan_subscription_qos, stop_on_signals)
 from std_msgs.msg import String
 
 NODE_NAME = 'plan_executor'
-EXECUTION_DEPTH = 64
 FLUSH_TIMEOUT_S = 1.5
-
-
-def plan_subscription_qos() -> QoSProfile:
-    """Return the QoS of the plan subscription: reliable, volatile (only new plans run)."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=EXECUTION_DEPTH,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
-
-
-def execution_qos() -> QoSProfile:
-    """Return the QoS of the progress topic: reliable, the last messages kept for late joiners."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=EXECUTION_DEPTH,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class PlanExecutorNode(Node):
@@ -62,15 +49,15 @@ class PlanExecutorNode(Node):
     def __init__(self, **kwargs) -> None:
         """Declare the parameters, resolve the behaviours, create the topics and the timer."""
         super().__init__(NODE_NAME, **kwargs)
-        values = {}
-        for parameter in EXECUTOR_PARAMETERS:
-            values[parameter.name] = self.declare_parameter(
-                parameter.name, parameter.default).value
+        values = {parameter.name: self.declare_parameter(
+            parameter.name, parameter.default, parameter_descriptor(parameter)).value
+            for parameter in EXECUTOR_PARAMETERS}
         config, errors = load_executor_config(values)
         self._config = config
         self._runner: Optional[PlanRunner] = None
-        self._pub = self._create('publisher', config, errors)
-        self._sub = self._create('subscription', config, errors)
+        self._pub = self._create_topic('publisher', 'topics.execution', config.execution_topic,
+                                       errors)
+        self._sub = self._create_topic('subscription', 'topics.plan', config.plan_topic, errors)
         runner = None
         try:  # with the defaults of bad values: every problem is reported at once
             runner = self._build_runner(config)
@@ -86,19 +73,11 @@ class PlanExecutorNode(Node):
             'reactive trees with recovery' if config.recovery else 'linear trees',
             self._describe_behaviours(config)))
 
-    def _create(self, kind: str, config: ExecutorConfig, errors: List[str]):
-        name = config.execution_topic if kind == 'publisher' else config.plan_topic
-        default = 'plan_execution' if kind == 'publisher' else 'action_plan'
-        for topic in (name, default):
-            try:
-                if kind == 'publisher':
-                    return self.create_publisher(String, topic, execution_qos())
-                return self.create_subscription(String, topic, self._on_plan,
-                                                plan_subscription_qos())
-            except Exception as exc:  # an invalid topic name: report it, use the default
-                errors.append('%s %r: %s' % (
-                    'topics.execution' if kind == 'publisher' else 'topics.plan', topic, exc))
-        raise RuntimeError('cannot create the %s topic' % kind)
+    def _create_topic(self, kind: str, parameter: str, name: str, errors: List[str]):
+        qos = execution_qos() if kind == 'publisher' else plan_subscription_qos()
+        return create_topic(self, kind, parameter, name,
+                            EXECUTOR_PARAMETERS_BY_NAME[parameter].default, qos, errors,
+                            self._on_plan if kind == 'subscription' else None)
 
     def _build_runner(self, config: ExecutorConfig) -> PlanRunner:
         skills = SkillSet.load(config.skills_file or None)
@@ -150,32 +129,20 @@ class PlanExecutorNode(Node):
         if self._runner is not None:
             self._publish(self._runner.shutdown())
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                if self._pub.wait_for_all_acked(Duration(seconds=0.02)):
-                    break
-            except Exception:  # the context is going away
-                break
+        while time.monotonic() < deadline and not acknowledged([self._pub]):
             spin(0.02)
 
 
 def main(args: Optional[List[str]] = None) -> int:
     """Run plan_executor until SIGINT or SIGTERM; return 0 after a clean shutdown."""
     stop = threading.Event()
-
-    def handler(signum, frame):
-        stop.set()
-
+    stop_on_signals(stop)
     try:
-        from rclpy.signals import SignalHandlerOptions
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except ImportError:  # pragma: no cover - an rclpy without signal handler options
-        rclpy.init(args=args)
+        init_ros(args)
     except Exception as exc:
         print('plan_executor: cannot initialize ROS: %s' % exc, file=sys.stderr)
         return 1
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    stop_on_signals(stop)  # an rclpy without signal handler options installed its own
     node = None
     try:
         node = PlanExecutorNode()
@@ -193,6 +160,7 @@ def main(args: Optional[List[str]] = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        ignore_signals()  # done: a second Ctrl-C must not end the exit with -2
     return 0
 
 

@@ -176,7 +176,7 @@ class ExecutionWatcher:
         """Subscribe to ``namespace``/plan_execution and spin until :meth:`close`."""
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from robot_llm_planner.ros.plan_executor import execution_qos
+        from robot_llm_planner.ros.interface import execution_qos
         from std_msgs.msg import String
         for name in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOCALHOST_ONLY'):
             if name in env:

@@ -1,12 +1,12 @@
 """
-Every check a model's answer goes through, in one place: what makes a plan ok or invalid.
+Every check a model's output goes through, in one place: what makes a plan ok or invalid.
 
-:class:`AnswerCheck` turns a model's raw text into the :class:`PlanResult` the planner
+:class:`OutputCheck` turns a model's raw text into the :class:`PlanResult` the planner
 publishes: parse, skills (actions and arguments), grounding (arguments copied from the
 command), preconditions (the plan run over the symbolic state of the skills file),
 truncation, confidence, and whether the plan can be written as BehaviorTree.CPP XML when the
-message carries it. The planner runs it on every answer it generates and
-``python3 -m robot_llm_planner.cli validate`` on answers read from a file, so the two never
+message carries it. The planner runs it on every output its model generates and
+``python3 -m robot_llm_planner.cli validate`` on outputs read from a file, so the two never
 disagree.
 """
 
@@ -42,14 +42,14 @@ class PlanResult:
 
 
 @dataclass
-class AnswerCheck:
+class OutputCheck:
     """
-    The checks of a model's answer, configured as the planner's validation settings are.
+    The checks of a model's output, configured as the planner's validation settings are.
 
     ``grounded_arguments``: a target or location not in the command is invalid
     (``argument_not_in_command``). ``preconditions``: a plan with a step whose ``requires``
     does not hold when it runs is invalid (``precondition_failed``). ``min_confidence``: a plan
-    whose confidence is below it is invalid (``low_confidence``; 0 turns it off, and an answer
+    whose confidence is below it is invalid (``low_confidence``; 0 turns it off, and an output
     without a confidence is never checked). ``bt_xml``: messages carry the plan's
     BehaviorTree.CPP XML, so a value it cannot carry makes the plan invalid
     (``bt_xml_unsafe_value``). ``max_new_tokens`` is named in the ``truncated_output`` error.
@@ -74,7 +74,7 @@ class AnswerCheck:
               token_probabilities: Optional[Sequence[Tuple[int, int, float]]] = None
               ) -> PlanResult:
         """
-        Return the result for the answer ``text`` to ``command``.
+        Return the result for the model's output ``text`` for ``command``.
 
         ``finished`` is False when generation stopped at ``max_new_tokens``;
         ``confidence`` and ``token_probabilities`` are the backend's (None: unknown).
