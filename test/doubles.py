@@ -6,7 +6,8 @@ talks to it as to ``llamafactory-cli api``: chat completions, no vLLM ``/tokeniz
 default it answers every chat request with :data:`OK_PLAN`; a test configures it per command
 (``answers``, ``logprobs``), scripts the wire itself (:meth:`FakeOpenAIServer.script`,
 ``raw``: a status, a body, a delay, a broken connection) and holds replies back (``gate``,
-``barrier``) to drive queues and shutdowns deterministically. :func:`fake_server_parameters` points planner_node at it.
+``barrier``) to drive queues and shutdowns deterministically. :func:`fake_server_parameters`
+points planner_node at it.
 """
 
 import http.server
