@@ -226,7 +226,8 @@ def add_server_arguments(parser):
     parser.add_argument('--server', default='', help='base URL of a running vLLM server that '
                         'serves the model (default: start one here)')
     parser.add_argument('--server-model', default=ADAPTER_NAME,
-                        help='the name --server serves the adapter under')
+                        help='the name --server serves the adapter under (a server started '
+                        'here serves it as %s)' % ADAPTER_NAME)
     parser.add_argument('--api-key-env', default='', help='the variable that holds the key '
                         'of --server')
 

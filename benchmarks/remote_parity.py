@@ -52,6 +52,10 @@ def compare(local, remote, command, tolerance):
     return row
 
 
+def _gap(value):
+    return '-' if value is None else '%.2g' % value
+
+
 def main(argv=None):
     """Run the comparison; write remote_parity.json/.md under --out; return 0."""
     parser = argparse.ArgumentParser(description=__doc__.strip().split('\n')[0])
@@ -95,16 +99,18 @@ def main(argv=None):
               'steps_unknown': sum(row['steps_unknown'] for row in rows),
               'max_step_gap': max(step_gaps, default=None),
               'all_within': sum(row['within'] for row in rows), 'rows': rows}
+    shown = dict(report, max_confidence_gap=_gap(report['max_confidence_gap']),
+                 max_step_gap=_gap(report['max_step_gap']))
     text = ('%(date)s; %(model)s; %(split)s, %(commands)d commands; endpoint %(endpoint)s; '
             'tolerance %(tolerance)g.\n\n| | of | largest gap |\n|---|---|---|\n'
             '| identical plan text | %(same_text)d / %(commands)d | - |\n'
             '| same status | %(same_status)d / %(commands)d | - |\n'
             '| plan confidence within tolerance | %(confidence_within)d / %(commands)d | '
-            '%(max_confidence_gap).2g |\n'
+            '%(max_confidence_gap)s |\n'
             '| step confidence within tolerance | %(steps_within)d / %(steps)d | '
-            '%(max_step_gap).2g |\n'
+            '%(max_step_gap)s |\n'
             '| steps whose confidence one side could not tell | %(steps_unknown)d | - |\n'
-            % report)
+            % shown)
     write_report(args.out, 'remote_parity', report, text)
     return 0
 

@@ -20,6 +20,7 @@ from robot_llm_planner.core.backend import GenerationConfig, RemoteError
 from robot_llm_planner.core.planner import Planner
 from robot_llm_planner.core.prompt import PromptBuilder
 from robot_llm_planner.core.skills import package_share_path, SkillSet
+from robot_llm_planner.inference.grammar import PlanGrammar
 from robot_llm_planner.inference.openai_backend import OpenAIBackend
 from robot_llm_planner.inference.transformers_backend import TransformersBackend
 
@@ -354,3 +355,67 @@ def test_a_server_tokenizer_without_the_templates_special_tokens_fails_configure
     with pytest.raises(RemoteError, match='does not read <.im_start.> and <.im_end.> as single'):
         Planner(OpenAIBackend(srv.url, 'm'), SkillSet.load()).load()
     assert [path for _, path, _, _ in srv.received] == ['/v1/models', '/tokenize']
+
+
+def _vllm_configure_replies():
+    """Return vLLM's answers at configure: its models, then the probe prompt's tokens."""
+    strings = ['<|im_start|>', 'system', '<|im_end|>', '\n', '<|im_start|>', 'user',
+               '<|im_end|>', '\n', '<|im_start|>', 'assistant']
+    return [(0, 200, json.dumps({'data': [{'id': 'm'}]}).encode()),
+            (0, 200, json.dumps({'tokens': [1, 5, 2, 6, 1, 7, 2, 6, 1, 8],
+                                 'token_strs': strings}).encode())]
+
+
+def test_on_vllm_the_training_prompt_goes_to_completions_and_the_answer_is_scored_again(server):
+    """
+    The request and the scoring as vLLM sees them (the real server: test_vllm.py).
+
+    The answer's second token holds the first bytes of 移 (vLLM lists it as ''): the server
+    decodes the answer up to it to place it.
+    """
+    text = PLAN
+    answer = {'choices': [{
+        'text': text, 'finish_reason': 'stop', 'token_ids': [10, 12, 11, 2],
+        'prompt_token_ids': [1, 5, 2], 'logprobs': {
+            'tokens': ['去客厅。', '', '移动到，客厅', ''], 'token_logprobs': [0.0] * 4}}],
+        'usage': {'prompt_tokens': 3, 'completion_tokens': 4}}
+    rows = [None, {'5': {'logprob': -1.0}}, {'2': {'logprob': -1.0}}, {'10': {'logprob': -0.1}},
+            {'12': {'logprob': -0.9}}, {'11': {'logprob': -0.2}}, {'2': {'logprob': -0.3}}]
+    srv = server(*_vllm_configure_replies(),
+                 (0, 200, json.dumps(answer, ensure_ascii=False).encode()),
+                 (0, 200, json.dumps({'choices': [{'prompt_logprobs': rows}]}).encode()),
+                 (0, 200, json.dumps({'prompt': '去客厅。\ufffd'}, ensure_ascii=False).encode()))
+    skills = SkillSet.load()
+    backend = OpenAIBackend(srv.url, 'm', grammar=PlanGrammar(skills))
+    planner = Planner(backend, skills)
+    planner.load()
+    assert backend.describe()['endpoint'] == 'completions'
+    generation = backend.generate(['去客厅'], PromptBuilder(), GenerationConfig(64))[0]
+    paths = [path for _, path, _, _ in srv.received]
+    assert paths == ['/v1/models', '/tokenize', '/v1/completions', '/v1/completions',
+                     '/detokenize']
+    request, scoring = (json.loads(srv.received[i][3]) for i in (2, 3))
+    assert request['prompt'] == PromptBuilder().text('去客厅')
+    assert (request['stop_token_ids'], request['add_special_tokens'],
+            request['return_token_ids']) == ([2], False, True)
+    assert 'grammar' in request['structured_outputs'] and 'messages' not in request
+    assert (scoring['prompt'], scoring['prompt_logprobs'], scoring['max_tokens']) == (
+        [1, 5, 2, 10, 12, 11, 2], 0, 1)
+    assert 'structured_outputs' not in scoring
+    assert json.loads(srv.received[4][3])['tokens'] == [10, 12]
+    assert generation.confidence == pytest.approx(math.exp(-0.9))  # before the grammar's mask
+    assert [(start, end) for start, end, _ in generation.token_probabilities] == [
+        (0, 4), (4, 5), (4, 10), (10, 10)]
+    assert generation.finished and generation.tokens == 3  # the stop token is not counted
+
+
+@pytest.mark.parametrize('endpoint, reply, expected', [
+    ('auto', (0, 404, b'{"error": {"message": "The model `m` does not exist."}}'),
+     'does not exist'),
+    ('completions', (0, 404, b'{"detail": "Not Found"}'), 'remote.endpoint is completions'),
+])
+def test_configure_names_a_model_the_server_lacks_or_an_endpoint_it_lacks(
+        server, endpoint, reply, expected):
+    srv = server(_vllm_configure_replies()[0], reply)
+    with pytest.raises(RemoteError, match=expected):
+        Planner(OpenAIBackend(srv.url, 'm', endpoint=endpoint), SkillSet.load()).load()

@@ -21,12 +21,22 @@ RETRYABLE_HTTP = (429, 500, 502, 503, 504)
 
 
 class ServerRefused(RemoteError):
-    """The server answered with an HTTP error status (``status``) that a retry won't change."""
+    """The server answered with an HTTP error status that a retry won't change."""
 
-    def __init__(self, message: str, status: int) -> None:
-        """Record the message and the HTTP status."""
+    def __init__(self, message: str, status: int, body: str = '') -> None:
+        """Record the message, the HTTP status and the answer's body (its start)."""
         super().__init__(message)
         self.status = status
+        self.body = body
+
+    def missing_route(self) -> bool:
+        """Return True when the server has no such endpoint (not an error of the request)."""
+        if self.status == 405:
+            return True
+        try:
+            return self.status == 404 and json.loads(self.body) == {'detail': 'Not Found'}
+        except ValueError:
+            return False
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -98,9 +108,12 @@ class JsonClient:
                     'followed: they would carry the API key elsewhere)'
                     % (self.base_url, where, exc.code,
                        exc.headers.get('Location', '(no Location)'))) from None
-            detail = _excerpt(exc.read().decode('utf-8', 'replace'))
+            try:
+                body = exc.read().decode('utf-8', 'replace')
+            except (OSError, http.client.HTTPException):
+                body = '(its answer broke off)'
             message = 'remote server %s answered HTTP %d to %s: %s' % (
-                self.base_url, exc.code, where, detail)
+                self.base_url, exc.code, where, _excerpt(body))
             if exc.code in RETRYABLE_HTTP:
                 raise RemoteError(message, transient=True) from None
             if exc.code == 401:
@@ -108,7 +121,7 @@ class JsonClient:
                             'of an environment variable that holds it'
                             if not self.api_key_env else
                             '; the key in %s was refused' % self.api_key_env)
-            raise ServerRefused(message, exc.code) from None
+            raise ServerRefused(message, exc.code, body[:1000]) from None
         except http.client.HTTPException as exc:  # IncompleteRead, BadStatusLine, ...
             raise RemoteError('remote server %s broke off its answer to %s (%s)'
                               % (self.base_url, where, type(exc).__name__), transient=True)

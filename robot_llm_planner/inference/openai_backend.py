@@ -3,7 +3,7 @@ The remote backend: an OpenAI-compatible server, for a fleet that shares one GPU
 
 vLLM serves the base model with one LoRA adapter per robot type (``--enable-lora
 --lora-modules NAME=PATH``; ``remote.model`` picks one); ``llamafactory-cli api`` serves one
-model. Two ways to send a command (``remote.endpoint``):
+model. ``remote.endpoint`` says how a command is sent:
 
 - ``completions``: the planner's own prompt, the exact text the model was trained on, goes to
   ``/v1/completions``; the server's chat template is never used. Needs vLLM's ``/tokenize``.
@@ -29,10 +29,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from robot_llm_planner.core.backend import Backend, Generation, GenerationConfig, RemoteError
 from robot_llm_planner.core.confidence import character_spans
 from robot_llm_planner.core.prompt import IM_END, IM_START, PromptBuilder
+from robot_llm_planner.core.settings import REMOTE_ENDPOINTS as ENDPOINTS
 from robot_llm_planner.inference.json_client import JsonClient, ServerRefused
 
 MAX_CONCURRENT_REQUESTS = 16
-ENDPOINTS = ('auto', 'completions', 'chat')
 # The command whose prompt configure compares (any command renders the same template).
 PROBE_COMMAND = '帮我拿一瓶水。'
 
@@ -105,19 +105,24 @@ class OpenAIBackend(Backend):
         special tokens (``completions``).
         """
         probe = prompt.text(PROBE_COMMAND)
+        self._stop_ids = []
         try:
             served = self.client.request('POST', '/tokenize', {
                 'model': self.model, 'prompt': probe, 'add_special_tokens': False,
                 'return_token_strs': True}, at_root=True)
         except ServerRefused as exc:
-            if exc.status not in (404, 405) or self.endpoint == 'completions':
-                raise
+            if not exc.missing_route():
+                raise  # e.g. vLLM: the model remote.model names does not exist
+            if self.endpoint == 'completions':
+                raise RemoteError('remote.endpoint is completions, but remote server %s has no '
+                                  '/tokenize (vLLM has): set remote.endpoint to chat or auto'
+                                  % self.base_url) from None
             self.served_endpoint = 'chat'
             self.prompt_check = ('not checked: the server has no /tokenize; it must render '
                                  'chat messages with the training template')
             return
         ids = _int_list(served.get('tokens'), 'tokens of /tokenize')
-        strings = served.get('token_strs') or []
+        strings = _str_list(served.get('token_strs'), 'token_strs of /tokenize')
         self._stop_ids = _special_token_ids(ids, strings, self.base_url)
         self.served_endpoint = 'chat' if self.endpoint == 'chat' else 'completions'
         if self.served_endpoint == 'chat':
@@ -136,13 +141,18 @@ class OpenAIBackend(Backend):
             return
         text = self.client.request('POST', '/detokenize', {
             'model': self.model, 'tokens': chat_ids}, at_root=True).get('prompt', '')
-        at = next((i for i, (a, b) in enumerate(zip(probe, str(text))) if a != b),
-                  min(len(probe), len(str(text))))
+        text = str(text)
+        if text == probe:
+            difference = 'the same text in other tokens'
+        else:
+            at = next((i for i, (a, b) in enumerate(zip(probe, text)) if a != b),
+                      min(len(probe), len(text)))
+            difference = 'from character %d the server has %r where the planner has %r' % (
+                at, text[at:at + 40], probe[at:at + 40])
         raise RemoteError(
             'the server renders another prompt than the model was trained on (its chat '
-            'template differs): from character %d the server has %r where the planner has %r; '
-            'start vLLM with the training chat template (--chat-template) or set '
-            'remote.endpoint to completions' % (at, str(text)[at:at + 40], probe[at:at + 40]))
+            'template differs): %s; start vLLM with the training chat template '
+            '(--chat-template) or set remote.endpoint to completions' % difference)
 
     def generate(self, commands: List[str], prompt: PromptBuilder,
                  config: GenerationConfig) -> List[Generation]:
@@ -174,11 +184,11 @@ class OpenAIBackend(Backend):
                       config: GenerationConfig) -> dict:
         body = {'model': self.model, 'max_tokens': config.max_new_tokens, 'stream': False}
         if self.served_endpoint == 'completions':
-            body.update(prompt=prompt.text(command), logprobs=0, stop_token_ids=self._stop_ids)
+            body.update(prompt=prompt.text(command), logprobs=0, add_special_tokens=False)
         else:
             body.update(messages=prompt.messages(command), logprobs=True)
-        if self._stop_ids:  # vLLM: the token ids, to score them again
-            body['return_token_ids'] = True
+        if self._stop_ids:  # vLLM: stop where training did; the token ids, to score them again
+            body.update(stop_token_ids=self._stop_ids, return_token_ids=True)
         if config.do_sample:
             body.update(temperature=config.temperature, top_p=config.top_p)
         else:
@@ -206,8 +216,9 @@ class OpenAIBackend(Backend):
         usage = usage if isinstance(usage, dict) else {}  # only statistics: never fatal
         tokens = _answer_tokens(choice.get('logprobs'), chat)
         ids = choice.get('token_ids')
-        if tokens is not None and isinstance(ids, list) and self._needs_scoring(chat):
-            ids, tokens = self._score(answer, choice, tokens[0])
+        ids = ids if isinstance(ids, list) else None
+        if tokens is not None and ids is not None and self._grammar_fields:
+            tokens = self._score(answer, choice, tokens[0])
         confidence, token_probabilities = None, None
         if tokens is not None:
             probabilities = [math.exp(value) for value in tokens[1]]
@@ -216,29 +227,25 @@ class OpenAIBackend(Backend):
             if spans is not None:
                 token_probabilities = [(start, end, probability) for (start, end), probability
                                        in zip(spans, probabilities)]
-        return Generation(text, tokens=_count(usage.get('completion_tokens')),
+        stopped = bool(ids) and ids[-1] in self._stop_ids
+        return Generation(text, tokens=len(ids) - stopped if ids is not None
+                          else _count(usage.get('completion_tokens')),
                           prompt_tokens=_count(usage.get('prompt_tokens')),
-                          finished=choice.get('finish_reason') != 'length',
+                          finished=stopped or choice.get('finish_reason') != 'length',
                           stats={'request_ms': (time.perf_counter() - started) * 1000.0},
                           confidence=confidence, token_probabilities=token_probabilities)
 
-    def _needs_scoring(self, chat: bool) -> bool:
-        """
-        Whether the server's log-probabilities are another quantity than the local backend's.
-
-        vLLM's come after its grammar mask, and a chat answer's leave the stop token out.
-        """
-        return bool(self._grammar_fields) or chat
-
     def _score(self, answer: dict, choice: dict, pieces: List[str]):
-        """Return the answer's pieces and log-probabilities as the model gives them, no mask."""
+        """
+        Return the answer's pieces and log-probabilities as the model gives them.
+
+        vLLM takes its log-probabilities after its grammar mask; the planner's confidence is
+        the model's own, before it: the server scores prompt and answer (stop token
+        included, where there is one) again, without a grammar.
+        """
         prompt_ids = choice.get('prompt_token_ids') or answer.get('prompt_token_ids')
         prompt_ids = _int_list(prompt_ids, 'prompt_token_ids')
         answer_ids = _int_list(choice.get('token_ids'), 'token_ids')
-        if answer_ids and answer_ids[-1] not in self._stop_ids and \
-                choice.get('finish_reason') == 'stop' and self._stop_ids:
-            answer_ids = answer_ids + self._stop_ids[:1]  # chat leaves the stop token out
-            pieces = pieces + ['']
         scored = self.client.request('POST', '/completions', {
             'model': self.model, 'prompt': prompt_ids + answer_ids, 'max_tokens': 1,
             'temperature': 0.0, 'prompt_logprobs': 0})
@@ -256,7 +263,7 @@ class OpenAIBackend(Backend):
                 raise RemoteError('remote server %s scored token %d without a log-probability'
                                   % (self.base_url, token))
             values.append(min(0.0, float(value)))
-        return answer_ids, (pieces[:len(values)] + [''] * (len(values) - len(pieces)), values)
+        return pieces[:len(values)] + [''] * (len(values) - len(pieces)), values
 
     def _spans(self, text: str, pieces: list, ids) -> Optional[List[Tuple[int, int]]]:
         """
@@ -278,14 +285,18 @@ class OpenAIBackend(Backend):
             elif piece and text.startswith(piece, offset):
                 spans.append((offset, offset + len(piece)))
                 offset += len(piece)
-            elif isinstance(ids, list) and len(ids) > index:
-                done = str(self.client.request('POST', '/detokenize', {
-                    'model': self.model, 'tokens': ids[:index + 1]}, at_root=True).get('prompt'))
+            elif ids is not None and len(ids) > index:
+                try:
+                    done = str(self.client.request('POST', '/detokenize', {
+                        'model': self.model, 'tokens': ids[:index + 1]},
+                        at_root=True).get('prompt'))
+                except RemoteError:
+                    return None  # no step confidences, but the plan and its confidence stand
                 begun = done.endswith('\ufffd') and not text.startswith(done)
                 done = done[:-1] if begun else done
                 if len(done) < offset or not text.startswith(done):
                     return None
-                spans.append((offset, len(done) + begun))
+                spans.append((offset, min(len(done) + begun, len(text))))
                 offset = len(done)
             else:
                 return None
@@ -360,6 +371,12 @@ def _is_number(value) -> bool:
 def _int_list(value, what: str) -> List[int]:
     if not isinstance(value, list) or not all(
             isinstance(item, int) and not isinstance(item, bool) for item in value):
+        raise RemoteError('the remote server answered without a list of %s' % what)
+    return value
+
+
+def _str_list(value, what: str) -> List[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise RemoteError('the remote server answered without a list of %s' % what)
     return value
 

@@ -230,8 +230,7 @@ class TransformersBackend(Backend):
                     prompt_tokens: int, stats: dict) -> Generation:
         """Return the Generation of ``tokens`` (stop token left out) and their scores."""
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        if not finished:
-            text = self._without_cut_character(tokens, text)
+        text = self._without_cut_character(tokens, text)
         token_probabilities = None
         spans = self._token_spans(tokens, text)
         if spans is not None and len(logprobs) >= len(tokens):
@@ -253,10 +252,11 @@ class TransformersBackend(Backend):
 
     def _without_cut_character(self, tokens: List[int], text: str) -> str:
         """
-        Return ``text`` without a last character the token limit cut in two.
+        Return ``text`` without a last character its tokens leave unfinished.
 
-        Its first bytes decode to U+FFFD; vLLM leaves such a character out of its text, and
-        so does this backend, so that both give the same text for the same tokens.
+        The token limit can cut a character in two (a model without the grammar can also stop
+        inside one); its first bytes decode to U+FFFD. vLLM leaves such a character out of its
+        text, and so does this backend, so that both give the same text for the same tokens.
         """
         spelled = self._spelled(tokens) if text.endswith('\ufffd') else None
         if spelled is None:

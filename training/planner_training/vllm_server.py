@@ -96,10 +96,12 @@ class VllmServer:
                          VLLM_NO_USAGE_STATS='1', DO_NOT_TRACK='1'))
         deadline = time.monotonic() + timeout_s
         while not self.ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            exited = self.process.poll()
+            if exited is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError('vLLM did not start within %g s:\n%s'
-                                   % (timeout_s, self.log_tail()))
+                why = ('exited with %d' % exited if exited is not None
+                       else 'did not answer within %g s' % timeout_s)
+                raise RuntimeError('vLLM %s:\n%s' % (why, self.log_tail()))
             time.sleep(1.0)
         return self
 
