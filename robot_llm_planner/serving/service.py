@@ -171,8 +171,11 @@ class PlannerService:
             self.load_failed(Failure('invalid parameters: ' + '; '.join(errors),
                                      INVALID_PARAMETERS))
             return self._configured(False)
-        worker = self._worker = Worker(self.config.settings, self._queue, self._cell,
-                                       self._answers, self)
+        with self._cell.lock:  # begin_shutdown either sees this worker or stops it starting
+            if self._cell.value.shutting_down():
+                return False
+            worker = self._worker = Worker(self.config.settings, self._queue, self._cell,
+                                           self._answers, self)
         self.publish_status()
         worker.start()
         while not worker.load_ended.wait(POLL_S) and not worker.stop.is_set():
