@@ -271,8 +271,8 @@ def test_a_server_restart_mid_stream_answers_every_command_and_the_node_carries_
         received = [answer['id'] for answer in client.received() if answer['id'] in ids]
         twice = [answer for answer in client.received()
                  if answer['id'] in ids and received.count(answer['id']) > 1]
-        assert sorted(received) == sorted(ids), [(a['id'], a['status'], a['stamp'],
-                                                   a['errors'][:1]) for a in twice][:6]
+        shown = [(a['id'], a['status'], a['stamp'], a['errors'][:1]) for a in twice][:6]
+        assert sorted(received) == sorted(ids), shown
         assert node.alive() and node.process.pid == pid
         assert {message['lifecycle'] for message in status.messages[seen:]} == {'active'}
         assert node.stop() == 0
