@@ -251,6 +251,22 @@ def test_behaviortree_cpp_finds_and_picks_a_dropped_object_again(
     assert (code, ticks[-1][3:]) == (1, ('FAILURE', ' held(last)'))
 
 
+def test_behaviortree_cpp_starts_no_skill_in_the_tick_recovery_undid_one_of_its_needs(
+        runner, tmp_path):
+    # no move in the plan: recovery inserts it for at(我), and the remote slips out of the
+    # hand as the move ends, in the tick the hand-over would start
+    message = _message('give-1', '把遥控器给我', '寻找遥控器；拿起遥控器；把遥控器递给我。寻找物体，遥控器；'
+                       '拿起物体，遥控器；递给，我')
+    xml = recovery_bt_xml('give-1', message['steps'], SKILLS)
+    code, ticks, status = _results(runner, xml, tmp_path, 'slip=遥控器')
+    assert (code, status) == (0, 'status SUCCESS')
+    assert [(t[0], t[3], t[4]) for t in ticks] == [
+        ('寻找遥控器', 'SUCCESS', ''), ('拿起遥控器', 'SUCCESS', ''),
+        ('移动到 我 (for at(我))', 'SUCCESS', ''),
+        ('寻找物体 遥控器 (for found(遥控器))', 'SUCCESS', ''),
+        ('拿起物体 遥控器 (for held(遥控器))', 'SUCCESS', ''), ('把遥控器递给我', 'SUCCESS', '')]
+
+
 def test_behaviortree_cpp_reads_braces_as_a_blackboard_reference(runner, tmp_path):
     # why bt-xml refuses { and }: written as is, the value never reaches the node
     xml = plan_to_bt_xml('p', [Step('找', '寻找物体', 'KEY')]).replace('"KEY"', '"{杯子}"')

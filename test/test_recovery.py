@@ -199,6 +199,23 @@ def test_a_need_lost_while_a_step_runs_stops_it_and_starts_it_over(validator):
     events(messages, validator)
 
 
+def test_a_step_never_starts_in_the_tick_recovery_undid_one_of_its_needs(validator):
+    # the move recovery inserts for at(我) shakes the water loose as it arrives, in the tick
+    # the hand-over would start: the water is picked up again first
+    shaky = runner('移动到=executor_behaviours:shaky_arrival')
+    given = plan('r11', GIVE, preconditions=False)
+    shaky.submit(given)
+    messages = tick_all(shaky)
+    assert messages[-1]['status'] == 'SUCCESS', events(messages, validator)
+    assert [(m['status'], (m['recovery'] or {}).get('action'), m['attempt'], m['changed'])
+            for m in messages if m['step'] == 2] == [
+        ('RUNNING', '移动到', 1, []), ('RUNNING', None, 0, ['not held(水)']),
+        ('SUCCESS', '移动到', 1, []),
+        ('RUNNING', '拿起物体', 1, []), ('SUCCESS', '拿起物体', 1, []),
+        ('RUNNING', None, 1, []), ('SUCCESS', None, 1, [])]
+    assert false_starts(messages, given) == 0
+
+
 def test_a_step_whose_effects_hold_is_skipped(validator):
     skipping = runner()
     skipping.submit(plan('r6', ('去厨房再去厨房', '去厨房；去厨房。移动到，厨房；移动到，厨房')))

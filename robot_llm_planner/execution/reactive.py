@@ -21,11 +21,14 @@ Linear (false): ``PlanStep └─ Attempts`` with one attempt, the plan as it wa
 RUNNING when it starts, SUCCESS (the action's effects are applied to the plan's state),
 RETRYING when it failed or was interrupted (a need it depends on stopped holding: the
 reactive Sequence stops it, achieves the need again and starts it over), FAILURE when an
-inserted action is out of attempts. So a step never starts while a need is false, and a plan
-ends after at most :func:`~robot_llm_planner.core.recovery.attempt_bound` attempts.
+inserted action is out of attempts. An attempt starts only when every need the Sequences
+check before it holds (its guards): an inserted step that ends in the same tick can undo an
+earlier need (its behaviour reports the object lost), and the attempt then waits for the next
+tick, where the need is achieved first. So a step never starts while a need is false, and a
+plan ends after at most :func:`~robot_llm_planner.core.recovery.attempt_bound` attempts.
 """
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import py_trees
 from robot_llm_planner.core.recovery import Action, Goal, unmet
@@ -39,6 +42,7 @@ LINEAR = Retry(1, 0.0)
 # run: the plan run (tree.PlanRun): world, clock(), stopping, report(status, step, ...)
 Run = Any
 MakeBehaviour = Callable[[Action], Optional[py_trees.behaviour.Behaviour]]
+Guard = Tuple[Goal, bool]  # a need checked before an attempt; whether the tree can achieve it
 
 
 def goals_text(goals: List[Goal]) -> str:
@@ -72,11 +76,17 @@ class Attempts(py_trees.decorators.Decorator):
     """An action's behaviour, tried up to ``retry.attempts`` times (module docstring)."""
 
     def __init__(self, run: Run, action: Action, child: py_trees.behaviour.Behaviour,
-                 retry: Retry) -> None:
-        """Try ``child`` (the behaviour of ``action``) as ``retry`` says, for ``run``."""
+                 retry: Retry, guards: Tuple[Guard, ...] = ()) -> None:
+        """
+        Try ``child`` (the behaviour of ``action``) as ``retry`` says, for ``run``.
+
+        ``guards`` are the needs the tree checks on every tick before it ticks this node, in
+        that order, each with whether the tree can make it true again: an attempt starts only
+        when all of them hold.
+        """
         super().__init__(name='%s %s x%d' % (action.step.action, action.step.target,
                                              retry.attempts), child=child)
-        self.run, self.action, self.retry = run, action, retry
+        self.run, self.action, self.retry, self.guards = run, action, retry, guards
         self.count = 0            # attempts started, over the whole plan
         self.active = False       # an attempt is under way
         self.retry_at: Optional[float] = None
@@ -101,6 +111,10 @@ class Attempts(py_trees.decorators.Decorator):
                 self.stop(Status.FAILURE)
                 yield self
                 return
+            if self.lost() is not None:  # it stopped holding in this tick: achieved first
+                self.status = Status.RUNNING
+                yield self
+                return
             self.count += 1
             self.active = True
             self._report(RUNNING)
@@ -114,6 +128,11 @@ class Attempts(py_trees.decorators.Decorator):
     def update(self) -> Status:
         """Return the status :meth:`tick` set (tick does the work of a Decorator's update)."""
         return self.status
+
+    def lost(self) -> Optional[Guard]:
+        """Return the first guard that does not hold, or None."""
+        return next((guard for guard in self.guards if not guard[0].holds(self.run.world)),
+                    None)
 
     def _ended(self, child: Status) -> Status:
         if child == Status.RUNNING:
@@ -215,19 +234,28 @@ def build_step(run: Run, action: Action, make: MakeBehaviour, recovery: bool) ->
 
 
 def _achieve(run: Run, action: Action, behaviour: py_trees.behaviour.Behaviour,
-             make: MakeBehaviour, attempts: List[Attempts]) -> py_trees.behaviour.Behaviour:
-    """Return Sequence[ensure each need, Attempts(act)]; the act's Attempts is listed first."""
-    act = Attempts(run, action, behaviour, action.retry)
+             make: MakeBehaviour, attempts: List[Attempts],
+             before: Tuple[Guard, ...] = ()) -> py_trees.behaviour.Behaviour:
+    """
+    Return Sequence[ensure each need, Attempts(act)]; the act's Attempts is listed first.
+
+    ``before``: the needs the enclosing Sequences check before they tick this one.
+    """
+    # None: no skill makes the need true, or no behaviour runs that skill
+    inserted = [None if need.achieve is None else make(need.achieve) for need in action.needs]
+    guards = before + tuple((need.goal, made is not None)
+                            for need, made in zip(action.needs, inserted))
+    act = Attempts(run, action, behaviour, action.retry, guards)
     attempts.append(act)
     children: List[py_trees.behaviour.Behaviour] = []
-    for need in action.needs:
+    for number, need in enumerate(action.needs):
         holds = Holds([need.goal], run.world)
-        inserted = None if need.achieve is None else make(need.achieve)
-        if inserted is None:  # no skill makes it true, or no behaviour runs that skill
+        if inserted[number] is None:
             children.append(holds)
             continue
+        achieve = _achieve(run, need.achieve, inserted[number], make, attempts,
+                           guards[:len(before) + number])
         children.append(py_trees.composites.Selector(
-            name='ensure %s' % need.goal, memory=True,
-            children=[holds, _achieve(run, need.achieve, inserted, make, attempts)]))
+            name='ensure %s' % need.goal, memory=True, children=[holds, achieve]))
     return py_trees.composites.Sequence(name='needs, then %s' % action.step.action,
                                         memory=False, children=children + [act])

@@ -8,9 +8,9 @@
 //                                       not hold when it started), then the final status
 //   skill_runner --nodes-model          print BehaviorTree.CPP's own TreeNodesModel
 //
-// A FAULT is ACTION (every Skill of that action fails), ACTION*N (its first N ticks fail) or
+// A FAULT is ACTION (every Skill of that action fails), ACTION*N (its first N ticks fail),
 // drop=OBJECT (after the first pick of OBJECT, it slips out of the hand: no longer held or
-// found, as the next Skill starts).
+// found, as the next Skill starts) or slip=OBJECT (the same, as the next Skill ends).
 //
 // The world is the shipped skills' state in miniature (config/skills.yaml): the place, found
 // and held objects, open and closed things; a successful Skill applies its skill's effects.
@@ -119,6 +119,17 @@ struct World
 World world;
 std::map<std::string, int> failing;  // action -> ticks left that fail (-1: all)
 std::set<std::string> drops, dropping;  // objects to drop after their pick; due now
+std::set<std::string> slips, slipping;  // objects to slip after their pick; due now
+
+// The objects slip out of the hand: no longer held or found.
+void lose(std::set<std::string>& objects)
+{
+  for (const std::string& object : objects) {
+    world.drop(object);
+    world.found.erase(object);
+  }
+  objects.clear();
+}
 
 // The node a robot registers once: it dispatches on `action` to its own skills.
 class Skill : public BT::SyncActionNode
@@ -139,11 +150,9 @@ public:
     const std::string action = getInput<std::string>("action").value();
     const std::string target = getInput<std::string>("target").value();
     const std::string location = getInput<std::string>("location").value();
-    for (const std::string& object : dropping) {
-      world.drop(object);
-      world.found.erase(object);
-    }
-    dropping.clear();
+    lose(dropping);
+    std::set<std::string> slipped;
+    slipped.swap(slipping);
     const std::string unmet = world.unmet(action, target);
     auto fault = failing.find(action);
     const bool fails = !unmet.empty() || (fault != failing.end() && fault->second != 0);
@@ -151,7 +160,9 @@ public:
     if (!fails) {
       world.apply(action, target);
       if (action == "拿起物体" && drops.erase(target)) {dropping.insert(target);}
+      if (action == "拿起物体" && slips.erase(target)) {slipping.insert(target);}
     }
+    lose(slipped);
     std::cout << "[" << json_string(name()) << "," << json_string(action) << ","
               << json_string(target) << "," << json_string(location) << ","
               << json_string(fails ? "FAILURE" : "SUCCESS") << "," << json_string(unmet)
@@ -199,6 +210,8 @@ int main(int argc, char** argv)
     const size_t star = fault.find('*');
     if (fault.rfind("drop=", 0) == 0) {
       drops.insert(fault.substr(5));
+    } else if (fault.rfind("slip=", 0) == 0) {
+      slips.insert(fault.substr(5));
     } else if (star == std::string::npos) {
       failing[fault] = -1;
     } else {
