@@ -216,6 +216,17 @@ def test_a_step_never_starts_in_the_tick_recovery_undid_one_of_its_needs(validat
     assert false_starts(messages, given) == 0
 
 
+def test_an_effect_the_behaviour_reported_itself_is_not_applied_again(validator):
+    gripping = runner('拿起物体=executor_behaviours:reporting_grip')
+    gripping.submit(plan('r12', BRING))
+    messages = tick_all(gripping)
+    assert [(m['status'], m['changed'], m['state']['held']) for m in messages
+            if m['step'] == 1] == [('RUNNING', [], []), ('RUNNING', ['held(水)'], ['水']),
+                                   ('SUCCESS', [], ['水'])]  # one 水 in the hand, not two
+    assert messages[-1]['status'] == 'SUCCESS' and messages[-1]['state']['held'] == []
+    events(messages, validator)
+
+
 def test_a_step_whose_effects_hold_is_skipped(validator):
     skipping = runner()
     skipping.submit(plan('r6', ('去厨房再去厨房', '去厨房；去厨房。移动到，厨房；移动到，厨房')))

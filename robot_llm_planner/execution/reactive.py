@@ -18,7 +18,9 @@ Linear (false): ``PlanStep └─ Attempts`` with one attempt, the plan as it wa
 
 :class:`Attempts` runs an action's behaviour at most ``retry.attempts`` times,
 ``retry.delay_s`` apart, never more often while the plan runs, and reports each attempt:
-RUNNING when it starts, SUCCESS (the action's effects are applied to the plan's state),
+RUNNING when it starts, SUCCESS (the action's effects are applied to the plan's state, but
+for those its behaviour reported during the attempt: ``held`` counts objects, so a pick that
+reports ``held(水)`` itself holds one 水, not two),
 RETRYING when it failed or was interrupted (a need it depends on stopped holding: the
 reactive Sequence stops it, achieves the need again and starts it over), FAILURE when an
 inserted action is out of attempts. An attempt starts only when every need the Sequences
@@ -89,6 +91,7 @@ class Attempts(py_trees.decorators.Decorator):
         self.run, self.action, self.retry, self.guards = run, action, retry, guards
         self.count = 0            # attempts started, over the whole plan
         self.active = False       # an attempt is under way
+        self.first_report = 0     # run.reported[first_report:]: what its behaviour reported
         self.retry_at: Optional[float] = None
         self.last_reason = ''
 
@@ -117,6 +120,7 @@ class Attempts(py_trees.decorators.Decorator):
                 return
             self.count += 1
             self.active = True
+            self.first_report = len(self.run.reported)
             self._report(RUNNING)
         yield from self.decorated.tick()
         status = self._ended(self.decorated.status)
@@ -138,9 +142,11 @@ class Attempts(py_trees.decorators.Decorator):
         if child == Status.RUNNING:
             return Status.RUNNING
         self.active = False
-        if child == Status.SUCCESS:
+        if child == Status.SUCCESS:  # effects its behaviour reported have happened already
+            reported = self.run.reported[self.first_report:]
             for goal in self.action.effects:
-                goal.make_true(self.run.world)
+                if goal not in reported:
+                    goal.make_true(self.run.world)
             self._report(SUCCESS)
             return Status.SUCCESS
         self.last_reason = self.decorated.feedback_message or \

@@ -131,6 +131,7 @@ class PlanRun:
         self.messages: List[dict] = []
         self.warnings: List[str] = []  # what went wrong after the plan ended (for the log)
         self.running: List[tuple] = []  # (step, recovery, attempt) started and not over
+        self.reported: List[Goal] = []  # the facts behaviours reported, as they hold now
         self.finished = self.stopping = False
         self.actions: List[Action] = reactive_plan(skills, plan_steps(plan, skills))
         children = [build_step(self, action, self._behaviour, recovery)
@@ -179,6 +180,7 @@ class PlanRun:
                             % fact)
         now = Goal(goal.predicate, goal.value, goal.negated == true)  # what holds now
         now.make_true(self.world)
+        self.reported.append(now)
         self.report(RUNNING, index, reason='reported by %s' % (by or "the step's behaviour"),
                     changed=[str(now)])
 
