@@ -6,8 +6,9 @@ with a reason for the others, and, set up with a ROS node (as plan_executor sets
 announces each goal on ``navigation_goals``. :func:`gripper` runs until the test releases it
 and records its lifecycle, so a test can see a running behaviour being terminated.
 :func:`shaky_arrival` and :func:`reporting_grip` are simulated steps that report a fact as they
-succeed, as a robot's sensing does. The other factories misbehave in the ways an executor
-must survive.
+succeed, as a robot's sensing does, :func:`filled_hands` a step whose hands fill up while it
+runs, and :func:`never_ends` a behaviour whose result never comes. The other factories
+misbehave in the ways an executor must survive.
 """
 
 import py_trees
@@ -108,6 +109,33 @@ class ReportingGrip(SimulatedSkill):
 def reporting_grip(step, context):
     """Return a pick that reports its own effect."""
     return ReportingGrip(step, context)
+
+
+class FilledHands(py_trees.behaviour.Behaviour):
+    """A step during which someone puts three things into the robot's hands."""
+
+    def __init__(self, step, context):
+        """Run for ``step``; report through ``context``."""
+        super().__init__(name='%s %s' % (step.action, step.target))
+        self.context, self.ticks = context, 0
+
+    def initialise(self):
+        """Start over."""
+        self.ticks = 0
+
+    def update(self):
+        """Report the three things held on the first tick; succeed on the third."""
+        self.ticks += 1
+        if self.ticks == 1:
+            for thing in ('书', '笔', '杯'):
+                self.context.report_fact('held(%s)' % thing, True, 'a person')
+        return py_trees.common.Status.SUCCESS if self.ticks >= 3 \
+            else py_trees.common.Status.RUNNING
+
+
+def filled_hands(step, context):
+    """Return a step whose hands fill up while it runs."""
+    return FilledHands(step, context)
 
 
 class NeverEnds(py_trees.behaviour.Behaviour):

@@ -227,6 +227,35 @@ def test_an_effect_the_behaviour_reported_itself_is_not_applied_again(validator)
     events(messages, validator)
 
 
+def test_an_interrupted_last_attempt_ends_the_step_at_once(validator):
+    # one attempt per skill: the move recovery inserts loses the water as it begins
+    once = SkillSet(list(SKILLS), 'one attempt', SKILLS.max_held, Retry(1, 0.5))
+    clock = Clock()
+    moving = PlanRunner(once, BehaviourMap(once), SimulationSettings(
+        2.0, Faults(disturbances='drop=水*1'), clock), clock=clock)
+    moving.submit(plan('r13', GIVE, preconditions=False))
+    messages = tick_all(moving)
+    reason = 'interrupted: held(水) no longer holds (attempt 1 of 1, none left)'
+    assert events(messages, validator)[-3:] == [
+        ('r13', 2, 'FAILURE', 'interrupted', reason),
+        ('r13', 2, 'FAILURE', 'interrupted', '移动到 我 (for at(我)): ' + reason),
+        ('r13', None, 'FAILURE', 'interrupted', '移动到 我 (for at(我)): ' + reason)]
+    assert (messages[-1]['unmet'], messages[-1]['tried']) == ('held(水)', [
+        {'action': '移动到', 'target': '我', 'location': '', 'attempts': 1,
+         'achieves': 'at(我)'}])
+    assert not any(m['status'] == 'RETRYING' for m in messages)  # no retry was left
+    assert [m['recovery']['action'] for m in messages if m['recovery']] == ['移动到'] * 2
+
+
+def test_a_lost_need_nothing_makes_true_ends_the_step_without_a_retry(validator):
+    filling = runner('拿起物体=executor_behaviours:filled_hands')
+    filling.submit(plan('r14', BRING))
+    messages = tick_all(filling)
+    assert [e[2:] for e in events(messages, validator) if e[1] == 1][-1] == (
+        'FAILURE', 'precondition_unmet', '拿起物体 水 needs hand_free: no skill makes it true')
+    assert not any(m['status'] == 'RETRYING' for m in messages)
+
+
 def test_a_step_whose_effects_hold_is_skipped(validator):
     skipping = runner()
     skipping.submit(plan('r6', ('去厨房再去厨房', '去厨房；去厨房。移动到，厨房；移动到，厨房')))

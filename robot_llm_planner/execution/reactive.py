@@ -23,7 +23,9 @@ for those its behaviour reported during the attempt: ``held`` counts objects, so
 reports ``held(水)`` itself holds one 水, not two),
 RETRYING when it failed or was interrupted (a need it depends on stopped holding: the
 reactive Sequence stops it, achieves the need again and starts it over), FAILURE when an
-inserted action is out of attempts. An attempt starts only when every need the Sequences
+inserted action is out of attempts. An interrupted attempt that was the last one, or that
+lost a need nothing makes true, reports no RETRYING: :class:`PlanStep` ends the step at once
+in the first case (code ``interrupted``), the failing Sequence ends it in the second. An attempt starts only when every need the Sequences
 check before it holds (its guards): an inserted step that ends in the same tick can undo an
 earlier need (its behaviour reports the object lost), and the attempt then waits for the next
 tick, where the need is achieved first. So a step never starts while a need is false, and a
@@ -168,14 +170,31 @@ class Attempts(py_trees.decorators.Decorator):
         if self.action.achieves is not None:
             self._report(FAILURE, 'step_failed', self.last_reason)
 
+    def spent(self) -> Optional[Goal]:
+        """Return the need whose loss stops the running attempt, the last one, or None."""
+        lost = self.lost() if self.active and self.count >= self.retry.attempts else None
+        return lost[0] if lost is not None and lost[1] else None
+
+    def give_up_interrupted(self, goal: Goal) -> None:
+        """Note that the last attempt lost ``goal`` and none is left; report it if inserted."""
+        self.last_reason = 'interrupted: %s no longer holds (attempt %d of %d, none left)' % (
+            goal, self.count, self.retry.attempts)
+        if self.action.achieves is not None:
+            self._report(FAILURE, 'interrupted', self.last_reason)
+
     def terminate(self, new_status: Status) -> None:
-        """Report an attempt stopped from above (a need stopped holding) as interrupted."""
+        """
+        Report an attempt stopped from above (a need stopped holding) as interrupted.
+
+        Only when it will be tried again: the tree can make the need true again and attempts
+        are left. Otherwise the step is ending (a need nothing makes true fails it;
+        :class:`PlanStep` ends it when no attempt is left).
+        """
         if new_status == Status.INVALID:
-            if self.active and not self.run.stopping:
-                lost = [need.goal for action in self.run.actions[self.action.index].walk()
-                        for need in action.needs if not need.goal.holds(self.run.world)]
-                self.last_reason = 'interrupted: %s no longer holds' % (
-                    lost[0] if lost else 'a need')
+            lost = self.lost()
+            if self.active and not self.run.stopping and lost is not None and lost[1] \
+                    and self.count < self.retry.attempts:
+                self.last_reason = 'interrupted: %s no longer holds' % lost[0]
                 self._report(RETRYING, 'interrupted', '%s (attempt %d of %d)' % (
                     self.last_reason, self.count, self.retry.attempts))
             self.active = False
@@ -192,6 +211,24 @@ class PlanStep(py_trees.decorators.Decorator):
                                             action.step.target), child=child)
         self.run, self.action, self.attempts = run, action, attempts
 
+    def tick(self):
+        """Tick the subtree; end the step first when a lost need stops its last attempt."""
+        spent = next(((a, a.spent()) for a in self.attempts if a.spent() is not None), None)
+        if spent is None:
+            yield from super().tick()
+            return
+        attempt, goal = spent
+        attempt.give_up_interrupted(goal)
+        self.stop(Status.FAILURE)  # stops the attempt: it reports no RETRYING
+        reason = attempt.last_reason
+        if attempt.action.achieves is not None:
+            reason = '%s %s (for %s): %s' % (attempt.action.step.action,
+                                             attempt.action.step.target,
+                                             attempt.action.achieves, reason)
+        self.run.report(FAILURE, self.action.index, 'interrupted', reason, unmet=str(goal),
+                        tried=self._tried())
+        yield self
+
     def update(self) -> Status:
         """Pass the subtree's status on, and report a skip or a failure."""
         status = self.decorated.status
@@ -207,10 +244,6 @@ class PlanStep(py_trees.decorators.Decorator):
         world = self.run.world
         missing = unmet(self.action, world)
         need = next((n for n in self.action.needs if n.goal == missing), None)
-        tried = [{'action': a.action.step.action, 'target': a.action.step.target,
-                  'location': a.action.step.location, 'attempts': a.count,
-                  'achieves': str(a.action.achieves or '')}
-                 for a in self.attempts if a.count]
         if need is None or self.attempts[0].status == Status.FAILURE:  # the action gave up
             code, reason = 'step_failed', self.attempts[0].last_reason
         else:
@@ -223,7 +256,13 @@ class PlanStep(py_trees.decorators.Decorator):
             reason = '%s %s needs %s: %s' % (self.action.step.action, self.action.step.target,
                                              missing, how)
         self.run.report(FAILURE, self.action.index, code, reason,
-                        unmet=str(missing or ''), tried=tried)
+                        unmet=str(missing or ''), tried=self._tried())
+
+    def _tried(self) -> List[dict]:
+        """Return the message's ``tried``: each action that ran for the step."""
+        return [{'action': a.action.step.action, 'target': a.action.step.target,
+                 'location': a.action.step.location, 'attempts': a.count,
+                 'achieves': str(a.action.achieves or '')} for a in self.attempts if a.count]
 
 
 def build_step(run: Run, action: Action, make: MakeBehaviour, recovery: bool) -> PlanStep:

@@ -43,7 +43,8 @@ CODES = {
     'step_failed': 'a step failed: the behaviour returned FAILURE (reason: its feedback)',
     'precondition_unmet': 'a fact the step needs does not hold and recovery could not make '
                           'it true (unmet: the fact; tried: what ran)',
-    'interrupted': 'a running attempt was stopped: a fact it needs stopped holding',
+    'interrupted': 'a running attempt was stopped: a fact it needs stopped holding (RETRYING, '
+                   'or FAILURE when it was the last attempt)',
     'preempted': 'a newer plan took over (execution.policy preempt)',
     'queue_full': 'execution.max_queued plans were already waiting',
     'not_executable': 'the plan cannot be run here (no steps, an unknown skill, no behaviour)',
