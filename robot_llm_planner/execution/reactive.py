@@ -18,18 +18,20 @@ Linear (false): ``PlanStep └─ Attempts`` with one attempt, the plan as it wa
 
 :class:`Attempts` runs an action's behaviour at most ``retry.attempts`` times,
 ``retry.delay_s`` apart, never more often while the plan runs, and reports each attempt:
-RUNNING when it starts, SUCCESS (the action's effects are applied to the plan's state, but
+RUNNING when it starts; SUCCESS (the action's effects are applied to the plan's state, but
 for those its behaviour reported during the attempt: ``held`` counts objects, so a pick that
-reports ``held(水)`` itself holds one 水, not two),
-RETRYING when it failed or was interrupted (a need it depends on stopped holding: the
-reactive Sequence stops it, achieves the need again and starts it over), FAILURE when an
-inserted action is out of attempts. An interrupted attempt that was the last one, or that
-lost a need nothing makes true, reports no RETRYING: :class:`PlanStep` ends the step at once
-in the first case (code ``interrupted``), the failing Sequence ends it in the second. An attempt starts only when every need the Sequences
-check before it holds (its guards): an inserted step that ends in the same tick can undo an
-earlier need (its behaviour reports the object lost), and the attempt then waits for the next
-tick, where the need is achieved first. So a step never starts while a need is false, and a
-plan ends after at most :func:`~robot_llm_planner.core.recovery.attempt_bound` attempts.
+reports ``held(水)`` itself holds one 水, not two); RETRYING when it failed or was interrupted
+(a need it depends on stopped holding: the reactive Sequence stops it, achieves the need
+again and starts it over); FAILURE when an inserted action is out of attempts. An
+interrupted attempt that was the last one, or that lost a need nothing makes true, reports no
+RETRYING: :class:`PlanStep` ends the step at once in the first case (code ``interrupted``),
+the failing Sequence ends it in the second.
+
+An attempt starts only when every need the Sequences check before it holds (its guards): an
+inserted step that ends in the same tick can undo an earlier need (its behaviour reports the
+object lost), and the attempt then waits for the next tick, where the need is achieved
+first. So a step never starts while a need is false, and a plan ends after at most
+:func:`~robot_llm_planner.core.recovery.attempt_bound` attempts.
 """
 
 from typing import Any, Callable, List, Optional, Tuple
