@@ -19,6 +19,7 @@ on the virtual clock, and the executor's wall time::
 """
 
 import argparse
+from dataclasses import astuple
 import json
 import os
 import sys
@@ -174,8 +175,8 @@ def main(argv=None) -> int:
     rows = measure(plans, skills, args.rates, args.seed, args.tick)
     report = {'split': args.split, 'task': args.task, 'plans': len(plans), 'seed': args.seed,
               'tick_s': args.tick,
-              'retry': {skill.name: [skills.retry_of(skill.name).attempts,
-                                     skills.retry_of(skill.name).delay_s] for skill in skills},
+              'retry': {skill.name: list(astuple(skills.retry_of(skill.name)))
+                        for skill in skills},  # attempts, delay_s, timeout_s
               'rows': rows, 'seconds': round(time.perf_counter() - started, 1),
               'load_average': list(os.getloadavg())}
     write_report(args.out, 'recovery', report, markdown(rows, len(plans)))

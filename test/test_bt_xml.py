@@ -22,7 +22,7 @@ from robot_llm_planner.core.bt_xml import (BtXmlError, nodes_model_xml, plan_to_
                                            recovery_bt_xml, unsafe_value)
 from robot_llm_planner.core.plan import parse_plan, Step
 from robot_llm_planner.core.planner import Planner
-from robot_llm_planner.core.skills import SkillSet
+from robot_llm_planner.core.skills import Retry, SkillSet
 from robot_llm_planner.inference.openai_backend import OpenAIBackend
 
 SKILLS = SkillSet.load()
@@ -265,6 +265,24 @@ def test_behaviortree_cpp_starts_no_skill_in_the_tick_recovery_undid_one_of_its_
         ('移动到 我 (for at(我))', 'SUCCESS', ''),
         ('寻找物体 遥控器 (for found(遥控器))', 'SUCCESS', ''),
         ('拿起物体 遥控器 (for held(遥控器))', 'SUCCESS', ''), ('把遥控器递给我', 'SUCCESS', '')]
+
+
+def test_behaviortree_cpp_halts_a_skill_without_a_result_after_its_timeout(runner, tmp_path):
+    bounded = SkillSet(list(SKILLS), 'a timeout', SKILLS.max_held, Retry(2, 0.0, 0.2))
+    xml = recovery_bt_xml('remote-2', _message('remote-2', *REMOTE)['steps'], bounded)
+    assert xml.count('<Timeout msec="200">') == 16  # 2 tries each of 4 steps, 4 inserted
+    code, ticks, status = _results(runner, xml, tmp_path, 'hang=移动到*1')
+    assert (code, status) == (0, 'status SUCCESS')
+    assert [(t[1], t[3]) for t in ticks] == [
+        ('寻找物体', 'SUCCESS'), ('拿起物体', 'SUCCESS'), ('移动到', 'RUNNING'), ('移动到', 'HALTED'),
+        ('移动到', 'SUCCESS'), ('递给', 'SUCCESS')]
+    # a skill that never ends: two attempts, each halted, and the tree ends in FAILURE
+    code, ticks, status = _results(runner, xml, tmp_path, 'hang=移动到')
+    assert (code, status) == (1, 'status FAILURE')
+    assert [(t[1], t[3]) for t in ticks][2:] == [('移动到', 'RUNNING'), ('移动到', 'HALTED')] * 2
+    # without a timeout_s, no Timeout
+    assert '<Timeout' not in recovery_bt_xml('remote-2', _message('remote-2', *REMOTE)['steps'],
+                                             SkillSet(list(SKILLS)))
 
 
 def test_behaviortree_cpp_reads_braces_as_a_blackboard_reference(runner, tmp_path):

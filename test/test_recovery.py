@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+import executor_behaviours
 import pytest
 from robot_llm_planner.core.plan import parse_plan, Step
 from robot_llm_planner.core.recovery import (achiever, attempt_bound, Goal, parse_goal,
@@ -254,6 +255,27 @@ def test_a_lost_need_nothing_makes_true_ends_the_step_without_a_retry(validator)
     assert [e[2:] for e in events(messages, validator) if e[1] == 1][-1] == (
         'FAILURE', 'precondition_unmet', '拿起物体 水 needs hand_free: no skill makes it true')
     assert not any(m['status'] == 'RETRYING' for m in messages)
+
+
+@pytest.mark.parametrize('recovery', [True, False])
+def test_an_attempt_without_a_result_is_stopped_after_its_timeout(validator, recovery):
+    del executor_behaviours.EVENTS[:]
+    bounded = SkillSet(list(SKILLS), 'a timeout', SKILLS.max_held, Retry(2, 0.0, 3.0))
+    clock = Clock()
+    stuck = PlanRunner(bounded, BehaviourMap(bounded, '移动到=executor_behaviours:never_ends'),
+                       SimulationSettings(0.0, Faults(), clock), recovery=recovery,
+                       clock=clock)
+    stuck.submit(plan('r15', BRING))
+    messages = tick_all(stuck)
+    reason = 'no result within retry.timeout_s = 3 s'
+    assert [e[2:] for e in events(messages, validator) if e[1] == 2] == [
+        ('RUNNING', '', ''), ('RETRYING', 'step_failed', reason + ' (attempt 1 of 2)'),
+        ('RUNNING', '', ''), ('FAILURE', 'step_failed', reason + ' (attempt 2 of 2)'),
+    ] if recovery else [('RUNNING', '', ''), ('FAILURE', 'step_failed', reason)]
+    assert (messages[-1]['status'], messages[-1]['reason']) == ('FAILURE', messages[-2]['reason'])
+    assert executor_behaviours.EVENTS == [('移动到 我', 'INVALID')] * (2 if recovery else 1)
+    # the plan ends in the tick at 7 s (3 s, the next tick, 3 s) or at 3 s; tick_all adds 1 s
+    assert clock.now == (8.0 if recovery else 4.0)
 
 
 def test_a_step_whose_effects_hold_is_skipped(validator):

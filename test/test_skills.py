@@ -112,6 +112,9 @@ def test_unknown_action_names_the_step_and_the_skills(skills):
     ('retry: {delay_s: -1}\nskills: {拿起: {}}', 'retry.delay_s must be seconds from 0'),
     ('retry: {delay_s: .nan}\nskills: {拿起: {}}', 'retry.delay_s must be seconds from 0'),
     ('skills: {拿起: {retry: {attempts: true}}}', "skill '拿起': retry.attempts must be"),
+    ('retry: {timeout_s: -2}\nskills: {拿起: {}}', 'retry.timeout_s must be seconds from 0 to '
+     '86400 \\(0: no limit\\), got -2'),
+    ('skills: {拿起: {retry: {timeout_s: "5 s"}}}', "skill '拿起': retry.timeout_s must be"),
     ('retries: {attempts: 2}\nskills: {拿起: {}}', "unknown key\\(s\\) 'retries' \\(known: "
      'schema_version, state, retry, skills\\)'),
     ('schema_version: 3\nskills: {拿起: {}}', 'schema_version 3 is not one this'),
@@ -125,14 +128,15 @@ def test_malformed_skills_file(tmp_path, content, message):
 
 
 def test_retries_come_from_the_skill_or_the_files_default(tmp_path, skills):
-    assert skills.retry == Retry(3, 0.5) and skills.retry_of('拿起物体') == Retry(3, 0.5)
+    shipped = Retry(3, 0.5, 300.0)
+    assert skills.retry == shipped and skills.retry_of('拿起物体') == shipped
     path = tmp_path / 'skills.yaml'
     path.write_text('schema_version: 1\nretry: {delay_s: 0}\nskills:\n'
-                    '  拿起: {required: [target], retry: {attempts: 5}}\n'
+                    '  拿起: {required: [target], retry: {attempts: 5, timeout_s: 20}}\n'
                     '  放下: {required: [target]}\n', encoding='utf-8')
     own = SkillSet.load(str(path))
-    assert own.retry_of('拿起') == Retry(5, 0.0)  # the default's delay, its own attempts
-    assert own.retry_of('放下') == Retry(3, 0.0) == own.retry_of('not a skill')
+    assert own.retry_of('拿起') == Retry(5, 0.0, 20.0)  # the default's delay, its own rest
+    assert own.retry_of('放下') == Retry(3, 0.0, 0.0) == own.retry_of('not a skill')
 
 
 def test_missing_skills_file(tmp_path):

@@ -30,9 +30,10 @@ With recovery (:func:`recovery_bt_xml`), each step is the structure plan_executo
           TRY                                      attempts - 1 more, delay_s apart
           <RetryUntilSuccessful num_attempts="2"><Delay delay_msec="500"> TRY
 
-where a TRY of an action with needs is
-``<WhileDoElse> needs <Skill .../> <KeepRunningUntilFailure><AlwaysSuccess/>...``: the Skill
-starts only while the needs checked before it hold, else the try stays RUNNING and the
+where a TRY is the Skill, in ``<Timeout msec="...">`` when the skill's ``retry.timeout_s`` is
+not 0 (a Skill still RUNNING then is halted and fails), and, for an action with needs, in
+``<WhileDoElse> needs TRY <KeepRunningUntilFailure><AlwaysSuccess/>...``: the Skill starts
+only while the needs checked before it hold, else the try stays RUNNING and the
 ReactiveSequence achieves the need on its next tick (:func:`_try_lines`).
 
 This module uses only the standard library.
@@ -196,6 +197,7 @@ def _try_lines(action: Action, guards: Tuple[Goal, ...]) -> List[str]:
     """
     Return one try: the Skill, started only while every guard holds (else RUNNING).
 
+    The Skill sits in a ``Timeout`` of ``retry.timeout_s`` when the skill has one.
     ``WhileDoElse`` checks the guards on every tick: when one does not hold, its third child
     (``KeepRunningUntilFailure`` over ``AlwaysSuccess``: RUNNING) runs instead of the Skill,
     so the enclosing ``ReactiveSequence`` achieves the need on its next tick.
@@ -203,6 +205,9 @@ def _try_lines(action: Action, guards: Tuple[Goal, ...]) -> List[str]:
     name = '%s (for %s)' % (action.step.description, action.achieves) if action.achieves \
         else ''
     skill = [_skill(action.step, name)]
+    if action.retry.timeout_s > 0:  # halted and FAILURE when it runs longer
+        skill = (['<Timeout msec="%d">' % max(1, round(action.retry.timeout_s * 1000))]
+                 + _indented(skill, 2) + ['</Timeout>'])
     if not guards:
         return skill
     condition = [_holds(str(goal)) for goal in guards]

@@ -14,10 +14,13 @@ recovery.Action` (what it needs, what achieves each need, what it makes true)::
           ├─ Holds: hand_free                  a need no skill makes true
           └─ Attempts(拿起物体 遥控器)            the step's behaviour, retried
 
-Linear (false): ``PlanStep └─ Attempts`` with one attempt, the plan as it was written.
+Linear (false): ``PlanStep └─ Attempts`` with one attempt (and the skill's
+``retry.timeout_s``), the plan as it was written.
 
 :class:`Attempts` runs an action's behaviour at most ``retry.attempts`` times,
-``retry.delay_s`` apart, never more often while the plan runs, and reports each attempt:
+``retry.delay_s`` apart, never more often while the plan runs, each for at most
+``retry.timeout_s`` (an attempt still running then is stopped and fails: "no result within
+retry.timeout_s = 300 s"; 0: no limit), and reports each attempt:
 RUNNING when it starts; SUCCESS (the action's effects are applied to the plan's state, but
 for those its behaviour reported during the attempt: ``held`` counts objects, so a pick that
 reports ``held(水)`` itself holds one 水, not two); RETRYING when it failed or was interrupted
@@ -43,7 +46,6 @@ from robot_llm_planner.core.world import WorldState
 
 Status = py_trees.common.Status
 RUNNING, SUCCESS, FAILURE, RETRYING = 'RUNNING', 'SUCCESS', 'FAILURE', 'RETRYING'
-LINEAR = Retry(1, 0.0)
 
 # run: the plan run (tree.PlanRun): world, clock(), stopping, report(status, step, ...)
 Run = Any
@@ -95,6 +97,7 @@ class Attempts(py_trees.decorators.Decorator):
         self.run, self.action, self.retry, self.guards = run, action, retry, guards
         self.count = 0            # attempts started, over the whole plan
         self.active = False       # an attempt is under way
+        self.started = 0.0        # when the running attempt started (run.clock)
         self.first_report = 0     # run.reported[first_report:]: what its behaviour reported
         self.retry_at: Optional[float] = None
         self.last_reason = ''
@@ -104,34 +107,41 @@ class Attempts(py_trees.decorators.Decorator):
                         recovery=recovery_field(self.action))
 
     def tick(self):
-        """Wait between attempts, start one, or pass the running attempt's tick on."""
+        """Wait between attempts, start one, or tick the running one (stopped when overdue)."""
         if self.status != Status.RUNNING:
             self.initialise()
-        if self.retry_at is not None and self.run.clock() < self.retry_at:
-            self.status = Status.RUNNING
-            yield self
-            return
-        self.retry_at = None
-        if not self.active:
-            if self.count >= self.retry.attempts:
-                self._give_up('all %d attempts used' % self.count)
-                self.stop(Status.FAILURE)
-                yield self
-                return
-            if self.lost() is not None:  # it stopped holding in this tick: achieved first
-                self.status = Status.RUNNING
-                yield self
-                return
-            self.count += 1
-            self.active = True
-            self.first_report = len(self.run.reported)
-            self._report(RUNNING)
-        yield from self.decorated.tick()
-        status = self._ended(self.decorated.status)
+        status = Status.RUNNING if self.active else self._start()
+        if self.active and self._overdue():
+            self.decorated.stop(Status.INVALID)
+            status = self._ended(Status.FAILURE, 'no result within retry.timeout_s = %g s'
+                                 % self.retry.timeout_s)
+        elif self.active:
+            yield from self.decorated.tick()
+            status = self._ended(self.decorated.status)
         if status != Status.RUNNING:
             self.stop(status)
         self.status = status
         yield self
+
+    def _start(self) -> Status:
+        """Start an attempt when it is due and every guard holds; FAILURE when none is left."""
+        if self.retry_at is not None and self.run.clock() < self.retry_at:
+            return Status.RUNNING
+        self.retry_at = None
+        if self.count >= self.retry.attempts:
+            self._give_up('all %d attempts used' % self.count)
+            return Status.FAILURE
+        if self.lost() is None:  # else one stopped holding in this tick: achieved first
+            self.count += 1
+            self.active = True
+            self.started = self.run.clock()
+            self.first_report = len(self.run.reported)
+            self._report(RUNNING)
+        return Status.RUNNING
+
+    def _overdue(self) -> bool:
+        """Return whether the running attempt has run for ``retry.timeout_s`` (0: never)."""
+        return 0 < self.retry.timeout_s <= self.run.clock() - self.started
 
     def update(self) -> Status:
         """Return the status :meth:`tick` set (tick does the work of a Decorator's update)."""
@@ -142,7 +152,7 @@ class Attempts(py_trees.decorators.Decorator):
         return next((guard for guard in self.guards if not guard[0].holds(self.run.world)),
                     None)
 
-    def _ended(self, child: Status) -> Status:
+    def _ended(self, child: Status, reason: str = '') -> Status:
         if child == Status.RUNNING:
             return Status.RUNNING
         self.active = False
@@ -153,7 +163,7 @@ class Attempts(py_trees.decorators.Decorator):
                     goal.make_true(self.run.world)
             self._report(SUCCESS)
             return Status.SUCCESS
-        self.last_reason = self.decorated.feedback_message or \
+        self.last_reason = reason or self.decorated.feedback_message or \
             'the %s behaviour failed' % self.action.step.action
         if self.count < self.retry.attempts:
             self.retry_at = self.run.clock() + self.retry.delay_s
@@ -271,7 +281,7 @@ def build_step(run: Run, action: Action, make: MakeBehaviour, recovery: bool) ->
     """Return the subtree of plan step ``action`` (reactive when ``recovery``)."""
     attempts: List[Attempts] = []
     if not recovery:
-        act = Attempts(run, action, make(action), LINEAR)
+        act = Attempts(run, action, make(action), Retry(1, 0.0, action.retry.timeout_s))
         return PlanStep(run, action, act, [act])
     sequence = _achieve(run, action, make(action), make, attempts)
     children = [Holds(list(action.effects), run.world)] if action.skippable else []
