@@ -139,6 +139,17 @@ def test_retries_come_from_the_skill_or_the_files_default(tmp_path, skills):
     assert own.retry_of('放下') == Retry(3, 0.0, 0.0) == own.retry_of('not a skill')
 
 
+def test_retry_bounds_are_included(tmp_path):
+    path = tmp_path / 'skills.yaml'
+    path.write_text('schema_version: 2\nretry: {delay_s: 3600, timeout_s: 86400}\n'
+                    'skills: {拿起: {}}\n', encoding='utf-8')
+    assert SkillSet.load(str(path)).retry == Retry(3, 3600.0, 86400.0)
+    path.write_text('schema_version: 2\nretry: {delay_s: 3600.5}\nskills: {拿起: {}}\n',
+                    encoding='utf-8')
+    with pytest.raises(SkillError, match='delay_s must be seconds from 0 to 3600, got 3600.5'):
+        SkillSet.load(str(path))
+
+
 def test_missing_skills_file(tmp_path):
     with pytest.raises(SkillError, match='cannot read skills file .*nope.yaml'):
         SkillSet.load(str(tmp_path / 'nope.yaml'))

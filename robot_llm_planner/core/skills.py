@@ -283,10 +283,10 @@ def _retry(spec: object, where: str, default: Retry, path: str) -> Retry:
 
 def _seconds(spec: dict, key: str, default: float, most: float, where: str,
              note: str = '') -> float:
-    """Return ``spec[key]`` (else ``default``), seconds from 0 to ``most``."""
+    """Return ``spec[key]`` (else ``default``), seconds from 0 to ``most``, both included."""
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not 0 <= value < most:
+            not 0 <= value <= most:
         raise SkillError('skills file %s.%s must be seconds from 0 to %g%s, got %r'
                          % (where, key, most, note, value))
     return float(value)
