@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from report import write_report  # noqa: E402
+from robot_llm_planner.core.message import message_steps  # noqa: E402
 from robot_llm_planner.core.output_check import OutputCheck  # noqa: E402
 from robot_llm_planner.core.plan import Step  # noqa: E402
 from robot_llm_planner.core.recovery import reactive_plan  # noqa: E402
@@ -70,9 +71,7 @@ class Clock:
 
 def false_starts(messages: List[dict], plan: dict, skills: SkillSet) -> int:
     """Return how many attempts started while a need of theirs was false in their state."""
-    steps = [Step(s.get('description', ''), s['action'], s['target'], s['location'])
-             for s in plan['steps']]
-    actions = reactive_plan(skills, steps)
+    actions = reactive_plan(skills, message_steps(plan['steps']))
     count = 0
     for message in messages:
         if message['status'] != 'RUNNING' or not message['attempt']:

@@ -86,6 +86,14 @@ def test_values_blackboard_readers_would_misread_are_refused():
     assert root.find('./BehaviorTree/Sequence/Skill').get('name') == 'a\nb'
 
 
+def test_recovery_xml_reads_the_steps_as_plan_executor_does():
+    with pytest.raises(BtXmlError, match='step 2 is not an object with string action'):
+        steps = [{'action': '寻找物体', 'target': '水'}, {'action': '递给', 'target': None}]
+        recovery_bt_xml('p', steps, SKILLS)
+    with pytest.raises(BtXmlError, match="step 1: '飞行' is not a skill of this robot"):
+        recovery_bt_xml('p', [{'action': '飞行', 'target': '水'}], SKILLS)
+
+
 def test_the_nodes_model_lists_the_ports_and_skills():
     root = ElementTree.fromstring(nodes_model_xml(SKILLS).encode('utf-8'))
     (action,) = root.findall('./TreeNodesModel/Action')

@@ -43,6 +43,7 @@ import re
 from typing import Iterable, List, Optional, Tuple, Union
 from xml.sax.saxutils import escape
 
+from robot_llm_planner.core.message import message_steps
 from robot_llm_planner.core.plan import Step
 from robot_llm_planner.core.recovery import Action, Goal, reactive_plan
 from robot_llm_planner.core.skills import SkillSet
@@ -136,10 +137,8 @@ def recovery_bt_xml(tree_id: str, steps: List[StepLike], skills: SkillSet) -> st
     :func:`plan_to_bt_xml` does, or for a step that is not a skill of ``skills``.
     """
     plan_to_bt_xml(tree_id, steps)  # the same checks of the values
-    plain = [Step(_value(s, 'description'), _value(s, 'action'), _value(s, 'target'),
-                  _value(s, 'location')) for s in steps]
     try:
-        actions = reactive_plan(skills, plain)
+        actions = reactive_plan(skills, message_steps(steps))
     except ValueError as exc:
         raise BtXmlError(str(exc)) from exc
     body: List[str] = []

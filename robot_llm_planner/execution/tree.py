@@ -22,11 +22,11 @@ step a message is about (null: the plan's own step), ``unmet`` the fact a failed
 ``tried`` what ran for it, ``changed`` the facts a behaviour reported.
 """
 
-import json
 import time
 from typing import Callable, Dict, List, Optional
 
 import py_trees
+from robot_llm_planner.core.message import message_steps
 from robot_llm_planner.core.plan import Step
 from robot_llm_planner.core.recovery import Action, attempt_bound, Goal, parse_goal, \
     reactive_plan
@@ -92,22 +92,12 @@ def execution_message(plan: dict, status: str, step: Optional[int] = None, code:
 
 def plan_steps(plan: dict, skills: SkillSet) -> List[Step]:
     """Return the steps of an ok /action_plan message; ValueError says why it cannot run."""
-    steps = plan.get('steps')
-    if not isinstance(steps, list) or not steps:
-        raise ValueError('the plan has no steps')
-    result = []
-    for index, data in enumerate(steps):
-        fields = ('action', 'target', 'location', 'description')
-        if not isinstance(data, dict) or not all(
-                isinstance(data.get(key, ''), str) for key in fields):
-            raise ValueError('step %d is not an object with string action, target, location'
-                             % (index + 1))
-        if data.get('action') not in skills:
+    steps = message_steps(plan.get('steps'))
+    for index, step in enumerate(steps):
+        if step.action not in skills:
             raise ValueError('step %d: %r is not a skill of this robot (known: %s)' % (
-                index + 1, data.get('action'), '、'.join(skills.names())))
-        result.append(Step(data.get('description', ''), data['action'],
-                           data.get('target', ''), data.get('location', '')))
-    return result
+                index + 1, step.action, '、'.join(skills.names())))
+    return steps
 
 
 class PlanRun:
@@ -189,7 +179,7 @@ class PlanRun:
                reason: str = '', **fields) -> None:
         """Record a /plan_execution message about the plan or one of its steps."""
         if step is not None and not fields.get('changed'):
-            key = (step, json.dumps(fields.get('recovery'), ensure_ascii=False))
+            key = (step, fields.get('recovery'))
             if status == RUNNING:
                 self.running = [entry for entry in self.running if entry[:2] != key]
                 self.running.append(key + (fields.get('attempt', 0),))
@@ -241,8 +231,7 @@ class PlanRun:
             self.stopping = True
             self.tree.root.stop(py_trees.common.Status.INVALID)
             for step, recovery, attempt in list(self.running):
-                self.report(FAILURE, step, code, reason, attempt=attempt,
-                            recovery=json.loads(recovery))
+                self.report(FAILURE, step, code, reason, attempt=attempt, recovery=recovery)
             self._finish(FAILURE, code, reason)
         return self.take()
 
