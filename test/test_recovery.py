@@ -32,6 +32,7 @@ assert validator  # the schema fixture, shared with test_execution
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIVE = ('拿水给我', '寻找水；拿起水；递给我。寻找物体，水；拿起物体，水；递给，我')
 FRIDGE = """
+schema_version: 2
 skills:
   打开: {required: [target], effects: [open(target)]}
   取出: {required: [target], optional: [location], requires: [open(location), hand_free],

@@ -26,7 +26,8 @@ SKILL_KEYS = ('description', 'required', 'optional', 'arguments', 'requires', 'e
 STATE_KEYS = ('max_held',)
 RETRY_KEYS = ('attempts', 'delay_s', 'timeout_s')
 FILE_KEYS = ('schema_version', 'state', 'retry', 'skills')
-# The skills file versions this code reads: 2 added `retry`.
+# The skills file versions this code reads (a file without schema_version is version 1): 2
+# added `retry`, which a version 1 file may not use.
 SCHEMA_VERSIONS = (1, 2)
 
 
@@ -250,6 +251,7 @@ class SkillSet:
 
 
 def _check_file_keys(data: dict, path: str) -> None:
+    """Refuse unknown top-level keys, an unknown schema_version, and retry before version 2."""
     unknown = [key for key in data if key not in FILE_KEYS]
     if unknown:
         raise SkillError('skills file %s: unknown key(s) %s (known: %s)' % (
@@ -258,6 +260,13 @@ def _check_file_keys(data: dict, path: str) -> None:
     if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
         raise SkillError('skills file %s: schema_version %r is not one this robot_llm_planner '
                          'reads (%s)' % (path, version, ', '.join(map(str, SCHEMA_VERSIONS))))
+    retried = ['retry'] if 'retry' in data else []
+    retried += ['skill %r: retry' % name for name, spec in data['skills'].items()
+                if isinstance(spec, dict) and 'retry' in spec]
+    if version < 2 and retried:
+        raise SkillError('skills file %s: %s needs schema_version: 2 (the file is version 1%s)'
+                         % (path, retried[0], '' if 'schema_version' in data
+                            else ': it gives no schema_version'))
 
 
 def _retry(spec: object, where: str, default: Retry, path: str) -> Retry:
