@@ -225,11 +225,11 @@ class PlanStep(py_trees.decorators.Decorator):
 
     def tick(self):
         """Tick the subtree; end the step first when a lost need stops its last attempt."""
-        spent = next(((a, a.spent()) for a in self.attempts if a.spent() is not None), None)
-        if spent is None:
+        lost = [(attempt, attempt.spent()) for attempt in self.attempts]
+        attempt, goal = next((pair for pair in lost if pair[1] is not None), (None, None))
+        if attempt is None or goal is None:
             yield from super().tick()
             return
-        attempt, goal = spent
         attempt.give_up_interrupted(goal)
         self.stop(Status.FAILURE)  # stops the attempt: it reports no RETRYING
         reason = attempt.last_reason
