@@ -19,6 +19,7 @@ on the virtual clock, and the executor's wall time::
 """
 
 import argparse
+from dataclasses import astuple
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from report import write_report  # noqa: E402
+from robot_llm_planner.core.message import message_steps  # noqa: E402
 from robot_llm_planner.core.output_check import OutputCheck  # noqa: E402
 from robot_llm_planner.core.plan import Step  # noqa: E402
 from robot_llm_planner.core.recovery import reactive_plan  # noqa: E402
@@ -69,9 +71,7 @@ class Clock:
 
 def false_starts(messages: List[dict], plan: dict, skills: SkillSet) -> int:
     """Return how many attempts started while a need of theirs was false in their state."""
-    steps = [Step(s.get('description', ''), s['action'], s['target'], s['location'])
-             for s in plan['steps']]
-    actions = reactive_plan(skills, steps)
+    actions = reactive_plan(skills, message_steps(plan['steps']))
     count = 0
     for message in messages:
         if message['status'] != 'RUNNING' or not message['attempt']:
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
     rows = measure(plans, skills, args.rates, args.seed, args.tick)
     report = {'split': args.split, 'task': args.task, 'plans': len(plans), 'seed': args.seed,
               'tick_s': args.tick,
-              'retry': {skill.name: [skills.retry_of(skill.name).attempts,
-                                     skills.retry_of(skill.name).delay_s] for skill in skills},
+              'retry': {skill.name: list(astuple(skills.retry_of(skill.name)))
+                        for skill in skills},  # attempts, delay_s, timeout_s
               'rows': rows, 'seconds': round(time.perf_counter() - started, 1),
               'load_average': list(os.getloadavg())}
     write_report(args.out, 'recovery', report, markdown(rows, len(plans)))

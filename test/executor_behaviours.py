@@ -4,11 +4,15 @@ Behaviours a robot team plugs into plan_executor (``behaviours.skills``), for th
 :func:`navigate_to` stands for a navigation stack: it knows the poses of a few places, fails
 with a reason for the others, and, set up with a ROS node (as plan_executor sets trees up),
 announces each goal on ``navigation_goals``. :func:`gripper` runs until the test releases it
-and records its lifecycle, so a test can see a running behaviour being terminated. The other
-factories misbehave in the ways an executor must survive.
+and records its lifecycle, so a test can see a running behaviour being terminated.
+:func:`shaky_arrival` and :func:`reporting_grip` are simulated steps that report a fact as they
+succeed, as a robot's sensing does, :func:`filled_hands` a step whose hands fill up while it
+runs, and :func:`never_ends` a behaviour whose result never comes. The other factories
+misbehave in the ways an executor must survive.
 """
 
 import py_trees
+from robot_llm_planner.execution.simulation import SimulatedSkill
 from std_msgs.msg import String
 
 POSES = {'厨房': (3.0, 1.5), '客厅': (0.0, 0.0), '我': (1.0, -2.0)}
@@ -72,6 +76,83 @@ class Gripper(py_trees.behaviour.Behaviour):
 def gripper(step, context):
     """Return a gripper behaviour named after the step."""
     return Gripper(name='%s %s' % (step.action, step.target))
+
+
+class ShakyArrival(SimulatedSkill):
+    """A simulated move whose arrival shakes the object picked up last out of the hand."""
+
+    def update(self):
+        """Run as simulated; as it succeeds, report the last held object lost."""
+        status = super().update()
+        held = self.context.world.held
+        if status == py_trees.common.Status.SUCCESS and held:
+            self.context.report_fact('held(%s)' % held[-1], False, 'the gripper')
+        return status
+
+
+def shaky_arrival(step, context):
+    """Return a move that loses the last held object as it arrives."""
+    return ShakyArrival(step, context)
+
+
+class ReportingGrip(SimulatedSkill):
+    """A simulated pick whose gripper reports the object held as the pick succeeds."""
+
+    def update(self):
+        """Run as simulated; as it succeeds, report the target held."""
+        status = super().update()
+        if status == py_trees.common.Status.SUCCESS:
+            self.context.report_fact('held(%s)' % self.step.target, True, 'the gripper')
+        return status
+
+
+def reporting_grip(step, context):
+    """Return a pick that reports its own effect."""
+    return ReportingGrip(step, context)
+
+
+class FilledHands(py_trees.behaviour.Behaviour):
+    """A step during which someone puts three things into the robot's hands."""
+
+    def __init__(self, step, context):
+        """Run for ``step``; report through ``context``."""
+        super().__init__(name='%s %s' % (step.action, step.target))
+        self.context, self.ticks = context, 0
+
+    def initialise(self):
+        """Start over."""
+        self.ticks = 0
+
+    def update(self):
+        """Report the three things held on the first tick; succeed on the third."""
+        self.ticks += 1
+        if self.ticks == 1:
+            for thing in ('书', '笔', '杯'):
+                self.context.report_fact('held(%s)' % thing, True, 'a person')
+        return py_trees.common.Status.SUCCESS if self.ticks >= 3 \
+            else py_trees.common.Status.RUNNING
+
+
+def filled_hands(step, context):
+    """Return a step whose hands fill up while it runs."""
+    return FilledHands(step, context)
+
+
+class NeverEnds(py_trees.behaviour.Behaviour):
+    """RUNNING on every tick: a behaviour whose result never comes; records its end."""
+
+    def update(self):
+        """Keep running."""
+        return py_trees.common.Status.RUNNING
+
+    def terminate(self, new_status):
+        """Record how it ended (INVALID: stopped from outside)."""
+        EVENTS.append((self.name, new_status.name))
+
+
+def never_ends(step, context):
+    """Return a behaviour that never returns a result."""
+    return NeverEnds(name='%s %s' % (step.action, step.target))
 
 
 def raising_factory(step, context):

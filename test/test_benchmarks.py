@@ -311,7 +311,7 @@ def test_recovery_benchmark_smoke(tmp_path):
          '--rates', '0', '0.3', '--out', str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / 'recovery.json').read_text())
-    assert report['plans'] == 40 and report['retry']['拿起物体'] == [3, 0.5]
+    assert report['plans'] == 40 and report['retry']['拿起物体'] == [3, 0.5, 300.0]
     rows = {(row['condition'], row['mode']): row for row in report['rows']}
     assert set(rows) == {(condition, mode) for mode in ('linear', 'reactive') for condition in
                          ('fail_rate 0', 'fail_rate 0.3', 'drop*1', 'drop*1, fail_rate 0.2')}

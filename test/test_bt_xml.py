@@ -22,7 +22,7 @@ from robot_llm_planner.core.bt_xml import (BtXmlError, nodes_model_xml, plan_to_
                                            recovery_bt_xml, unsafe_value)
 from robot_llm_planner.core.plan import parse_plan, Step
 from robot_llm_planner.core.planner import Planner
-from robot_llm_planner.core.skills import SkillSet
+from robot_llm_planner.core.skills import Retry, SkillSet
 from robot_llm_planner.inference.openai_backend import OpenAIBackend
 
 SKILLS = SkillSet.load()
@@ -84,6 +84,14 @@ def test_values_blackboard_readers_would_misread_are_refused():
     root = ElementTree.fromstring(plan_to_bt_xml('p\x02', [Step('a\nb', '寻找物体', 'x\ty')]))
     assert root.get('main_tree_to_execute') == 'p'
     assert root.find('./BehaviorTree/Sequence/Skill').get('name') == 'a\nb'
+
+
+def test_recovery_xml_reads_the_steps_as_plan_executor_does():
+    with pytest.raises(BtXmlError, match='step 2 is not an object with string action'):
+        steps = [{'action': '寻找物体', 'target': '水'}, {'action': '递给', 'target': None}]
+        recovery_bt_xml('p', steps, SKILLS)
+    with pytest.raises(BtXmlError, match="step 1: '飞行' is not a skill of this robot"):
+        recovery_bt_xml('p', [{'action': '飞行', 'target': '水'}], SKILLS)
 
 
 def test_the_nodes_model_lists_the_ports_and_skills():
@@ -249,6 +257,40 @@ def test_behaviortree_cpp_finds_and_picks_a_dropped_object_again(
     code, ticks, status = _results(runner, plan_to_bt_xml('p', _message('p', *REMOTE)['steps']),
                                    tmp_path, 'drop=遥控器')
     assert (code, ticks[-1][3:]) == (1, ('FAILURE', ' held(last)'))
+
+
+def test_behaviortree_cpp_starts_no_skill_in_the_tick_recovery_undid_one_of_its_needs(
+        runner, tmp_path):
+    # no move in the plan: recovery inserts it for at(我), and the remote slips out of the
+    # hand as the move ends, in the tick the hand-over would start
+    message = _message('give-1', '把遥控器给我', '寻找遥控器；拿起遥控器；把遥控器递给我。寻找物体，遥控器；'
+                       '拿起物体，遥控器；递给，我')
+    xml = recovery_bt_xml('give-1', message['steps'], SKILLS)
+    code, ticks, status = _results(runner, xml, tmp_path, 'slip=遥控器')
+    assert (code, status) == (0, 'status SUCCESS')
+    assert [(t[0], t[3], t[4]) for t in ticks] == [
+        ('寻找遥控器', 'SUCCESS', ''), ('拿起遥控器', 'SUCCESS', ''),
+        ('移动到 我 (for at(我))', 'SUCCESS', ''),
+        ('寻找物体 遥控器 (for found(遥控器))', 'SUCCESS', ''),
+        ('拿起物体 遥控器 (for held(遥控器))', 'SUCCESS', ''), ('把遥控器递给我', 'SUCCESS', '')]
+
+
+def test_behaviortree_cpp_halts_a_skill_without_a_result_after_its_timeout(runner, tmp_path):
+    bounded = SkillSet(list(SKILLS), 'a timeout', SKILLS.max_held, Retry(2, 0.0, 0.2))
+    xml = recovery_bt_xml('remote-2', _message('remote-2', *REMOTE)['steps'], bounded)
+    assert xml.count('<Timeout msec="200">') == 16  # 2 tries each of 4 steps, 4 inserted
+    code, ticks, status = _results(runner, xml, tmp_path, 'hang=移动到*1')
+    assert (code, status) == (0, 'status SUCCESS')
+    assert [(t[1], t[3]) for t in ticks] == [
+        ('寻找物体', 'SUCCESS'), ('拿起物体', 'SUCCESS'), ('移动到', 'RUNNING'), ('移动到', 'HALTED'),
+        ('移动到', 'SUCCESS'), ('递给', 'SUCCESS')]
+    # a skill that never ends: two attempts, each halted, and the tree ends in FAILURE
+    code, ticks, status = _results(runner, xml, tmp_path, 'hang=移动到')
+    assert (code, status) == (1, 'status FAILURE')
+    assert [(t[1], t[3]) for t in ticks][2:] == [('移动到', 'RUNNING'), ('移动到', 'HALTED')] * 2
+    # without a timeout_s, no Timeout
+    assert '<Timeout' not in recovery_bt_xml('remote-2', _message('remote-2', *REMOTE)['steps'],
+                                             SkillSet(list(SKILLS)))
 
 
 def test_behaviortree_cpp_reads_braces_as_a_blackboard_reference(runner, tmp_path):

@@ -1,6 +1,7 @@
 """The fine-tuning data set: generator, labels, splits, shipped files, LLaMA-Factory loading."""
 
 from collections import Counter
+import importlib.util
 import json
 import os
 import re
@@ -301,6 +302,23 @@ def test_coverage_of_categories_and_forms(generated, examples):
     steps_per_plan = Counter(len(parse_plan(r['output']).steps) for r in train)
     assert max(steps_per_plan) >= 8 and steps_per_plan[1] >= 300
     assert {s.action for s in steps} == set(sampler.ACTIONS)
+
+
+def test_clause_tables_are_read_by_name_not_by_their_order_in_the_file(tmp_path):
+    with open(vocabulary.PATH, encoding='utf-8') as stream:
+        data = yaml.safe_load(stream)
+    data['clause_templates'] = dict(reversed(list(data['clause_templates'].items())))
+    (tmp_path / 'vocabulary.yaml').write_text(
+        yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding='utf-8')
+    (tmp_path / 'vocabulary.py').write_text(
+        open(vocabulary.__file__, encoding='utf-8').read(), encoding='utf-8')
+    spec = importlib.util.spec_from_file_location('reordered_vocabulary',
+                                                  tmp_path / 'vocabulary.py')
+    reordered = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reordered)  # reads the vocabulary.yaml beside it
+    assert reordered.FETCH_TEMPLATES == vocabulary.FETCH_TEMPLATES
+    assert reordered.GO_TEMPLATES == vocabulary.GO_TEMPLATES
+    assert [category for category, _ in reordered.CLAUSE_TEMPLATES][0] == 'go'
 
 
 def test_skills_without_a_template_action_is_a_clear_error(tmp_path):

@@ -195,6 +195,10 @@ def test_messages_that_cannot_run_get_a_clear_answer(validator):
     assert events(messages, validator) == [
         ('u1', None, 'FAILURE', 'not_executable', "step 1: '飞行' is not a skill of this robot "
          '(known: %s)' % '、'.join(SKILLS.names()))]
+    for steps, reason in (([], 'the plan has no steps'), ([{'action': '移动到', 'target': 3}],
+                          'step 1 is not an object with string action, target, location')):
+        messages, _ = simulated.submit(json.dumps(dict(unknown, id='m1', steps=steps)))
+        assert events(messages, validator) == [('m1', None, 'FAILURE', 'not_executable', reason)]
     no_default = runner('移动到=executor_behaviours:navigate_to', default='')
     messages, _ = no_default.submit(plan('n1', FETCH))
     assert events(messages, validator) == [

@@ -21,6 +21,7 @@ from planner_harness import flat_parameters, NodeProcess, ros_domain, share_path
 import pytest
 from robot_llm_planner.core.executor_parameters import (EXECUTOR_PARAMETERS_BY_NAME,
                                                         load_executor_config)
+from robot_llm_planner.execution.tree import STATUSES
 from robot_llm_planner.ros.interface import execution_qos
 from std_msgs.msg import String
 import yaml
@@ -46,6 +47,11 @@ def test_plan_executor_yaml_has_every_parameter_with_its_default():
     assert values == {name: parameter.default
                       for name, parameter in EXECUTOR_PARAMETERS_BY_NAME.items()}
     assert load_executor_config(values) == (load_executor_config({})[0], [])
+
+
+def test_the_progress_topic_names_every_status_a_message_has():
+    description = EXECUTOR_PARAMETERS_BY_NAME['topics.execution'].description
+    assert all(status in description for status in STATUSES)
 
 
 @pytest.mark.parametrize('name,value,error', [

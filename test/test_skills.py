@@ -7,6 +7,8 @@ import pytest
 from robot_llm_planner.core.plan import parse_plan
 from robot_llm_planner.core.skills import default_skills_path, Retry, SkillError, SkillSet
 
+V2 = 'schema_version: 2\n'  # retry needs it
+
 
 @pytest.fixture(scope='module')
 def skills():
@@ -105,13 +107,22 @@ def test_unknown_action_names_the_step_and_the_skills(skills):
     ('skills:\n  拿起: {required: [target], required: []}\n', "key 'required' is given twice"),
     ('skills: {拿起: {}}\nskills: {放下: {}}\n', "key 'skills' is given twice"),
     # retries and the file's own keys
-    ('retry: 3\nskills: {拿起: {}}', 'retry must be a mapping \\(e.g. \\{attempts: 3'),
-    ('retry: {tries: 3}\nskills: {拿起: {}}', "retry: unknown key\\(s\\) 'tries'"),
-    ('retry: {attempts: 0}\nskills: {拿起: {}}', 'retry.attempts must be an integer >= 1'),
-    ('retry: {attempts: 2.5}\nskills: {拿起: {}}', 'retry.attempts must be an integer >= 1'),
-    ('retry: {delay_s: -1}\nskills: {拿起: {}}', 'retry.delay_s must be seconds from 0'),
-    ('retry: {delay_s: .nan}\nskills: {拿起: {}}', 'retry.delay_s must be seconds from 0'),
-    ('skills: {拿起: {retry: {attempts: true}}}', "skill '拿起': retry.attempts must be"),
+    (V2 + 'retry: 3\nskills: {拿起: {}}', 'retry must be a mapping \\(e.g. \\{attempts: 3'),
+    (V2 + 'retry: {tries: 3}\nskills: {拿起: {}}', "retry: unknown key\\(s\\) 'tries'"),
+    (V2 + 'retry: {attempts: 0}\nskills: {拿起: {}}', 'retry.attempts must be an integer >= 1'),
+    (V2 + 'retry: {attempts: 2.5}\nskills: {拿起: {}}', 'retry.attempts must be an integer >= 1'),
+    (V2 + 'retry: {delay_s: -1}\nskills: {拿起: {}}', 'retry.delay_s must be seconds from 0'),
+    (V2 + 'retry: {delay_s: .nan}\nskills: {拿起: {}}', 'retry.delay_s must be seconds from 0'),
+    (V2 + 'skills: {拿起: {retry: {attempts: true}}}',
+     "skill '拿起': retry.attempts must be"),
+    (V2 + 'retry: {timeout_s: -2}\nskills: {拿起: {}}',
+     'retry.timeout_s must be seconds from 0 to 86400 \\(0: no limit\\), got -2'),
+    (V2 + 'skills: {拿起: {retry: {timeout_s: "5 s"}}}',
+     "skill '拿起': retry.timeout_s must be"),
+    ('schema_version: 1\nretry: {attempts: 2}\nskills: {拿起: {}}',
+     'retry needs schema_version: 2 \\(the file is version 1\\)'),
+    ('skills: {拿起: {retry: {attempts: 2}}}', "skill '拿起': retry needs schema_version: 2 "
+     '\\(the file is version 1: it gives no schema_version\\)'),
     ('retries: {attempts: 2}\nskills: {拿起: {}}', "unknown key\\(s\\) 'retries' \\(known: "
      'schema_version, state, retry, skills\\)'),
     ('schema_version: 3\nskills: {拿起: {}}', 'schema_version 3 is not one this'),
@@ -125,14 +136,26 @@ def test_malformed_skills_file(tmp_path, content, message):
 
 
 def test_retries_come_from_the_skill_or_the_files_default(tmp_path, skills):
-    assert skills.retry == Retry(3, 0.5) and skills.retry_of('拿起物体') == Retry(3, 0.5)
+    shipped = Retry(3, 0.5, 300.0)
+    assert skills.retry == shipped and skills.retry_of('拿起物体') == shipped
     path = tmp_path / 'skills.yaml'
-    path.write_text('schema_version: 1\nretry: {delay_s: 0}\nskills:\n'
-                    '  拿起: {required: [target], retry: {attempts: 5}}\n'
+    path.write_text('schema_version: 2\nretry: {delay_s: 0}\nskills:\n'
+                    '  拿起: {required: [target], retry: {attempts: 5, timeout_s: 20}}\n'
                     '  放下: {required: [target]}\n', encoding='utf-8')
     own = SkillSet.load(str(path))
-    assert own.retry_of('拿起') == Retry(5, 0.0)  # the default's delay, its own attempts
-    assert own.retry_of('放下') == Retry(3, 0.0) == own.retry_of('not a skill')
+    assert own.retry_of('拿起') == Retry(5, 0.0, 20.0)  # the default's delay, its own rest
+    assert own.retry_of('放下') == Retry(3, 0.0, 0.0) == own.retry_of('not a skill')
+
+
+def test_retry_bounds_are_included(tmp_path):
+    path = tmp_path / 'skills.yaml'
+    path.write_text('schema_version: 2\nretry: {delay_s: 3600, timeout_s: 86400}\n'
+                    'skills: {拿起: {}}\n', encoding='utf-8')
+    assert SkillSet.load(str(path)).retry == Retry(3, 3600.0, 86400.0)
+    path.write_text('schema_version: 2\nretry: {delay_s: 3600.5}\nskills: {拿起: {}}\n',
+                    encoding='utf-8')
+    with pytest.raises(SkillError, match='delay_s must be seconds from 0 to 3600, got 3600.5'):
+        SkillSet.load(str(path))
 
 
 def test_missing_skills_file(tmp_path):

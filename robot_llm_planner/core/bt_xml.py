@@ -27,18 +27,25 @@ With recovery (:func:`recovery_bt_xml`), each step is the structure plan_executo
           <Holds fact="..."/>  <ReactiveSequence> the inserted step </ReactiveSequence>
         </Fallback>
         <Fallback>                                 the step's Skill: a first attempt, then
-          <Skill .../>                             attempts - 1 more, delay_s apart
-          <RetryUntilSuccessful num_attempts="2"><Delay delay_msec="500"><Skill .../>
+          TRY                                      attempts - 1 more, delay_s apart
+          <RetryUntilSuccessful num_attempts="2"><Delay delay_msec="500"> TRY
+
+where a TRY is the Skill, in ``<Timeout msec="...">`` when the skill's ``retry.timeout_s`` is
+not 0 (a Skill still RUNNING then is halted and fails), and, for an action with needs, in
+``<WhileDoElse> needs TRY <KeepRunningUntilFailure><AlwaysSuccess/>...``: the Skill starts
+only while the needs checked before it hold, else the try stays RUNNING and the
+ReactiveSequence achieves the need on its next tick (:func:`_try_lines`).
 
 This module uses only the standard library.
 """
 
 import re
-from typing import Iterable, List, Optional, Union
+from typing import Iterable, List, Optional, Tuple, Union
 from xml.sax.saxutils import escape
 
+from robot_llm_planner.core.message import message_steps
 from robot_llm_planner.core.plan import Step
-from robot_llm_planner.core.recovery import Action, reactive_plan
+from robot_llm_planner.core.recovery import Action, Goal, reactive_plan
 from robot_llm_planner.core.skills import SkillSet
 
 NODE = 'Skill'
@@ -130,10 +137,8 @@ def recovery_bt_xml(tree_id: str, steps: List[StepLike], skills: SkillSet) -> st
     :func:`plan_to_bt_xml` does, or for a step that is not a skill of ``skills``.
     """
     plan_to_bt_xml(tree_id, steps)  # the same checks of the values
-    plain = [Step(_value(s, 'description'), _value(s, 'action'), _value(s, 'target'),
-                  _value(s, 'location')) for s in steps]
     try:
-        actions = reactive_plan(skills, plain)
+        actions = reactive_plan(skills, message_steps(steps))
     except ValueError as exc:
         raise BtXmlError(str(exc)) from exc
     body: List[str] = []
@@ -154,34 +159,66 @@ def _step_lines(action: Action, indent: int) -> List[str]:
             + _achieve_lines(action, indent + 2) + [' ' * indent + '</Fallback>'])
 
 
-def _achieve_lines(action: Action, indent: int, name: str = '') -> List[str]:
+def _achieve_lines(action: Action, indent: int, name: str = '',
+                   before: Tuple[Goal, ...] = ()) -> List[str]:
+    """Return the ReactiveSequence of ``action``; ``before``: the needs checked ahead of it."""
     pad = ' ' * indent
     named = ' name=%s' % _attribute(name) if name else ''
     lines = [pad + '<ReactiveSequence%s>' % named]
-    for need in action.needs:
+    guards = before + tuple(need.goal for need in action.needs)
+    for number, need in enumerate(action.needs):
         if need.achieve is None:
             lines.append(pad + '  ' + _holds(str(need.goal)))
             continue
         lines += [pad + '  <Fallback>', pad + '    ' + _holds(str(need.goal))]
-        lines += _achieve_lines(need.achieve, indent + 4)
+        lines += _achieve_lines(need.achieve, indent + 4,
+                                before=guards[:len(before) + number])
         lines.append(pad + '  </Fallback>')
-    return lines + _attempt_lines(action, indent + 2) + [pad + '</ReactiveSequence>']
+    return lines + _attempt_lines(action, guards, indent + 2) + [pad + '</ReactiveSequence>']
 
 
-def _attempt_lines(action: Action, indent: int) -> List[str]:
-    pad = ' ' * indent
+def _attempt_lines(action: Action, guards: Tuple[Goal, ...], indent: int) -> List[str]:
+    """Return the first try of ``action`` and its retries (the module docstring)."""
+    one = _try_lines(action, guards)
+    if action.retry.attempts == 1:
+        return _indented(one, indent)
+    retried = _indented(one, 4)
+    if action.retry.delay_s > 0:
+        retried = (['    <Delay delay_msec="%d">' % round(action.retry.delay_s * 1000)]
+                   + _indented(retried, 2) + ['    </Delay>'])
+    return _indented(['<Fallback>'] + _indented(one, 2)
+                     + ['  <RetryUntilSuccessful num_attempts="%d">'
+                        % (action.retry.attempts - 1)]
+                     + retried + ['  </RetryUntilSuccessful>', '</Fallback>'], indent)
+
+
+def _try_lines(action: Action, guards: Tuple[Goal, ...]) -> List[str]:
+    """
+    Return one try: the Skill, started only while every guard holds (else RUNNING).
+
+    The Skill sits in a ``Timeout`` of ``retry.timeout_s`` when the skill has one.
+    ``WhileDoElse`` checks the guards on every tick: when one does not hold, its third child
+    (``KeepRunningUntilFailure`` over ``AlwaysSuccess``: RUNNING) runs instead of the Skill,
+    so the enclosing ``ReactiveSequence`` achieves the need on its next tick.
+    """
     name = '%s (for %s)' % (action.step.description, action.achieves) if action.achieves \
         else ''
-    skill = _skill(action.step, name)
-    if action.retry.attempts == 1:
-        return [pad + skill]
-    retried = [pad + '    ' + skill]
-    if action.retry.delay_s > 0:
-        retried = [pad + '    <Delay delay_msec="%d">' % round(action.retry.delay_s * 1000),
-                   '  ' + retried[0], pad + '    </Delay>']
-    return ([pad + '<Fallback>', pad + '  ' + skill,
-             pad + '  <RetryUntilSuccessful num_attempts="%d">' % (action.retry.attempts - 1)]
-            + retried + [pad + '  </RetryUntilSuccessful>', pad + '</Fallback>'])
+    skill = [_skill(action.step, name)]
+    if action.retry.timeout_s > 0:  # halted and FAILURE when it runs longer
+        skill = (['<Timeout msec="%d">' % max(1, round(action.retry.timeout_s * 1000))]
+                 + _indented(skill, 2) + ['</Timeout>'])
+    if not guards:
+        return skill
+    condition = [_holds(str(goal)) for goal in guards]
+    if len(condition) > 1:
+        condition = ['<Sequence>'] + _indented(condition, 2) + ['</Sequence>']
+    return (['<WhileDoElse>'] + _indented(condition + skill, 2)
+            + ['  <KeepRunningUntilFailure>', '    <AlwaysSuccess/>',
+               '  </KeepRunningUntilFailure>', '</WhileDoElse>'])
+
+
+def _indented(lines: List[str], indent: int) -> List[str]:
+    return [' ' * indent + line for line in lines]
 
 
 def _holds(fact: str) -> str:

@@ -21,7 +21,8 @@ EXECUTOR_PARAMETERS: Tuple[Parameter, ...] = (
               'run. Relative names follow the node namespace.', default='action_plan',
               config_field='plan_topic'),
     Parameter('topics.execution', str, 'Progress out (std_msgs/String, /plan_execution JSON): '
-              'each step RUNNING then SUCCESS or FAILURE, and each plan.',
+              'each attempt of a step (and of a step recovery inserts) RUNNING, then SUCCESS, '
+              'RETRYING or FAILURE; each plan RUNNING, then SUCCESS or FAILURE.',
               default='plan_execution', config_field='execution_topic'),
     Parameter('skills_file', str, 'Skills YAML whose semantics the plans run over (empty: the '
               'installed config/skills.yaml).', default='', config_field='skills_file'),

@@ -35,7 +35,7 @@ import time
 from typing import List, Optional
 
 from robot_llm_planner.core.confidence import published_confidence
-from robot_llm_planner.core.plan import Plan, PlanError
+from robot_llm_planner.core.plan import Plan, PlanError, Step
 
 SCHEMA_VERSION = 3
 STATUSES = ('ok', 'invalid', 'error', 'rejected')
@@ -74,6 +74,29 @@ def plan_message(request_id: str, command: str, status: str, plan: Optional[Plan
     if bt_xml is not None:
         message['bt_xml'] = bt_xml
     return message
+
+
+def message_steps(steps: object) -> List[Step]:
+    """
+    Return the plan steps of a message's ``steps`` (a Step passes as it is).
+
+    ValueError for no steps, or for a step that is not an object with string ``action``,
+    ``target``, ``location`` and ``description`` (absent ones are empty).
+    """
+    if not isinstance(steps, list) or not steps:
+        raise ValueError('the plan has no steps')
+    result = []
+    for index, data in enumerate(steps):
+        if isinstance(data, Step):
+            result.append(data)
+            continue
+        fields = ('description', 'action', 'target', 'location')
+        if not isinstance(data, dict) or not all(
+                isinstance(data.get(key, ''), str) for key in fields):
+            raise ValueError('step %d is not an object with string action, target, location'
+                             % (index + 1))
+        result.append(Step(*(data.get(key, '') for key in fields)))
+    return result
 
 
 def to_json(message: dict) -> str:

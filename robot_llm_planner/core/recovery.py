@@ -25,7 +25,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from robot_llm_planner.core.plan import clean_text, Step
 from robot_llm_planner.core.skills import Retry, SkillSet
-from robot_llm_planner.core.world import Fact, fact_text, FactError, PREDICATES, WorldState
+from robot_llm_planner.core.world import (check_predicate, Fact, fact_text, FactError,
+                                          PREDICATES, WorldState)
 
 # How many inserted steps deep recovery goes (held(X) <- 拿起物体 X <- found(X) <- 寻找物体 X
 # is two).
@@ -63,14 +64,11 @@ def parse_goal(text: object) -> Goal:
         raise FactError('%r is not a fact about a thing: write predicate(thing), e.g. '
                         'held(遥控器)' % (text,))
     negated, predicate, value = bool(match.group(1)), match.group(2), match.group(3)
-    if predicate not in PREDICATES:
-        raise FactError('%r: unknown predicate %r (known: %s)'
-                        % (text, predicate, ', '.join(PREDICATES)))
-    if PREDICATES[predicate] and not clean_text(value or ''):
-        raise FactError('%r: %s needs a thing, e.g. %s(遥控器)' % (text, predicate, predicate))
-    if not PREDICATES[predicate] and value is not None:
-        raise FactError('%r: %s takes no argument' % (text, predicate))
-    return Goal(predicate, clean_text(value or ''), negated)
+    thing = clean_text(value or '')
+    # held() names no thing; hand_free() gives one, if empty
+    given = bool(thing) if PREDICATES.get(predicate) else value is not None
+    check_predicate(text, predicate, given, 'a thing', '遥控器')
+    return Goal(predicate, thing, negated)
 
 
 def ground(fact: Fact, step: Step, planned: WorldState) -> Optional[Goal]:
@@ -125,10 +123,6 @@ class Action:
         """
         return bool(self.effects) and all(
             not goal.negated and goal.predicate != 'held' for goal in self.effects)
-
-    def done(self, world: WorldState) -> bool:
-        """Return whether the step can be skipped in ``world``: its effects hold already."""
-        return self.skippable and all(goal.holds(world) for goal in self.effects)
 
     def walk(self) -> Iterator['Action']:
         """Yield this action and every action inserted below it."""

@@ -4,8 +4,8 @@ The robot's skill vocabulary (config/skills.yaml) and plan validation against it
 Besides its arguments, a skill may state what must hold before it runs (``requires``) and what
 holds after it (``effects``) over the symbolic state of :mod:`robot_llm_planner.core.world`;
 :meth:`SkillSet.check_preconditions` runs a plan over that state from the start. How often
-plan_executor tries a skill before it gives up (``retry``: attempts and the delay between them)
-is set per skill, with a default for the file.
+plan_executor tries a skill before it gives up (``retry``: attempts, the delay between them
+and how long one attempt may run) is set per skill, with a default for the file.
 """
 
 from dataclasses import dataclass
@@ -24,18 +24,29 @@ SKILL_KEYS = ('description', 'required', 'optional', 'arguments', 'requires', 'e
               'retry')
 # The keys of the file's `state:` mapping, of a `retry:` mapping and of the file itself.
 STATE_KEYS = ('max_held',)
-RETRY_KEYS = ('attempts', 'delay_s')
+RETRY_KEYS = ('attempts', 'delay_s', 'timeout_s')
 FILE_KEYS = ('schema_version', 'state', 'retry', 'skills')
-# The skills file versions this code reads: 2 added `retry`.
+# The skills file versions this code reads (a file without schema_version is version 1): 2
+# added `retry`, which a version 1 file may not use.
 SCHEMA_VERSIONS = (1, 2)
+
+
+# The longest timeout_s a file may give (one day): a longer one is a typo.
+MAX_TIMEOUT_S = 86400.0
 
 
 @dataclass(frozen=True)
 class Retry:
-    """How plan_executor retries a skill: at most ``attempts`` tries, ``delay_s`` apart."""
+    """
+    How plan_executor retries a skill: at most ``attempts`` tries, ``delay_s`` apart.
+
+    An attempt still running after ``timeout_s`` seconds is stopped and counts as failed (0: no
+    limit).
+    """
 
     attempts: int = 3
     delay_s: float = 0.5
+    timeout_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +251,7 @@ class SkillSet:
 
 
 def _check_file_keys(data: dict, path: str) -> None:
+    """Refuse unknown top-level keys, an unknown schema_version, and retry before version 2."""
     unknown = [key for key in data if key not in FILE_KEYS]
     if unknown:
         raise SkillError('skills file %s: unknown key(s) %s (known: %s)' % (
@@ -248,6 +260,13 @@ def _check_file_keys(data: dict, path: str) -> None:
     if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
         raise SkillError('skills file %s: schema_version %r is not one this robot_llm_planner '
                          'reads (%s)' % (path, version, ', '.join(map(str, SCHEMA_VERSIONS))))
+    retried = ['retry'] if 'retry' in data else []
+    retried += ['skill %r: retry' % name for name, spec in data['skills'].items()
+                if isinstance(spec, dict) and 'retry' in spec]
+    if version < 2 and retried:
+        raise SkillError('skills file %s: %s needs schema_version: 2 (the file is version 1%s)'
+                         % (path, retried[0], '' if 'schema_version' in data
+                            else ': it gives no schema_version'))
 
 
 def _retry(spec: object, where: str, default: Retry, path: str) -> Retry:
@@ -262,14 +281,24 @@ def _retry(spec: object, where: str, default: Retry, path: str) -> Retry:
         raise SkillError('skills file %s: %s: unknown key(s) %s (known: %s)' % (
             path, where, ', '.join(repr(k) for k in unknown), ', '.join(RETRY_KEYS)))
     attempts = spec.get('attempts', default.attempts)
-    delay = spec.get('delay_s', default.delay_s)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise SkillError('skills file %s: %s.attempts must be an integer >= 1 (1: no retry), '
                          'got %r' % (path, where, attempts))
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < 3600:
-        raise SkillError('skills file %s: %s.delay_s must be seconds from 0 to 3600, got %r'
-                         % (path, where, delay))
-    return Retry(attempts, float(delay))
+    delay = _seconds(spec, 'delay_s', default.delay_s, 3600, '%s: %s' % (path, where))
+    timeout = _seconds(spec, 'timeout_s', default.timeout_s, MAX_TIMEOUT_S,
+                       '%s: %s' % (path, where), ' (0: no limit)')
+    return Retry(attempts, delay, timeout)
+
+
+def _seconds(spec: dict, key: str, default: float, most: float, where: str,
+             note: str = '') -> float:
+    """Return ``spec[key]`` (else ``default``), seconds from 0 to ``most``, both included."""
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0 <= value <= most:
+        raise SkillError('skills file %s.%s must be seconds from 0 to %g%s, got %r'
+                         % (where, key, most, note, value))
+    return float(value)
 
 
 def _max_held(spec: object, path: str) -> int:

@@ -62,6 +62,23 @@ def fact_text(predicate: str, argument: str, negated: bool = False) -> str:
     return 'not ' + text if negated else text
 
 
+def check_predicate(text: str, predicate: str, has_argument: bool, noun: str,
+                    example: str) -> None:
+    """
+    Raise FactError when ``predicate`` is unknown or takes an argument ``text`` does not give.
+
+    ``noun`` and ``example`` say what the argument is (``a thing``, ``遥控器``).
+    """
+    if predicate not in PREDICATES:
+        raise FactError('%r: unknown predicate %r (known: %s)'
+                        % (text, predicate, ', '.join(PREDICATES)))
+    if PREDICATES[predicate] and not has_argument:
+        raise FactError('%r: %s needs %s, e.g. %s(%s)' % (text, predicate, noun, predicate,
+                                                          example))
+    if not PREDICATES[predicate] and has_argument:
+        raise FactError('%r: %s takes no argument' % (text, predicate))
+
+
 def parse_fact(text: object, as_effect: bool = False) -> Fact:
     """Return the :class:`Fact` ``text`` writes; raise FactError naming what is wrong."""
     if not isinstance(text, str):
@@ -71,13 +88,7 @@ def parse_fact(text: object, as_effect: bool = False) -> Fact:
         raise FactError('%r is not a fact: write predicate(argument) or not predicate(argument),'
                         ' e.g. found(target)' % text)
     negated, predicate, argument = bool(match.group(1)), match.group(2), match.group(3) or ''
-    if predicate not in PREDICATES:
-        raise FactError('%r: unknown predicate %r (known: %s)'
-                        % (text, predicate, ', '.join(PREDICATES)))
-    if PREDICATES[predicate] and not argument:
-        raise FactError('%r: %s needs an argument: %s(target)' % (text, predicate, predicate))
-    if not PREDICATES[predicate] and argument:
-        raise FactError('%r: %s takes no argument' % (text, predicate))
+    check_predicate(text, predicate, bool(argument), 'an argument', 'target')
     if argument and argument not in FACT_ARGUMENTS:
         raise FactError('%r: unknown argument %r (known: %s)'
                         % (text, argument, ', '.join(FACT_ARGUMENTS)))

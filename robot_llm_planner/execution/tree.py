@@ -22,11 +22,11 @@ step a message is about (null: the plan's own step), ``unmet`` the fact a failed
 ``tried`` what ran for it, ``changed`` the facts a behaviour reported.
 """
 
-import json
 import time
 from typing import Callable, Dict, List, Optional
 
 import py_trees
+from robot_llm_planner.core.message import message_steps
 from robot_llm_planner.core.plan import Step
 from robot_llm_planner.core.recovery import Action, attempt_bound, Goal, parse_goal, \
     reactive_plan
@@ -43,7 +43,8 @@ CODES = {
     'step_failed': 'a step failed: the behaviour returned FAILURE (reason: its feedback)',
     'precondition_unmet': 'a fact the step needs does not hold and recovery could not make '
                           'it true (unmet: the fact; tried: what ran)',
-    'interrupted': 'a running attempt was stopped: a fact it needs stopped holding',
+    'interrupted': 'a running attempt was stopped: a fact it needs stopped holding (RETRYING, '
+                   'or FAILURE when it was the last attempt)',
     'preempted': 'a newer plan took over (execution.policy preempt)',
     'queue_full': 'execution.max_queued plans were already waiting',
     'not_executable': 'the plan cannot be run here (no steps, an unknown skill, no behaviour)',
@@ -91,22 +92,12 @@ def execution_message(plan: dict, status: str, step: Optional[int] = None, code:
 
 def plan_steps(plan: dict, skills: SkillSet) -> List[Step]:
     """Return the steps of an ok /action_plan message; ValueError says why it cannot run."""
-    steps = plan.get('steps')
-    if not isinstance(steps, list) or not steps:
-        raise ValueError('the plan has no steps')
-    result = []
-    for index, data in enumerate(steps):
-        fields = ('action', 'target', 'location', 'description')
-        if not isinstance(data, dict) or not all(
-                isinstance(data.get(key, ''), str) for key in fields):
-            raise ValueError('step %d is not an object with string action, target, location'
-                             % (index + 1))
-        if data.get('action') not in skills:
+    steps = message_steps(plan.get('steps'))
+    for index, step in enumerate(steps):
+        if step.action not in skills:
             raise ValueError('step %d: %r is not a skill of this robot (known: %s)' % (
-                index + 1, data.get('action'), '、'.join(skills.names())))
-        result.append(Step(data.get('description', ''), data['action'],
-                           data.get('target', ''), data.get('location', '')))
-    return result
+                index + 1, step.action, '、'.join(skills.names())))
+    return steps
 
 
 class PlanRun:
@@ -131,6 +122,7 @@ class PlanRun:
         self.messages: List[dict] = []
         self.warnings: List[str] = []  # what went wrong after the plan ended (for the log)
         self.running: List[tuple] = []  # (step, recovery, attempt) started and not over
+        self.reported: List[Goal] = []  # the facts behaviours reported, as they hold now
         self.finished = self.stopping = False
         self.actions: List[Action] = reactive_plan(skills, plan_steps(plan, skills))
         children = [build_step(self, action, self._behaviour, recovery)
@@ -179,6 +171,7 @@ class PlanRun:
                             % fact)
         now = Goal(goal.predicate, goal.value, goal.negated == true)  # what holds now
         now.make_true(self.world)
+        self.reported.append(now)
         self.report(RUNNING, index, reason='reported by %s' % (by or "the step's behaviour"),
                     changed=[str(now)])
 
@@ -186,7 +179,7 @@ class PlanRun:
                reason: str = '', **fields) -> None:
         """Record a /plan_execution message about the plan or one of its steps."""
         if step is not None and not fields.get('changed'):
-            key = (step, json.dumps(fields.get('recovery'), ensure_ascii=False))
+            key = (step, fields.get('recovery'))
             if status == RUNNING:
                 self.running = [entry for entry in self.running if entry[:2] != key]
                 self.running.append(key + (fields.get('attempt', 0),))
@@ -238,8 +231,7 @@ class PlanRun:
             self.stopping = True
             self.tree.root.stop(py_trees.common.Status.INVALID)
             for step, recovery, attempt in list(self.running):
-                self.report(FAILURE, step, code, reason, attempt=attempt,
-                            recovery=json.loads(recovery))
+                self.report(FAILURE, step, code, reason, attempt=attempt, recovery=recovery)
             self._finish(FAILURE, code, reason)
         return self.take()
 

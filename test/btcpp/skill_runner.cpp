@@ -3,14 +3,16 @@
 // loads a plan's XML (written by `python3 -m robot_llm_planner.cli bt-xml`) and ticks the
 // tree to the end.
 //
-//   skill_runner PLAN.xml [FAULT ...]   print one JSON line per Skill tick (name, action,
+//   skill_runner PLAN.xml [FAULT ...]   print one JSON line per Skill started (name, action,
 //                                       target, location, its status, and the needs that did
-//                                       not hold when it started), then the final status
+//                                       not hold when it started) and per Skill halted
+//                                       (status HALTED), then the final status
 //   skill_runner --nodes-model          print BehaviorTree.CPP's own TreeNodesModel
 //
-// A FAULT is ACTION (every Skill of that action fails), ACTION*N (its first N ticks fail) or
+// A FAULT is ACTION (every Skill of that action fails), ACTION*N (its first N ticks fail),
 // drop=OBJECT (after the first pick of OBJECT, it slips out of the hand: no longer held or
-// found, as the next Skill starts).
+// found, as the next Skill starts), slip=OBJECT (the same, as the next Skill ends) or
+// hang=ACTION[*N] (every Skill of that action, or its first N, stays RUNNING until halted).
 //
 // The world is the shipped skills' state in miniature (config/skills.yaml): the place, found
 // and held objects, open and closed things; a successful Skill applies its skill's effects.
@@ -118,14 +120,36 @@ struct World
 
 World world;
 std::map<std::string, int> failing;  // action -> ticks left that fail (-1: all)
+std::map<std::string, int> hanging;  // action -> starts left that never end (-1: all)
 std::set<std::string> drops, dropping;  // objects to drop after their pick; due now
+std::set<std::string> slips, slipping;  // objects to slip after their pick; due now
 
-// The node a robot registers once: it dispatches on `action` to its own skills.
-class Skill : public BT::SyncActionNode
+// The objects slip out of the hand: no longer held or found.
+void lose(std::set<std::string>& objects)
+{
+  for (const std::string& object : objects) {
+    world.drop(object);
+    world.found.erase(object);
+  }
+  objects.clear();
+}
+
+// Whether the next start of `action` takes a fault of `faults` (counting it down).
+bool take(std::map<std::string, int>& faults, const std::string& action)
+{
+  auto fault = faults.find(action);
+  if (fault == faults.end() || fault->second == 0) {return false;}
+  if (fault->second > 0) {--fault->second;}
+  return true;
+}
+
+// The node a robot registers once: it dispatches on `action` to its own skills. Stateful, so
+// that a skill can run over several ticks (here: one that never ends, for Timeout).
+class Skill : public BT::StatefulActionNode
 {
 public:
   Skill(const std::string& name, const BT::NodeConfig& config)
-  : BT::SyncActionNode(name, config) {}
+  : BT::StatefulActionNode(name, config) {}
 
   static BT::PortsList providedPorts()
   {
@@ -134,29 +158,42 @@ public:
             BT::InputPort<std::string>("location", "where (may be empty)")};
   }
 
-  BT::NodeStatus tick() override
+  BT::NodeStatus onStart() override
   {
-    const std::string action = getInput<std::string>("action").value();
-    const std::string target = getInput<std::string>("target").value();
-    const std::string location = getInput<std::string>("location").value();
-    for (const std::string& object : dropping) {
-      world.drop(object);
-      world.found.erase(object);
+    action_ = getInput<std::string>("action").value();
+    target_ = getInput<std::string>("target").value();
+    location_ = getInput<std::string>("location").value();
+    lose(dropping);
+    std::set<std::string> slipped;
+    slipped.swap(slipping);
+    const std::string unmet = world.unmet(action_, target_);
+    if (unmet.empty() && take(hanging, action_)) {
+      print("RUNNING", unmet);
+      return BT::NodeStatus::RUNNING;
     }
-    dropping.clear();
-    const std::string unmet = world.unmet(action, target);
-    auto fault = failing.find(action);
-    const bool fails = !unmet.empty() || (fault != failing.end() && fault->second != 0);
-    if (fault != failing.end() && fault->second > 0) {--fault->second;}
+    const bool fails = take(failing, action_) || !unmet.empty();
     if (!fails) {
-      world.apply(action, target);
-      if (action == "拿起物体" && drops.erase(target)) {dropping.insert(target);}
+      world.apply(action_, target_);
+      if (action_ == "拿起物体" && drops.erase(target_)) {dropping.insert(target_);}
+      if (action_ == "拿起物体" && slips.erase(target_)) {slipping.insert(target_);}
     }
-    std::cout << "[" << json_string(name()) << "," << json_string(action) << ","
-              << json_string(target) << "," << json_string(location) << ","
-              << json_string(fails ? "FAILURE" : "SUCCESS") << "," << json_string(unmet)
-              << "]" << std::endl;
+    lose(slipped);
+    print(fails ? "FAILURE" : "SUCCESS", unmet);
     return fails ? BT::NodeStatus::FAILURE : BT::NodeStatus::SUCCESS;
+  }
+
+  BT::NodeStatus onRunning() override {return BT::NodeStatus::RUNNING;}  // it never ends
+
+  void onHalted() override {print("HALTED", "");}
+
+private:
+  std::string action_, target_, location_;
+
+  void print(const std::string& status, const std::string& unmet) const
+  {
+    std::cout << "[" << json_string(name()) << "," << json_string(action_) << ","
+              << json_string(target_) << "," << json_string(location_) << ","
+              << json_string(status) << "," << json_string(unmet) << "]" << std::endl;
   }
 };
 
@@ -199,6 +236,13 @@ int main(int argc, char** argv)
     const size_t star = fault.find('*');
     if (fault.rfind("drop=", 0) == 0) {
       drops.insert(fault.substr(5));
+    } else if (fault.rfind("slip=", 0) == 0) {
+      slips.insert(fault.substr(5));
+    } else if (fault.rfind("hang=", 0) == 0) {
+      const std::string rest = fault.substr(5);
+      const size_t count = rest.find('*');
+      hanging[rest.substr(0, count)] =
+        count == std::string::npos ? -1 : std::stoi(rest.substr(count + 1));
     } else if (star == std::string::npos) {
       failing[fault] = -1;
     } else {

@@ -37,8 +37,13 @@ OPENABLES = _tuples(_DATA['openables'])      # (name, rooms, switched on/off)
 
 CLAUSE_TEMPLATES = tuple((category, _tuples(table))
                          for category, table in _DATA['clause_templates'].items())
-FETCH_TEMPLATES, BRING_TEMPLATES, PUT_TEMPLATES, OPEN_TEMPLATES, CLOSE_TEMPLATES, \
-    GO_TEMPLATES = (table for _, table in CLAUSE_TEMPLATES)
+_CLAUSES = dict(CLAUSE_TEMPLATES)
+FETCH_TEMPLATES = _CLAUSES['fetch']
+BRING_TEMPLATES = _CLAUSES['bring']
+PUT_TEMPLATES = _CLAUSES['put']
+OPEN_TEMPLATES = _CLAUSES['open']
+CLOSE_TEMPLATES = _CLAUSES['close']
+GO_TEMPLATES = _CLAUSES['go']
 WRAPPERS = _tuples(_DATA['wrappers'])        # (id, pattern, question, starts it does not fit)
 ENDINGS = _tuples(_DATA['endings'])
 NO_TASK_TEMPLATES = _tuples(_DATA['no_task_templates'])  # (id, pattern, wrapped)
