@@ -37,10 +37,10 @@ from robot_llm_planner.execution.tree import execution_message, FAILURE
 from robot_llm_planner.ros.interface import (acknowledged, create_topic, execution_qos,
                                              ignore_signals, init_ros, parameter_descriptor,
                                              plan_subscription_qos, stop_on_signals)
+from robot_llm_planner.serving.service import FLUSH_TIMEOUT_S
 from std_msgs.msg import String
 
 NODE_NAME = 'plan_executor'
-FLUSH_TIMEOUT_S = 1.5
 
 
 class PlanExecutorNode(Node):
