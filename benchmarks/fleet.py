@@ -263,13 +263,15 @@ def main(argv=None):
     parser.add_argument('--paths', nargs='+', default=['remote', 'local'],
                         choices=['remote', 'local'])
     parser.add_argument('--timeout', type=float, default=300.0, help='seconds per answer')
+    parser.add_argument('--domain-id', type=int, default=random.randint(10, 101),
+                        help='ROS_DOMAIN_ID of the robots (default: one at random, 10-101)')
     parser.add_argument('--out', required=True)
     args = parser.parse_args(argv)
     model_arguments(parser, args)
     with open(DEFAULT_SPLIT, encoding='utf-8') as stream:
         texts = list(dict.fromkeys(row['input'] for row in json.load(stream)))
     work = tempfile.mkdtemp(prefix='fleet_')
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(10, 101)),
+    env = dict(os.environ, ROS_DOMAIN_ID=str(args.domain_id),
                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1')
     os.environ.update({key: env[key] for key in ('ROS_DOMAIN_ID',
                                                  'ROS_AUTOMATIC_DISCOVERY_RANGE')})

@@ -129,6 +129,8 @@ def main(argv=None):
     parser.add_argument('--model', default='', help='model directory (default: a tiny one)')
     parser.add_argument('--max-new-tokens', type=int, default=16)
     parser.add_argument('--timeout', type=float, default=120.0, help='seconds per answer')
+    parser.add_argument('--domain-id', type=int, default=random.randint(10, 101),
+                        help='ROS_DOMAIN_ID of the node (default: one at random, 10-101)')
     parser.add_argument('--out', required=True)
     args = parser.parse_args(argv)
     with open(DEFAULT_SPLIT, encoding='utf-8') as stream:
@@ -139,7 +141,7 @@ def main(argv=None):
     commands = texts[:count]  # all different: nothing is answered from a cache
     work = tempfile.mkdtemp(prefix='ros_overhead_')
     model = args.model or tiny_model(os.path.join(work, 'model'))
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(10, 101)),
+    env = dict(os.environ, ROS_DOMAIN_ID=str(args.domain_id),
                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1')
     if os.environ.get('ROS_DISTRO') == 'humble':
         env['ROS_LOCALHOST_ONLY'] = '1'

@@ -4,7 +4,7 @@ Test helpers for planner_node over real ROS 2 (rclpy + Fast DDS), shared by the 
 The ROS-free doubles (the fake OpenAI server) are in test/doubles.py, the waiting and the
 error codes in test/helpers.py.
 
-- :func:`ros_domain`: a random ROS_DOMAIN_ID (set in os.environ before rclpy.init and in the
+- :func:`ros_domain`: a ROS_DOMAIN_ID of its own (set in os.environ before rclpy.init and in the
   environment handed to subprocesses), an rclpy context, a test node spun in a thread, a
   :class:`~robot_llm_planner.ros.client.PlanClient` and a status recorder;
 - :class:`NodeProcess`: the BUILT planner_node executable started as a subprocess with a
@@ -16,7 +16,6 @@ error codes in test/helpers.py.
 from contextlib import contextmanager
 import json
 import os
-import random
 import signal
 import subprocess
 import threading
@@ -25,7 +24,7 @@ import time
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
 from doubles import ANSWERED
-from helpers import wait_until
+from helpers import claimed_ros_domain, wait_until
 import jsonschema
 from lifecycle_msgs.srv import ChangeState, GetState
 import pytest
@@ -175,7 +174,6 @@ class DiagnosticsRecorder:
 
 # Discovery stays on this machine: the range variable from Iron on, the older flag on Humble.
 LOCALHOST_ONLY = {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
-_DOMAINS_IN_USE = set()
 if os.environ.get('ROS_DISTRO') == 'humble':
     LOCALHOST_ONLY['ROS_LOCALHOST_ONLY'] = '1'
 
@@ -229,29 +227,26 @@ class RosDomain:
 @contextmanager
 def ros_domain():
     """
-    Yield a RosDomain on a random ROS_DOMAIN_ID (restored afterwards).
+    Yield a RosDomain on a ROS_DOMAIN_ID no other test holds (os.environ restored afterwards).
 
-    Never one this process holds already: a module's node (a fixture) would answer another
-    test's commands on a shared domain.
+    Never one held already, here or in another test process: a node on a shared domain would
+    answer another test's commands.
     """
-    # 0-101 is the safe range on Linux (ephemeral ports)
-    domain_id = random.choice([n for n in range(10, 102) if n not in _DOMAINS_IN_USE])
-    _DOMAINS_IN_USE.add(domain_id)
     names = ('ROS_DOMAIN_ID',) + tuple(LOCALHOST_ONLY)
     saved = {name: os.environ.get(name) for name in names}
-    os.environ['ROS_DOMAIN_ID'] = str(domain_id)
-    os.environ.update(LOCALHOST_ONLY)
-    domain = RosDomain(domain_id)
-    try:
-        yield domain
-    finally:
-        domain.close()
-        _DOMAINS_IN_USE.discard(domain_id)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with claimed_ros_domain() as domain_id:
+        os.environ['ROS_DOMAIN_ID'] = str(domain_id)
+        os.environ.update(LOCALHOST_ONLY)
+        domain = RosDomain(domain_id)
+        try:
+            yield domain
+        finally:
+            domain.close()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 class NodeProcess:

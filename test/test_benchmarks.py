@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from helpers import claimed_ros_domain
 import pytest
 from robot_llm_planner.core.plan import parse_plan
 from robot_llm_planner.core.skills import SkillSet
@@ -267,10 +268,11 @@ def test_vs_llamafactory_refuses_a_bad_variant(tmp_path):
 @pytest.mark.slow
 def test_ros_overhead_smoke(tmp_path):
     # planner_node as a subprocess with a tiny model, a few commands over real topics
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'benchmarks', 'ros_overhead.py'), '--commands',
-         '4', '--max-new-tokens', '2', '--timeout', '60', '--out', str(tmp_path)],
-        capture_output=True, text=True)
+    with claimed_ros_domain() as domain_id:
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, 'benchmarks', 'ros_overhead.py'), '--commands',
+             '4', '--max-new-tokens', '2', '--timeout', '60', '--domain-id', str(domain_id),
+             '--out', str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / 'ros_overhead.json').read_text())
     assert report['commands'] == 4 and len(report['rows']) == 4

@@ -17,6 +17,7 @@ import threading
 import time
 
 from conftest import SAMPLE_COMMANDS, VLLM_API_KEY, VLLM_KEY_ENV
+from helpers import claimed_ros_domain
 from planner_harness import NodeProcess, schema_validator, wait_for_answers
 import pytest
 from robot_llm_planner.core.backend import RemoteError
@@ -184,8 +185,10 @@ def _run_benchmark(script, vllm_server, vllm_model, tmp_path, *options):
 
 @pytest.mark.slow
 def test_fleet_benchmark_smoke(vllm_server, vllm_model, vllm_key, tmp_path):
-    report, table = _run_benchmark('fleet.py', vllm_server, vllm_model, tmp_path, '--robots',
-                                   '1', '2', '--commands', '2', '--max-new-tokens', '8')
+    with claimed_ros_domain() as domain_id:
+        report, table = _run_benchmark('fleet.py', vllm_server, vllm_model, tmp_path,
+                                       '--robots', '1', '2', '--commands', '2',
+                                       '--max-new-tokens', '8', '--domain-id', str(domain_id))
     runs = {(run['path'], run['robots']): run for run in report['runs']}
     assert sorted(runs) == [('local', 1), ('local', 2), ('remote', 1), ('remote', 2)]
     for (_, robots), run in runs.items():
