@@ -150,7 +150,8 @@ def test_message_bt_xml_adds_the_tree_to_ok_plans(server):
     message = ok.message('req-7')
     validator.validate(message)
     assert message['status'] == 'ok'
-    assert message['bt_xml'] == plan_to_bt_xml('req-7', message['steps'])
+    # the structure plan_executor runs, as `cli bt-xml` writes it by default
+    assert message['bt_xml'] == recovery_bt_xml('req-7', message['steps'], SKILLS)
     # the plan comes from the cache the second time; the tree is named after the new request
     again = planner.plan(COMMAND)
     assert again.timing['cached'] and 'main_tree_to_execute="req-8"' in again.message(
@@ -162,6 +163,9 @@ def test_message_bt_xml_adds_the_tree_to_ok_plans(server):
     plain = Planner(OpenAIBackend(server.url, 'fake'), SKILLS).plan(COMMAND).message('r')
     assert plain['status'] == 'ok' and 'bt_xml' not in plain
     assert Planner(OpenAIBackend(server.url, 'fake'), SKILLS).plan('拿{x}').status == 'ok'
+    linear = Planner(OpenAIBackend(server.url, 'fake'), SKILLS, bt_xml=True, bt_xml_linear=True)
+    message = linear.plan(COMMAND).message('req-10')
+    assert message['bt_xml'] == plan_to_bt_xml('req-10', message['steps'])
 
 
 # ---------------------------------------------------------------------- BehaviorTree.CPP
@@ -233,6 +237,22 @@ def test_behaviortree_cpp_retries_a_pick_that_fails_twice_and_the_plan_succeeds(
         ('寻找遥控器', 'SUCCESS'), ('拿起遥控器', 'FAILURE'), ('拿起遥控器', 'FAILURE'),
         ('拿起遥控器', 'SUCCESS'), ('走到我身边', 'SUCCESS'), ('把遥控器递给我', 'SUCCESS')]
     assert all(t[4] == '' for t in ticks)  # no Skill started with a need false
+
+
+def test_behaviortree_cpp_recovers_with_the_tree_an_action_plan_message_carries(
+        runner, server, tmp_path):
+    server.answers[REMOTE[0]] = REMOTE[1]
+    planner = Planner(OpenAIBackend(server.url, 'fake'), SKILLS, bt_xml=True)
+    message = planner.plan(REMOTE[0]).message('req-1')
+    assert message['status'] == 'ok', message['errors']
+    code, ticks, status = _results(runner, message['bt_xml'], tmp_path, 'drop=遥控器')
+    assert (code, status) == (0, 'status SUCCESS')
+    assert [t[1:4] for t in ticks][-3:] == [
+        ('寻找物体', '遥控器', 'SUCCESS'), ('拿起物体', '遥控器', 'SUCCESS'), ('递给', '我', 'SUCCESS')]
+    linear = Planner(OpenAIBackend(server.url, 'fake'), SKILLS, bt_xml=True, bt_xml_linear=True)
+    code, ticks, status = _results(runner, linear.plan(REMOTE[0]).message('req-2')['bt_xml'],
+                                   tmp_path, 'drop=遥控器')
+    assert (code, status) == (1, 'status FAILURE')
 
 
 def test_behaviortree_cpp_ends_a_pick_that_always_fails_after_its_attempts(

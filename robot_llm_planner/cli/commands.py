@@ -175,7 +175,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 # The settings `cli validate` uses: those of the answer checks (no model).
 VALIDATE_SETTINGS = ('skills_file', 'grounded_arguments', 'preconditions', 'min_confidence',
-                     'bt_xml', 'max_command_chars', 'max_new_tokens')
+                     'bt_xml', 'bt_xml_linear', 'max_command_chars', 'max_new_tokens')
 
 
 def _input_lines(paths: Sequence[str]):
@@ -197,7 +197,8 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         checks = OutputCheck(SkillSet.load(settings.skills_file or None),
                              settings.grounded_arguments, settings.preconditions,
-                             settings.min_confidence, settings.max_new_tokens, settings.bt_xml)
+                             settings.min_confidence, settings.max_new_tokens, settings.bt_xml,
+                             settings.bt_xml_linear)
     except SkillError as exc:
         print('validate: %s' % exc, file=sys.stderr)
         return 2

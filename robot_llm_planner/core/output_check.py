@@ -13,7 +13,7 @@ disagree.
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from robot_llm_planner.core.bt_xml import plan_to_bt_xml, unsafe_value
+from robot_llm_planner.core.bt_xml import plan_to_bt_xml, recovery_bt_xml, unsafe_value
 from robot_llm_planner.core.confidence import assign_step_confidences, published_confidence
 from robot_llm_planner.core.message import plan_message
 from robot_llm_planner.core.plan import parse_plan, Plan, PlanError, ungrounded_arguments
@@ -31,12 +31,14 @@ class PlanResult:
     timing: dict = field(default_factory=dict)
     confidence: Optional[float] = None  # the backend's Generation.confidence, if it ran
     bt_xml: bool = False  # the message carries the plan's BehaviorTree.CPP XML when ok
+    bt_xml_skills: Optional[SkillSet] = None  # that XML has their recovery structure; None: linear
 
     def message(self, request_id: str, model: Optional[dict] = None) -> dict:
         """Return the /action_plan message for this result (tree ID: ``request_id``)."""
         xml = None
         if self.bt_xml and self.status == 'ok':
-            xml = plan_to_bt_xml(request_id, self.plan.steps)
+            xml = (plan_to_bt_xml(request_id, self.plan.steps) if self.bt_xml_skills is None
+                   else recovery_bt_xml(request_id, self.plan.steps, self.bt_xml_skills))
         return plan_message(request_id, self.command, self.status, self.plan, self.errors,
                             self.timing, model, confidence=self.confidence, bt_xml=xml)
 
@@ -52,7 +54,8 @@ class OutputCheck:
     whose confidence is below it is invalid (``low_confidence``; 0 turns it off, and an output
     without a confidence is never checked). ``bt_xml``: messages carry the plan's
     BehaviorTree.CPP XML, so a value it cannot carry makes the plan invalid
-    (``bt_xml_unsafe_value``). ``max_new_tokens`` is named in the ``truncated_output`` error.
+    (``bt_xml_unsafe_value``); with ``bt_xml_linear`` that XML is the plain sequence, else the
+    recovery structure. ``max_new_tokens`` is named in the ``truncated_output`` error.
     """
 
     skills: SkillSet
@@ -61,6 +64,7 @@ class OutputCheck:
     min_confidence: float = 0.0
     max_new_tokens: int = 256
     bt_xml: bool = False
+    bt_xml_linear: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a threshold outside [0, 1]."""
@@ -108,4 +112,5 @@ class OutputCheck:
                     % (confidence, self.min_confidence)))
             status = 'ok' if plan.ok and not errors else 'invalid'
         return PlanResult(command, status, plan, errors, confidence=confidence,
-                          bt_xml=self.bt_xml)
+                          bt_xml=self.bt_xml,
+                          bt_xml_skills=None if self.bt_xml_linear else self.skills)

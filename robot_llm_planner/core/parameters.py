@@ -114,6 +114,9 @@ PARAMETERS: Tuple[Parameter, ...] = (
     Parameter('message.bt_xml', bool, 'Add the plan as a BehaviorTree.CPP v4 XML document to '
               'each ok /action_plan message (bt_xml); a plan value holding { or } is then '
               'invalid (bt_xml_unsafe_value).', 'bt_xml'),
+    Parameter('message.bt_xml_linear', bool, 'The bt_xml document is a plain Sequence of Skill '
+              'nodes (cli bt-xml --linear) instead of the recovery structure plan_executor '
+              'runs, which also needs a Holds condition node.', 'bt_xml_linear'),
     Parameter('topics.command', str, 'Commands in (std_msgs/String: plain text or JSON '
               '{"id", "text"}). Relative names follow the node namespace.', default='command',
               config_field='command_topic'),

@@ -11,6 +11,7 @@ answered :data:`~robot_llm_planner.core.plan.NO_TASK`, code ``not_a_task``).
 
 from collections import OrderedDict
 import copy
+import dataclasses
 import time
 from typing import List, Optional, Sequence, Tuple
 
@@ -34,7 +35,8 @@ class Planner:
                  generation: Optional[GenerationConfig] = None, cache_size: int = 64,
                  max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS,
                  grounded_arguments: bool = True, min_confidence: float = 0.0,
-                 preconditions: bool = True, bt_xml: bool = False) -> None:
+                 preconditions: bool = True, bt_xml: bool = False,
+                 bt_xml_linear: bool = False) -> None:
         """
         Plan with ``backend``; cache ``cache_size`` recent plans when decoding is greedy.
 
@@ -45,7 +47,8 @@ class Planner:
         gave a token of it) is below ``min_confidence`` is invalid (``low_confidence``); 0
         turns the check off, and a backend that cannot tell the confidence (a server without
         log-probabilities) is never checked. With ``bt_xml`` every ok plan's message carries
-        its BehaviorTree.CPP XML. :class:`OutputCheck` runs these checks.
+        its BehaviorTree.CPP XML: the recovery structure, or with ``bt_xml_linear`` the plain
+        sequence. :class:`OutputCheck` runs these checks.
         """
         self.backend = backend
         self.skills = skills
@@ -54,7 +57,7 @@ class Planner:
         self.cache_size = cache_size if not self.generation.do_sample else 0
         self.max_command_chars = max_command_chars
         self.checks = OutputCheck(skills, grounded_arguments, preconditions, min_confidence,
-                                  self.generation.max_new_tokens, bt_xml)
+                                  self.generation.max_new_tokens, bt_xml, bt_xml_linear)
         self._cache: 'OrderedDict[str, PlanResult]' = OrderedDict()
 
     def load(self) -> None:
@@ -102,11 +105,8 @@ class Planner:
                 self._cache.move_to_end(command)
                 cached = self._cache[command]
                 # a copy: what a caller does to its result must not change the cache
-                results[index] = PlanResult(command, cached.status, copy.deepcopy(cached.plan),
-                                            copy.deepcopy(cached.errors),
-                                            {'inference_ms': 0.0, 'parse_ms': 0.0,
-                                             'tokens_generated': 0, 'cached': True},
-                                            cached.confidence, cached.bt_xml)
+                results[index] = _copy(cached, {'inference_ms': 0.0, 'parse_ms': 0.0,
+                                                'tokens_generated': 0, 'cached': True})
             else:
                 todo.append(index)
         if todo:
@@ -144,10 +144,7 @@ class Planner:
                              'tokens_generated': generation.tokens, 'cached': False}
             results.append(result)
             if self.cache_size:
-                self._cache[command] = PlanResult(command, result.status,
-                                                  copy.deepcopy(result.plan),
-                                                  copy.deepcopy(result.errors), {},
-                                                  result.confidence, result.bt_xml)
+                self._cache[command] = _copy(result, {})
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return results
@@ -155,3 +152,9 @@ class Planner:
     @staticmethod
     def _error(command: str, code: str, message: str) -> PlanResult:
         return PlanResult(command, 'error', Plan(command=command), [PlanError(code, message)])
+
+
+def _copy(result: PlanResult, timing: dict) -> PlanResult:
+    """Return ``result`` with ``timing`` and its own plan and errors (the cache keeps its own)."""
+    return dataclasses.replace(result, plan=copy.deepcopy(result.plan),
+                               errors=copy.deepcopy(result.errors), timing=timing)

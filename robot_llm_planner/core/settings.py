@@ -62,6 +62,7 @@ class PlannerSettings:
     min_confidence: float = 0.0          # validation.min_confidence (0 = off)
     preconditions: bool = True           # validation.preconditions
     bt_xml: bool = False                 # message.bt_xml
+    bt_xml_linear: bool = False          # message.bt_xml_linear
     cache_size: int = 64                 # cache.size
     max_command_chars: int = DEFAULT_MAX_COMMAND_CHARS  # queue.max_command_chars
 

@@ -41,4 +41,5 @@ def build_planner(settings: PlannerSettings) -> Planner:
                    cache_size=settings.cache_size, max_command_chars=settings.max_command_chars,
                    grounded_arguments=settings.grounded_arguments,
                    min_confidence=settings.min_confidence,
-                   preconditions=settings.preconditions, bt_xml=settings.bt_xml)
+                   preconditions=settings.preconditions, bt_xml=settings.bt_xml,
+                   bt_xml_linear=settings.bt_xml_linear)
