@@ -28,6 +28,7 @@ os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 from fleet import add_server_arguments, DEFAULT_SPLIT, model_arguments  # noqa: E402, I100
 from fleet import served, shown_path  # noqa: E402
 from report import write_report  # noqa: E402
+from robot_llm_planner.core.stats import percentile  # noqa: E402
 
 
 def compare(local, remote, command, tolerance):
@@ -52,6 +53,12 @@ def compare(local, remote, command, tolerance):
     return row
 
 
+def time_request(remote, command):
+    """Return (whole request ms, scoring request ms) of the remote backend for ``command``."""
+    generation = remote.backend.generate([command], remote.prompt, remote.generation)[0]
+    return generation.stats['request_ms'], generation.stats.get('scoring_ms', 0.0)
+
+
 def _gap(value):
     return '-' if value is None else '%.2g' % value
 
@@ -64,6 +71,8 @@ def main(argv=None):
     parser.add_argument('--limit', type=int, default=0, help='first N commands (0: all)')
     parser.add_argument('--endpoint', default='auto', choices=['auto', 'completions', 'chat'])
     parser.add_argument('--tolerance', type=float, default=0.01)
+    parser.add_argument('--timed', type=int, default=50, help='commands whose remote request '
+                        'and scoring are timed, after the comparison (0: none)')
     parser.add_argument('--out', required=True)
     args = parser.parse_args(argv)
     model_arguments(parser, args)
@@ -83,6 +92,7 @@ def main(argv=None):
         remote.load()
         endpoint = remote.backend.describe()['endpoint']
         rows = [compare(local, remote, command, args.tolerance) for command in commands]
+        timed = [time_request(remote, command) for command in commands[:args.timed]]
     gaps = [row['confidence_gap'] for row in rows if row['confidence_gap'] is not None]
     step_gaps = [gap for row in rows for gap in row['step_gaps']]
     report = {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
@@ -98,7 +108,9 @@ def main(argv=None):
               'steps_within': sum(gap <= args.tolerance for gap in step_gaps),
               'steps_unknown': sum(row['steps_unknown'] for row in rows),
               'max_step_gap': max(step_gaps, default=None),
-              'all_within': sum(row['within'] for row in rows), 'rows': rows}
+              'all_within': sum(row['within'] for row in rows),
+              'timed': len(timed), 'request_p50_ms': percentile([t[0] for t in timed], 0.5),
+              'scoring_p50_ms': percentile([t[1] for t in timed], 0.5), 'rows': rows}
     shown = dict(report, max_confidence_gap=_gap(report['max_confidence_gap']),
                  max_step_gap=_gap(report['max_step_gap']))
     text = ('%(date)s; %(model)s; %(split)s, %(commands)d commands; endpoint %(endpoint)s; '
@@ -111,6 +123,9 @@ def main(argv=None):
             '%(max_step_gap)s |\n'
             '| steps whose confidence one side could not tell | %(steps_unknown)d | - |\n'
             % shown)
+    if timed:
+        text += ('\nRemote request p50 %(request_p50_ms).1f ms over %(timed)d commands, of '
+                 'which scoring the answer again %(scoring_p50_ms).1f ms (p50).\n' % report)
     write_report(args.out, 'remote_parity', report, text)
     return 0
 

@@ -86,6 +86,7 @@ def test_request_body_and_key_header(server, api_key):
     srv = server((0, 200, _completion(PLAN)))
     generation = _generate(OpenAIBackend(srv.url, 'lora-task2', api_key))
     assert generation.text == PLAN and generation.tokens == 9
+    assert 'scoring_ms' not in generation.stats and generation.stats['request_ms'] > 0
     method, path, headers, body = srv.received[0]
     assert (method, path) == ('POST', '/v1/chat/completions')
     assert headers['Authorization'] == 'Bearer ' + API_KEY
@@ -407,6 +408,8 @@ def test_on_vllm_the_training_prompt_goes_to_completions_and_the_answer_is_score
     assert [(start, end) for start, end, _ in generation.token_probabilities] == [
         (0, 4), (4, 5), (4, 10), (10, 10)]
     assert generation.finished and generation.tokens == 3  # the stop token is not counted
+    # the scoring request's own time, within the whole request's
+    assert 0 < generation.stats['scoring_ms'] < generation.stats['request_ms']
 
 
 @pytest.mark.parametrize('endpoint, reply, expected', [

@@ -204,6 +204,8 @@ def test_remote_parity_benchmark_smoke(vllm_server, vllm_model, vllm_key, tmp_pa
     assert report['commands'] == 3 and report['endpoint'] == 'completions'
     assert report['same_text'] == 3 and report['all_within'] == 3, report['rows']
     assert '| identical plan text | 3 / 3 | - |' in table
+    assert report['timed'] == 3 and 0 < report['scoring_p50_ms'] < report['request_p50_ms']
+    assert 'of which scoring the answer again' in table
 
 
 class CommandStream:

@@ -217,8 +217,11 @@ class OpenAIBackend(Backend):
         tokens = _answer_tokens(choice.get('logprobs'), chat)
         ids = choice.get('token_ids')
         ids = ids if isinstance(ids, list) else None
+        stats = {}
         if tokens is not None and ids is not None and self._grammar_fields:
+            scoring = time.perf_counter()
             tokens = self._score(answer, choice, tokens[0])
+            stats['scoring_ms'] = (time.perf_counter() - scoring) * 1000.0
         confidence, token_probabilities = None, None
         if tokens is not None:
             probabilities = [math.exp(value) for value in tokens[1]]
@@ -232,7 +235,7 @@ class OpenAIBackend(Backend):
                           else _count(usage.get('completion_tokens')),
                           prompt_tokens=_count(usage.get('prompt_tokens')),
                           finished=stopped or choice.get('finish_reason') != 'length',
-                          stats={'request_ms': (time.perf_counter() - started) * 1000.0},
+                          stats=dict(stats, request_ms=(time.perf_counter() - started) * 1000.0),
                           confidence=confidence, token_probabilities=token_probabilities)
 
     def _score(self, answer: dict, choice: dict, pieces: List[str]):
